@@ -1,0 +1,86 @@
+"""The Arm Ethos-U family as nirc targets.
+
+Numbers come from Vela 5.2 (``architecture_features.py`` and ``vela.ini``) and the
+Corstone reference platforms; the U65 default is the project's reference target
+(Ethos_U65_High_End, Dedicated_Sram_384KB).
+"""
+
+from __future__ import annotations
+
+from nirc.target import KIB, MIB, Target
+
+# Canonicalisation first, then hardware-aware passes. Passes that are not
+# registered (e.g. a later issue's) are skipped by the manager with a note.
+CANONICAL_PIPELINE: tuple[str, ...] = (
+    "eliminate-identity",
+    "fuse-batchnorm",
+    "eliminate-dead-code",
+)
+HW_PIPELINE: tuple[str, ...] = ()
+
+# ofm micro-block depth per MAC count (Vela ArchitectureConfig.ofm_ublock.depth).
+_U55_OFM_DEPTH = {32: 4, 64: 8, 128: 8, 256: 8}
+
+
+def _u55(macs: int) -> Target:
+    return Target(
+        name=f"ethos-u55-{macs}",
+        macs=macs,
+        brick_channels=16,
+        ofm_block_depth=_U55_OFM_DEPTH[macs],
+        accelerator_config=f"ethos-u55-{macs}",
+        system_config="Ethos_U55_High_End_Embedded",
+        memory_mode="Shared_Sram",
+        arena_cache_bytes=None,
+        platform_memory_bytes=32 * MIB,
+        platform="Corstone-300",
+        aliases=("ethos-u55",) if macs == 128 else (),
+        default_pipeline=CANONICAL_PIPELINE + HW_PIPELINE,
+        hw_passes=HW_PIPELINE,
+        description=f"Arm Ethos-U55 with {macs} MACs/cycle, SRAM shared with the Cortex-M",
+    )
+
+
+def _u65(macs: int) -> Target:
+    return Target(
+        name=f"ethos-u65-{macs}",
+        macs=macs,
+        brick_channels=16,
+        ofm_block_depth=8,
+        accelerator_config=f"ethos-u65-{macs}",
+        system_config="Ethos_U65_High_End",
+        memory_mode="Dedicated_Sram_384KB",
+        arena_cache_bytes=384 * KIB,
+        platform_memory_bytes=32 * MIB,
+        platform="Corstone-300",
+        aliases=("ethos-u65",) if macs == 256 else (),
+        default_pipeline=CANONICAL_PIPELINE + HW_PIPELINE,
+        hw_passes=HW_PIPELINE,
+        description=f"Arm Ethos-U65 with {macs} MACs/cycle, 384 KiB dedicated SRAM arena cache",
+    )
+
+
+def _u85(macs: int) -> Target:
+    return Target(
+        name=f"ethos-u85-{macs}",
+        macs=macs,
+        brick_channels=16,
+        ofm_block_depth=16,
+        accelerator_config=f"ethos-u85-{macs}",
+        system_config="Ethos_U85_SYS_DRAM_Mid",
+        memory_mode="Dedicated_Sram_384KB",
+        arena_cache_bytes=384 * KIB,
+        platform_memory_bytes=None,
+        platform="Corstone-320",
+        aliases=("ethos-u85",) if macs == 256 else (),
+        default_pipeline=CANONICAL_PIPELINE + HW_PIPELINE,
+        hw_passes=HW_PIPELINE,
+        description=f"Arm Ethos-U85 with {macs} MACs/cycle, 384 KiB dedicated SRAM arena cache",
+    )
+
+
+ETHOS_U_TARGETS: tuple[Target, ...] = (
+    *(_u55(m) for m in (32, 64, 128, 256)),
+    *(_u65(m) for m in (256, 512)),
+    *(_u85(m) for m in (128, 256, 512, 1024, 2048)),
+)
