@@ -1,1 +1,13 @@
+"""nirc's built-in targets, registered through the same hook a plugin uses."""
 
+from __future__ import annotations
+
+from nirc.hookspecs import hookimpl
+from nirc.plugin import TargetRegistry
+from nirc.targets.ethos_u.spec import ETHOS_U_TARGETS
+
+
+@hookimpl
+def nirc_register_targets(registry: TargetRegistry) -> None:
+    for target in ETHOS_U_TARGETS:
+        registry.add_target(target)

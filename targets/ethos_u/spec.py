@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from nirc.target import KIB, MIB, Target
 
-# Canonicalisation first, then hardware-aware passes. Passes that are not
-# registered (e.g. a later issue's) are skipped by the manager with a note.
+# Canonicalisation first, then hardware-aware passes (``--no-hw-passes`` drops
+# the latter, which gives the benchmark baseline: the same model through Vela alone).
 CANONICAL_PIPELINE: tuple[str, ...] = (
     "eliminate-identity",
     "fuse-batchnorm",

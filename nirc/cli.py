@@ -1,0 +1,226 @@
+"""The ``nirc`` command.
+
+Exit codes: 0 success; 1 generic error; 2 bad input model, calibration data or
+usage; 3 unsupported operator; 4 unknown target or model does not fit; 5 pass
+error or unknown pass; 6 ``--verify`` caught an inexact "exact" pass; 7 plugin
+error; 8 backend (emission/Vela) error; 70 internal error (a bug: rerun with
+``--debug`` and report the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from nirc import __version__
+from nirc.analysis import Analysis, analyze
+from nirc.errors import NircError
+from nirc.ir import IRModel
+from nirc.plugin import Registry, load_registry
+
+EXIT_INTERNAL = 70
+
+
+def _parse_input_shapes(values: Sequence[str]) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        if not sep:
+            name, dims = "", value
+        try:
+            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",") if d]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--input-shape expects NAME=1,3,224,224, got '{value}'"
+            ) from None
+    return shapes
+
+
+def _resolve_unnamed_shape(shapes: dict[str, list[int]], model_path: str) -> dict[str, list[int]]:
+    """``--input-shape 1,3,224,224`` without a name applies to a single-input model."""
+    if "" not in shapes:
+        return shapes
+    import onnx
+
+    from nirc.ir.load import read_model
+
+    proto, label = read_model(model_path)
+    inits = {i.name for i in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise NircError(f"{label}: --input-shape without a name needs a single-input model, inputs: {names}")
+    shapes[names[0]] = shapes.pop("")
+    del onnx
+    return shapes
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--target", default="ethos-u65", help="target name (see `nirc targets`)")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="fix an input's dims (repeatable); required when the model has dynamic dims",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nirc", description="Hardware-aware compiler for Arm Ethos-U NPUs.")
+    parser.add_argument("--version", action="version", version=f"nirc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("analyze", help="MACs, parameters, activation memory and channel alignment per layer")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    p = sub.add_parser("optimize", help="run the target's pipeline and write artifacts + report.json")
+    _add_model_args(p)
+    p.add_argument("-o", "--outdir", type=Path, help="output directory (default: ./<model>_nirc)")
+    p.add_argument("--passes", help="comma-separated pass list instead of the target's pipeline")
+    p.add_argument("--skip-pass", action="append", default=[], metavar="NAME", help="drop a pass")
+    p.add_argument("--no-hw-passes", action="store_true", help="drop hardware-aware passes (baseline)")
+    p.add_argument("--verify", action="store_true", help="check every exact pass numerically with ORT")
+    p.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the ONNX after each pass")
+
+    sub.add_parser("passes", help="list registered passes")
+    sub.add_parser("targets", help="list registered targets")
+    return parser
+
+
+def _fmt_int(value: int) -> str:
+    return f"{value:,}"
+
+
+def print_analysis(analysis: Analysis, out: object = sys.stdout) -> None:
+    rows = [("layer", "op", "output", "MACs", "params", "act bytes", "misaligned ch")]
+    for layer in analysis.layers:
+        rows.append(
+            (
+                layer.name,
+                layer.op,
+                "x".join(map(str, layer.output_shape)),
+                _fmt_int(layer.macs),
+                _fmt_int(layer.params),
+                _fmt_int(layer.activation_bytes),
+                ",".join(map(str, layer.misaligned_channels)),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    write = out.write  # type: ignore[attr-defined]
+    for i, row in enumerate(rows):
+        cells = [c.ljust(w) if j < 3 or j == 6 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))]
+        write("  ".join(cells).rstrip() + "\n")
+        if i == 0:
+            write("  ".join("-" * w for w in widths) + "\n")
+    arena = f" (arena {analysis.arena_bytes:,} B)" if analysis.arena_bytes else ""
+    write(
+        f"\nMACs {analysis.macs:,}   params {analysis.params:,}   weight bytes (int8) {analysis.weight_bytes:,}\n"
+        f"peak live activations (int8) {analysis.peak_activation_bytes:,} B at {analysis.peak_step}{arena}\n"
+    )
+    misaligned = sum(1 for layer in analysis.layers if layer.misaligned_channels)
+    if analysis.brick_channels and misaligned:
+        write(f"{misaligned} layers have channel counts not a multiple of {analysis.brick_channels}\n")
+
+
+def _cmd_analyze(args: argparse.Namespace, registry: Registry) -> int:
+    target = registry.get_target(args.target)
+    shapes = _resolve_unnamed_shape(_parse_input_shapes(args.input_shape), args.model)
+    model = IRModel.load(args.model, shapes)
+    analysis = analyze(model, target)
+    if args.json:
+        sys.stdout.write(json.dumps(analysis.to_json(), indent=1) + "\n")
+    else:
+        print_analysis(analysis)
+    return 0
+
+
+def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
+    from nirc.pipeline import optimize
+
+    shapes = _resolve_unnamed_shape(_parse_input_shapes(args.input_shape), args.model)
+    passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
+    result = optimize(
+        args.model,
+        args.target,
+        outdir=args.outdir,
+        passes=passes,
+        skip=args.skip_pass,
+        no_hw_passes=args.no_hw_passes,
+        verify=args.verify,
+        dump_ir=args.dump_ir,
+        input_shapes=shapes,
+        registry=registry,
+    )
+    for record in result.records:
+        mark = "changed" if record.changed else "-"
+        checked = " verified" if record.verified else ""
+        sys.stdout.write(f"{record.name:28s} {mark:8s} {record.seconds * 1000:8.1f} ms{checked}\n")
+    b, a = result.before, result.after
+    sys.stdout.write(
+        f"nodes {len(b.layers)} -> {len(a.layers)}   MACs {b.macs:,} -> {a.macs:,}   "
+        f"peak activations {b.peak_activation_bytes:,} -> {a.peak_activation_bytes:,} B\n"
+        f"wrote {result.outdir}\n"
+    )
+    return 0
+
+
+def _cmd_passes(registry: Registry) -> int:
+    for name in sorted(registry.passes):
+        cls = registry.passes[name]
+        kind = "exact" if cls.exact else "lossy"
+        origin = registry.pass_registry.origin[name]
+        sys.stdout.write(f"{name:28s} {kind:6s} {origin:18s} {cls.description()}\n")
+    return 0
+
+
+def _cmd_targets(registry: Registry) -> int:
+    for name in registry.targets:  # registration order keeps the families together
+        t = registry.targets[name]
+        aliases = f" (alias: {', '.join(t.aliases)})" if t.aliases else ""
+        sys.stdout.write(f"{name:18s} {t.description}{aliases}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        registry = load_registry()
+        if args.command == "analyze":
+            return _cmd_analyze(args, registry)
+        if args.command == "optimize":
+            return _cmd_optimize(args, registry)
+        if args.command == "passes":
+            return _cmd_passes(registry)
+        return _cmd_targets(registry)
+    except NircError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"nirc: error: {exc}\n")
+        return exc.exit_code
+    except argparse.ArgumentTypeError as exc:
+        sys.stderr.write(f"nirc: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("nirc: interrupted\n")
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"nirc: internal error: {type(exc).__name__}: {exc} (rerun with --debug)\n")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

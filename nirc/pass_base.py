@@ -1,0 +1,57 @@
+"""What a pass is: a named, exact-or-not rewrite of the IR that says whether it changed it.
+
+Options are dataclass fields, so a pass instance is its full configuration and
+can be printed, compared and recorded in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from nirc.ir import IRModel
+    from nirc.target import Target
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PassContext:
+    """What a pass may read besides the model, and where it reports counts.
+
+    Attributes:
+        target: the target being compiled for, or None for target-independent runs.
+        stats: per-pass counters (``ctx.count("folded")``); the manager resets it
+            before each pass and copies it into that pass's record.
+    """
+
+    target: Target | None = None
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] += n
+
+
+class Pass(ABC):
+    """Base of every pass, built-in or plugin.
+
+    Subclasses set ``name`` (kebab-case, the CLI name), ``exact`` (True when the
+    rewrite preserves the model's function up to float rounding; ``--verify``
+    checks that claim) and a docstring whose first line is the description.
+    """
+
+    name: ClassVar[str]
+    exact: ClassVar[bool]
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    @abstractmethod
+    def run(self, model: IRModel, ctx: PassContext) -> bool:
+        """Rewrite ``model.graph`` in place; return whether anything changed."""

@@ -1,0 +1,105 @@
+"""Runs a pipeline of passes, checking the IR between them.
+
+Between passes the manager: validates the model with the ONNX checker (a pass
+that breaks the model is named, not discovered three passes later), optionally
+dumps the IR, and with ``verify`` re-runs the model in ONNX Runtime after every
+exact pass to hold it to its claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from nirc import verify as numeric
+from nirc.errors import ModelLoadError, NircError, PassError, VerificationError
+from nirc.ir import IRModel
+from nirc.pass_base import Pass, PassContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One line of the report's ``passes`` list."""
+
+    name: str
+    exact: bool
+    changed: bool
+    seconds: float
+    stats: dict[str, int] = field(default_factory=dict)
+    verified: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "exact": self.exact,
+            "changed": self.changed,
+            "seconds": round(self.seconds, 4),
+            "stats": dict(sorted(self.stats.items())),
+            "verified": self.verified,
+        }
+
+
+@dataclass
+class PassManager:
+    """Run ``passes`` in order.
+
+    Attributes:
+        verify: compare ORT outputs before/after each exact pass that changed the model.
+        verify_inputs: how many seeded random inputs the comparison uses.
+        dump_ir: directory to write ``NN_<pass>.onnx`` after each pass (``00_input.onnx`` first).
+    """
+
+    passes: Sequence[Pass]
+    verify: bool = False
+    verify_inputs: int = 3
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    dump_ir: Path | None = None
+
+    def run(self, model: IRModel, ctx: PassContext | None = None) -> list[PassRecord]:
+        ctx = ctx or PassContext()
+        records: list[PassRecord] = []
+        if self.dump_ir is not None:
+            self.dump_ir.mkdir(parents=True, exist_ok=True)
+            model.save(self.dump_ir / "00_input.onnx")
+        for index, pass_ in enumerate(self.passes, start=1):
+            records.append(self._run_one(pass_, model, ctx))
+            if self.dump_ir is not None:
+                model.save(self.dump_ir / f"{index:02d}_{pass_.name}.onnx")
+        return records
+
+    def _run_one(self, pass_: Pass, model: IRModel, ctx: PassContext) -> PassRecord:
+        before: onnx.ModelProto | None = None
+        if self.verify and pass_.exact:
+            before = model.to_proto(check=False)
+        ctx.stats.clear()
+        start = time.perf_counter()
+        try:
+            changed = bool(pass_.run(model, ctx))
+        except NircError as exc:
+            raise PassError(f"pass {pass_.name}: {exc}") from exc
+        except Exception as exc:
+            raise PassError(f"pass {pass_.name} failed: {type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - start
+        try:
+            after = model.to_proto(check=True)
+        except ModelLoadError as exc:
+            raise PassError(f"pass {pass_.name} produced an invalid model: {exc}") from exc
+        verified = False
+        if before is not None and changed:
+            feeds = numeric.random_inputs(before, self.verify_inputs)
+            mismatch = numeric.compare_outputs(before, after, feeds, rtol=self.rtol, atol=self.atol)
+            if mismatch is not None:
+                raise VerificationError(
+                    f"pass {pass_.name} claims to be exact but changed the model's function: {mismatch}"
+                )
+            verified = True
+        logger.info("pass %s: changed=%s in %.3fs %s", pass_.name, changed, seconds, dict(ctx.stats))
+        return PassRecord(pass_.name, pass_.exact, changed, seconds, dict(ctx.stats), verified)
