@@ -125,8 +125,8 @@ def load_registry(extra_plugins: Iterable[tuple[str, object]] = (), *, entry_poi
     if entry_points:
         plugins = _entry_point_plugins(disabled)
     else:
-        plugins = [(n, import_module(m)) for n, m in (("builtin_passes", "nirc.passes"),
-                                                      ("builtin_targets", "nirc.targets"))]
+        builtins = (("builtin_passes", "nirc.passes"), ("builtin_targets", "nirc.targets"))
+        plugins = [(name, import_module(module)) for name, module in builtins]
     plugins.extend(extra_plugins)
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -139,7 +139,7 @@ def load_registry(extra_plugins: Iterable[tuple[str, object]] = (), *, entry_poi
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name}: {exc}") from exc
+        raise PluginError(f"plugin {pm.get_name(exc.plugin)}: {exc}") from exc
 
     pass_registry = PassRegistry()
     target_registry = TargetRegistry()
