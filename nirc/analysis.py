@@ -8,6 +8,7 @@ order needs at its worst step, compared with the target's arena.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -68,8 +69,8 @@ class Analysis:
         return data
 
 
-def _numel(shape: object) -> int:
-    return int(math.prod(int(d) for d in shape)) if shape is not None else 0  # type: ignore[attr-defined]
+def _numel(shape: Sequence[int] | None) -> int:
+    return int(math.prod(int(d) for d in shape)) if shape is not None else 0
 
 
 def _shape(tensor: gs.Tensor) -> list[int]:

@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze
@@ -99,7 +100,7 @@ def _fmt_int(value: int) -> str:
     return f"{value:,}"
 
 
-def print_analysis(analysis: Analysis, out: object = sys.stdout) -> None:
+def print_analysis(analysis: Analysis, out: TextIO | None = None) -> None:
     rows = [("layer", "op", "output", "MACs", "params", "act bytes", "misaligned ch")]
     for layer in analysis.layers:
         rows.append(
@@ -114,9 +115,10 @@ def print_analysis(analysis: Analysis, out: object = sys.stdout) -> None:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    write = out.write  # type: ignore[attr-defined]
+    write = (out or sys.stdout).write
     for i, row in enumerate(rows):
-        cells = [c.ljust(w) if j < 3 or j == 6 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))]
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if j < 3 or j == 6 else c.rjust(w) for j, (c, w) in pairs]
         write("  ".join(cells).rstrip() + "\n")
         if i == 0:
             write("  ".join("-" * w for w in widths) + "\n")

@@ -32,7 +32,7 @@ def random_inputs(model: onnx.ModelProto, count: int = 3, seed: int = 0) -> list
     inits = {i.name for i in model.graph.initializer}
     feeds: list[dict[str, np.ndarray]] = []
     for _ in range(count):
-        feed = {}
+        feed: dict[str, np.ndarray] = {}
         for value in model.graph.input:
             if value.name in inits:
                 continue

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from nirc.hookspecs import hookimpl
 from nirc.passes.eliminate_dead_code import EliminateDeadCodePass
 from nirc.passes.eliminate_identity import EliminateIdentityPass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
+
+from nirc.hookspecs import hookimpl
 from nirc.plugin import PassRegistry
 
 BUILTIN_PASSES = (EliminateIdentityPass, FuseBatchnormPass, EliminateDeadCodePass)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from nirc.targets.ethos_u.spec import ETHOS_U_TARGETS
+
 from nirc.hookspecs import hookimpl
 from nirc.plugin import TargetRegistry
-from nirc.targets.ethos_u.spec import ETHOS_U_TARGETS
 
 
 @hookimpl

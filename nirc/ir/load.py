@@ -225,7 +225,9 @@ def canonicalize(
     model, label = read_model(source)
     check_model(model, label)
     if model.functions:
-        model = onnx.inliner.inline_local_functions(model)
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
     check_domains(model, label)
     model = convert_opset(model, label)
     if input_shapes:

@@ -55,7 +55,7 @@ class IRModel:
         """Export; graphsurgeon drops unused tensors so the result is tidy and deterministic."""
         self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
         self.graph.opset = CANONICAL_OPSET
-        proto = gs.export_onnx(self.graph, do_type_check=True)
+        proto: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=True)
         del proto.opset_import[:]
         proto.opset_import.append(onnx.helper.make_opsetid("", CANONICAL_OPSET))
         proto.ir_version = 9  # the IR version opset 18 shipped with; ORT >= 1.15 reads it

@@ -77,13 +77,13 @@ def test_not_a_file(tmp_path: Path) -> None:
 def test_garbage_and_truncated_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00\xffnot a protobuf at all" * 10)
-    with pytest.raises(ModelLoadError, match="garbage.onnx: not a valid ONNX model"):
+    with pytest.raises(ModelLoadError, match=r"garbage\.onnx: not a valid ONNX model"):
         IRModel.load(garbage)
     model = _conv_model()
     data = model.SerializeToString()
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelLoadError, match="truncated.onnx"):
+    with pytest.raises(ModelLoadError, match=r"truncated\.onnx"):
         IRModel.load(truncated)
 
 
@@ -92,7 +92,7 @@ def test_checker_failure(tmp_path: Path) -> None:
     model.graph.node[0].input[1] = "undefined_weight"
     path = tmp_path / "broken.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(ModelLoadError, match="broken.onnx: ONNX checker failed"):
+    with pytest.raises(ModelLoadError, match=r"broken\.onnx: ONNX checker failed"):
         IRModel.load(path, {"x": [1, 3, 8, 8]})
 
 

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from nirc_testing import assert_same_function, ops, parse, run_pass
-
 from nirc.passes.eliminate_dead_code import EliminateDeadCodePass
+from nirc_testing import assert_same_function, ops, parse, run_pass
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 

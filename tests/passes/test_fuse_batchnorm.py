@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import numpy as np
-from nirc_testing import assert_same_function, ops, parse, run_pass
-
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
+from nirc_testing import assert_same_function, ops, parse, run_pass
 
 RNG = np.random.default_rng(0)
 
@@ -58,5 +57,5 @@ def test_keeps_bn_when_conv_output_has_another_reader() -> None:
 
 def test_second_run_changes_nothing() -> None:
     model, _, _ = run_pass(FuseBatchnormPass(), _conv_bn())
-    again, changed, _ = run_pass(FuseBatchnormPass(), model.to_proto())
+    _, changed, _ = run_pass(FuseBatchnormPass(), model.to_proto())
     assert not changed
