@@ -10,8 +10,6 @@ from nirc.pass_base import Pass, PassContext
 from nirc.plugin import PassRegistry
 
 
-
-
 @dataclass(frozen=True)
 class CollapseIdempotentActivationsPass(Pass):
     """Replace Relu(Relu(x)) by Relu(x): Relu is idempotent, so the second one is a no-op."""
