@@ -56,12 +56,17 @@ def _independent_count(model: onnx.ModelProto) -> tuple[int, int]:
         elif node.op_type == "Gemm":
             w = weights[node.input[1]]
             macs += w.size  # batch 1: one MAC per weight
-    stats = {n for node in model.graph.node if node.op_type == "BatchNormalization" for n in node.input[3:5]}
-    params = sum(a.size for n, a in weights.items() if n not in stats and a.dtype == np.float32)
+    # Not learned parameters: BN running statistics and Clip bounds.
+    excluded = {n for node in model.graph.node if node.op_type == "BatchNormalization" for n in node.input[3:5]}
+    excluded |= {n for node in model.graph.node if node.op_type == "Clip" for n in node.input[1:]}
+    params = sum(a.size for n, a in weights.items() if n not in excluded and a.dtype == np.float32)
     return macs, params
 
 
-@pytest.mark.parametrize("name", ["tiny_cnn", "mobilenetv1_cifar100", "resnet50_cifar100", "vgg19_cifar100"])
+@pytest.mark.parametrize(
+    "name",
+    ["tiny_cnn", "mobilenetv1_cifar100", "resnet50_cifar100", "vgg19_cifar100", "vgg19_224_10", "mobilenetv2_224"],
+)
 def test_macs_and_params_match_independent_count(name: str) -> None:
     proto = _examples().build(name)
     analysis = analyze(IRModel.load(proto), load_registry().get_target("ethos-u65"))
