@@ -15,15 +15,15 @@ from typing import Any
 
 import flatbuffers
 import numpy as np
-import tflite.BuiltinOperator as BuiltinOperatorModule
-import tflite.BuiltinOptions as BuiltinOptionsModule
-import tflite.TensorType as TensorTypeModule
+from tflite.BuiltinOperator import BuiltinOperator as _BuiltinOperator
+from tflite.BuiltinOptions import BuiltinOptions as _BuiltinOptions
+from tflite.TensorType import TensorType as _TensorType
 
 from nirc.errors import BackendError
 
-BuiltinOperator: Any = BuiltinOperatorModule.BuiltinOperator
-BuiltinOptions: Any = BuiltinOptionsModule.BuiltinOptions
-TensorType: Any = TensorTypeModule.TensorType
+BuiltinOperator: Any = _BuiltinOperator
+BuiltinOptions: Any = _BuiltinOptions
+TensorType: Any = _TensorType
 
 #: TFLite flatbuffer schema version written into ``Model.version``.
 SCHEMA_VERSION = 3

@@ -1,0 +1,209 @@
+"""The emission state the lowerings share: ONNX tensor -> TFLite tensor + layout.
+
+Lowerings ask for an input *in a layout* (:meth:`Emitter.value`) and the emitter
+inserts the cheapest conversion: nothing when the layout already matches, a RESHAPE
+when the permutation does not move data (e.g. NCHW->NHWC of a 1x1 map), and a
+TRANSPOSE only as the last resort.  CNN ops request the NHWC layout every 4-D
+activation already has, so CNN graphs get no conversion at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from nirc.errors import BackendError
+from nirc.tflite.builder import BuiltinOperator, ModelBuilder, Options, QParams
+from nirc.tflite.fusion import Activation, FusionPlan
+from nirc.tflite.graph import GraphInfo
+from nirc.tflite.layout import compose, invert, is_memory_noop, permute_shape, standard_perm
+from nirc.tflite.qplan import QuantPlan
+from nirc.tflite.quantize import activation_qparams, constant_qparams, quantize
+
+Op = BuiltinOperator
+
+#: Operator versions for int8 kernels (LiteRT resolves builtins by (code, version));
+#: float kernels are version 1 unless an option needs a later one.
+_INT8_VERSIONS: dict[int, int] = {
+    Op.ADD: 2, Op.SUB: 2, Op.MUL: 2, Op.CONV_2D: 3, Op.DEPTHWISE_CONV_2D: 3,
+    Op.FULLY_CONNECTED: 4, Op.AVERAGE_POOL_2D: 2, Op.MAX_POOL_2D: 2, Op.CONCATENATION: 2,
+    Op.SOFTMAX: 2, Op.LOGISTIC: 2, Op.TANH: 2, Op.RELU: 2, Op.RELU6: 2, Op.LEAKY_RELU: 2,
+    Op.MEAN: 2, Op.PAD: 2, Op.PADV2: 2, Op.SLICE: 2, Op.STRIDED_SLICE: 2, Op.SPLIT: 2,
+    Op.SPLIT_V: 2, Op.TRANSPOSE: 2, Op.RESIZE_BILINEAR: 2, Op.RESIZE_NEAREST_NEIGHBOR: 2,
+    Op.DEQUANTIZE: 2, Op.MAXIMUM: 2, Op.MINIMUM: 2, Op.PRELU: 1,
+}  # fmt: skip
+
+
+def op_version(builtin: int, int8: bool, options: Options | None) -> int:
+    version = _INT8_VERSIONS.get(builtin, 1) if int8 else 1
+    if builtin in (Op.RESIZE_BILINEAR, Op.RESIZE_NEAREST_NEIGHBOR) and options is not None:
+        if dict(options.fields).get("HalfPixelCenters"):
+            version = 3
+    return version
+
+
+@dataclass(eq=False)
+class Value:
+    """An ONNX tensor as emitted: TFLite tensor index and how its axes are stored.
+
+    ``col_order`` marks a 2-D tensor flattened from NHWC data: stored column ``j``
+    holds ONNX column ``col_order[j]``.  Only FC lowerings accept it (they permute
+    their weight instead); see :func:`nirc.tflite.layout.nchw_flatten_order`.
+    """
+
+    tensor: int
+    perm: tuple[int, ...]
+    onnx_shape: tuple[int, ...]
+    col_order: np.ndarray | None = None
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        return permute_shape(self.onnx_shape, self.perm)
+
+
+class Emitter:
+    """Builds the TFLite model for one ONNX graph, node by node."""
+
+    def __init__(self, info: GraphInfo, *, int8: bool, plan: QuantPlan | None, fusion: FusionPlan) -> None:
+        self.info = info
+        self.int8 = int8
+        self.plan = plan
+        self.fusion = fusion
+        self.mb = ModelBuilder()
+        self.values: dict[str, Value] = {}
+        self._converted: dict[tuple[str, tuple[int, ...]], Value] = {}
+        self.node_index: int = -1
+        self.transposes: list[str] = []
+
+    # -- facts -----------------------------------------------------------------------
+    @property
+    def act_dtype(self) -> str:
+        return "int8" if self.int8 else "float32"
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info.shape(name)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.info.const(name)
+
+    def qparams(self, name: str) -> QParams | None:
+        """Planned int8 parameters of an ONNX tensor (None in float mode)."""
+        if self.plan is None:
+            return None
+        return self.plan.qparams(name)
+
+    def quant_of(self, value: Value) -> QParams | None:
+        return self.mb.quant_of(value.tensor)
+
+    @staticmethod
+    def real_range(q: QParams) -> tuple[float, float]:
+        """The real interval an int8 tensor with parameters ``q`` can represent."""
+        s, z = q.scale[0], q.zero_point[0]
+        return s * (-128 - z), s * (127 - z)
+
+    def range_qparams(self, lo: float, hi: float) -> QParams | None:
+        """Parameters for an intermediate tensor with a derived (not calibrated) range."""
+        return activation_qparams(lo, hi) if self.int8 else None
+
+    # -- tensors ---------------------------------------------------------------------
+    def new_tensor(self, name: str, shape: Sequence[int], quant: QParams | None) -> int:
+        return self.mb.add_tensor(name, tuple(shape), self.act_dtype, quant)
+
+    def int_const(self, name: str, values: Sequence[int] | np.ndarray) -> int:
+        return self.mb.add_constant(name, np.asarray(values, dtype=np.int32))
+
+    def float_const(self, name: str, array: np.ndarray, quant: QParams | None = None) -> int:
+        """A constant activation-typed operand: float32, or int8 with ``quant``/its own range."""
+        arr = np.asarray(array, dtype=np.float32)
+        if not self.int8:
+            return self.mb.add_constant(name, arr)
+        q = quant or constant_qparams(arr)
+        return self.mb.add_constant(name, quantize(arr, q), q)
+
+    # -- values ----------------------------------------------------------------------
+    def define(
+        self, name: str, perm: Sequence[int] | None = None, quant: QParams | None = None, shape: Sequence[int] | None = None
+    ) -> Value:
+        """Create the TFLite tensor of ONNX tensor ``name`` (planned quant unless given)."""
+        onnx_shape = tuple(shape) if shape is not None else self.shape(name)
+        p = tuple(perm) if perm is not None else standard_perm(len(onnx_shape))
+        q = quant if quant is not None else self.qparams(name)
+        tensor = self.new_tensor(name, permute_shape(onnx_shape, p), q)
+        value = Value(tensor, p, onnx_shape)
+        self.values[name] = value
+        return value
+
+    def alias(self, name: str, value: Value) -> None:
+        self.values[name] = value
+
+    def value(self, name: str, perm: Sequence[int] | None = None) -> Value:
+        """ONNX tensor ``name`` stored in ``perm`` (default: the standard layout)."""
+        const = self.const(name)
+        if const is not None:
+            p = tuple(perm) if perm is not None else standard_perm(const.ndim)
+            arr = np.ascontiguousarray(np.asarray(const).transpose(p))
+            return Value(self.float_const(name, arr), p, tuple(const.shape))
+        if name not in self.values:
+            raise BackendError(f"tensor '{name}' used before it is produced")
+        v = self.values[name]
+        want = tuple(perm) if perm is not None else standard_perm(len(v.onnx_shape))
+        if v.col_order is not None:
+            raise BackendError(f"tensor '{name}': flattened NHWC tensor consumed by a non-FC op")
+        if v.perm == want:
+            return v
+        key = (name, want)
+        if key not in self._converted:
+            self._converted[key] = self._relayout(name, v, want)
+        return self._converted[key]
+
+    def _relayout(self, name: str, v: Value, want: tuple[int, ...]) -> Value:
+        rel = compose(invert(v.perm), want)
+        out_shape = permute_shape(v.onnx_shape, want)
+        out = self.new_tensor(f"{name}/perm", out_shape, self.quant_of(v))
+        if is_memory_noop(v.stored_shape, rel):
+            self.reshape(v.tensor, out)
+        else:
+            self.transposes.append(name)
+            self.op(Op.TRANSPOSE, [v.tensor, self.int_const(f"{name}/perm_axes", rel)], [out])
+        return Value(out, want, v.onnx_shape)
+
+    def reshape(self, src: int, dst: int) -> None:
+        shape = self.mb.shape_of(dst)
+        self.op(Op.RESHAPE, [src, self.int_const(f"{self.mb.name_of(dst)}/shape", shape)], [dst])
+
+    def reshaped(self, v: Value, onnx_shape: Sequence[int], name: str) -> Value:
+        """``v`` reshaped (in ONNX element order) to ``onnx_shape``, standard layout."""
+        src = self.value_of(v, tuple(range(len(v.onnx_shape))), name)
+        ident = tuple(range(len(onnx_shape)))
+        flat = self.new_tensor(f"{name}/reshape", tuple(onnx_shape), self.quant_of(v))
+        self.reshape(src.tensor, flat)
+        return self.value_of(Value(flat, ident, tuple(onnx_shape)), standard_perm(len(onnx_shape)), name)
+
+    def value_of(self, v: Value, want: Sequence[int], name: str) -> Value:
+        """Like :meth:`value` for an already-emitted (possibly temporary) Value."""
+        want_t = tuple(want)
+        if v.perm == want_t:
+            return v
+        return self._relayout(name, v, want_t)
+
+    def requant(self, v: Value, quant: QParams | None, name: str) -> Value:
+        """``v`` with int8 parameters ``quant``, via a QUANTIZE (int8->int8 rescale) if needed."""
+        if quant is None or self.quant_of(v) == quant:
+            return v
+        out = self.new_tensor(f"{name}/requant", v.stored_shape, quant)
+        self.op(Op.QUANTIZE, [v.tensor], [out])
+        return Value(out, v.perm, v.onnx_shape, v.col_order)
+
+    # -- operators -------------------------------------------------------------------
+    def op(self, builtin: int, inputs: Sequence[int], outputs: Sequence[int], options: Options | None = None) -> None:
+        self.mb.add_operator(builtin, list(inputs), list(outputs), options, op_version(builtin, self.int8, options))
+
+    def activation(self, node: onnx.NodeProto) -> tuple[int, str]:
+        """(fused activation, ONNX name of the final output) for the node being lowered."""
+        hit = self.fusion.fused.get(self.node_index)
+        if hit is None:
+            return int(Activation.NONE), node.output[0]
+        return hit

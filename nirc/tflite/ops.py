@@ -1,0 +1,75 @@
+"""The lowering registry: one :class:`~nirc.tflite.rules.OpRule` per ONNX op type.
+
+``supported_ops()`` is exactly this dict's keys, so the public list can never drift
+from what the emitter implements.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from nirc.tflite import ops_act, ops_conv, ops_eltwise, ops_fc, ops_pool, ops_resize, ops_shape
+from nirc.tflite.builder import QParams
+from nirc.tflite.graph import GraphInfo
+from nirc.tflite.rules import OpRule, always, tie_input_outputs
+
+
+def _tie_all(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    return [*[n for n in node.input if n], node.output[0]]
+
+
+def _softmax_fixed(info: GraphInfo, node: onnx.NodeProto) -> QParams | None:
+    return ops_act.sigmoid_fixed(info, node)
+
+
+def _pool_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    return tie_input_outputs(info, node)
+
+
+def _global_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    return tie_input_outputs(info, node) if ops_pool.global_as_pool(info, node) else []
+
+
+_RESHAPE = OpRule(ops_shape.lower_reshape, ties=tie_input_outputs)
+_BINARY = OpRule(ops_eltwise.lower_binary, fusable=always)
+
+LOWERINGS: dict[str, OpRule] = {
+    "Conv": OpRule(ops_conv.lower_conv, check=ops_conv.check_conv, fusable=always),
+    "Gemm": OpRule(ops_fc.lower_gemm, check=ops_fc.check_gemm, fusable=always),
+    "MatMul": OpRule(ops_fc.lower_matmul, check=ops_fc.check_matmul, fusable=always),
+    "Add": _BINARY,
+    "Sub": _BINARY,
+    "Mul": _BINARY,
+    "Div": OpRule(ops_eltwise.lower_binary, check=ops_eltwise.check_div, fusable=always),
+    "BatchNormalization": OpRule(ops_eltwise.lower_batchnorm, check=ops_eltwise.check_batchnorm, fusable=always),
+    "PRelu": OpRule(ops_eltwise.lower_prelu, check=ops_eltwise.check_prelu),
+    "MaxPool": OpRule(ops_pool.lower_pool, check=ops_pool.check_pool, fusable=ops_pool.pool_fusable,
+                      ties=_pool_ties),
+    "AveragePool": OpRule(ops_pool.lower_pool, check=ops_pool.check_pool, fusable=ops_pool.pool_fusable,
+                          ties=_pool_ties),
+    "GlobalAveragePool": OpRule(ops_pool.lower_global_pool, check=ops_pool.check_global,
+                                fusable=ops_pool.global_as_pool, ties=_global_ties),
+    "GlobalMaxPool": OpRule(ops_pool.lower_global_pool, check=ops_pool.check_global,
+                            fusable=ops_pool.global_as_pool, ties=_global_ties),
+    "ReduceMean": OpRule(ops_pool.lower_reduce_mean, check=ops_pool.check_reduce_mean),
+    "Relu": OpRule(ops_act.lower_relu),
+    "Clip": OpRule(ops_act.lower_clip, check=ops_act.check_clip, ties=ops_act.clip_ties),
+    "LeakyRelu": OpRule(ops_act.lower_leaky_relu),
+    "Sigmoid": OpRule(ops_act.lower_sigmoid, fixed=ops_act.sigmoid_fixed),
+    "Tanh": OpRule(ops_act.lower_tanh, fixed=ops_act.tanh_fixed),
+    "HardSwish": OpRule(ops_act.lower_hard_swish),
+    "HardSigmoid": OpRule(ops_act.lower_hard_sigmoid),
+    "Softmax": OpRule(ops_act.lower_softmax, check=ops_act.check_softmax, fixed=_softmax_fixed),
+    "Identity": OpRule(ops_act.lower_identity, ties=tie_input_outputs, alias=True),
+    "Dropout": OpRule(ops_act.lower_identity, check=ops_act.check_dropout, ties=tie_input_outputs, alias=True),
+    "Reshape": _RESHAPE,
+    "Flatten": _RESHAPE,
+    "Squeeze": _RESHAPE,
+    "Unsqueeze": _RESHAPE,
+    "Transpose": OpRule(ops_shape.lower_transpose, ties=tie_input_outputs, alias=True),
+    "Concat": OpRule(ops_shape.lower_concat, check=ops_shape.check_concat, ties=_tie_all),
+    "Split": OpRule(ops_shape.lower_split, check=ops_shape.check_split, ties=tie_input_outputs),
+    "Slice": OpRule(ops_shape.lower_slice, check=ops_shape.check_slice, ties=tie_input_outputs),
+    "Pad": OpRule(ops_shape.lower_pad, check=ops_shape.check_pad, ties=tie_input_outputs),
+    "Resize": OpRule(ops_resize.lower_resize, check=ops_resize.check_resize, ties=tie_input_outputs),
+}  # fmt: skip

@@ -1,0 +1,192 @@
+"""Activations and pass-throughs: Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSwish,
+HardSigmoid, Softmax, Identity, Dropout.
+
+Only activations that could not be fused into their producer reach these
+lowerings (see :mod:`nirc.tflite.fusion`).  Clip bounds that match a TFLite builtin
+(RELU, RELU6, RELU_N1_TO_1, RELU_0_TO_1) use it; Vela turns those into the NPU's
+output clamp.  Other bounds become MINIMUM/MAXIMUM with a scalar constant.
+HardSigmoid has no builtin and is decomposed exactly: MUL, ADD, RELU_0_TO_1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from nirc.errors import BackendError
+from nirc.tflite.builder import BuiltinOperator as Op
+from nirc.tflite.builder import Options, QParams
+from nirc.tflite.context import Emitter
+from nirc.tflite.fusion import Activation, activation_kind, clip_bounds
+from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.layout import stored_axis
+from nirc.tflite.quantize import SIGMOID_QPARAMS, TANH_QPARAMS
+
+_STANDALONE = {
+    int(Activation.RELU): Op.RELU,
+    int(Activation.RELU6): Op.RELU6,
+    int(Activation.RELU_N1_TO_1): Op.RELU_N1_TO_1,
+}
+
+
+def _unary(em: Emitter, node: onnx.NodeProto, builtin: int, options: Options | None = None) -> None:
+    x = em.value(node.input[0])
+    y = em.define(node.output[0], perm=x.perm)
+    em.op(builtin, [x.tensor], [y.tensor], options)
+
+
+def _bounds(info: GraphInfo, node: onnx.NodeProto) -> tuple[float | None, float | None]:
+    b = clip_bounds(info, node)
+    lo, hi = b if b is not None else (None, None)
+    lo = None if lo is not None and math.isinf(lo) and lo < 0 else lo
+    hi = None if hi is not None and math.isinf(hi) and hi > 0 else hi
+    return lo, hi
+
+
+def check_clip(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if clip_bounds(info, node) is None:
+        return "min/max are not constants"
+    return None
+
+
+def clip_is_minmax(info: GraphInfo, node: onnx.NodeProto) -> bool:
+    """Whether a Clip is lowered to MINIMUM/MAXIMUM (which need equal int8 params)."""
+    if activation_kind(info, node) is not None:
+        return False
+    lo, hi = _bounds(info, node)
+    return not (lo == 0.0 and hi == 1.0) and (lo is not None or hi is not None)
+
+
+def clip_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    return [node.input[0], node.output[0]] if clip_is_minmax(info, node) else []
+
+
+def lower_relu(em: Emitter, node: onnx.NodeProto) -> None:
+    _unary(em, node, Op.RELU)
+
+
+def lower_clip(em: Emitter, node: onnx.NodeProto) -> None:
+    kind = activation_kind(em.info, node)
+    if kind is not None:
+        _unary(em, node, _STANDALONE[kind])
+        return
+    lo, hi = _bounds(em.info, node)
+    if lo == 0.0 and hi == 1.0:
+        _unary(em, node, Op.RELU_0_TO_1)
+        return
+    x = em.value(node.input[0])
+    if lo is None and hi is None:
+        em.alias(node.output[0], x)
+        return
+    out_q = em.qparams(node.output[0])
+    x = em.requant(x, out_q, node.output[0])
+    steps = [(Op.MINIMUM, hi), (Op.MAXIMUM, lo)]
+    steps = [(op, bound) for op, bound in steps if bound is not None]
+    current = x.tensor
+    for i, (op, bound) in enumerate(steps):
+        const = em.float_const(f"{node.output[0]}/bound{i}", np.asarray([bound], np.float32), out_q)
+        if i == len(steps) - 1:
+            out = em.define(node.output[0], perm=x.perm).tensor
+        else:
+            out = em.new_tensor(f"{node.output[0]}/min", x.stored_shape, out_q)
+        em.op(op, [current, const], [out])
+        current = out
+
+
+def lower_leaky_relu(em: Emitter, node: onnx.NodeProto) -> None:
+    alpha = float(attrs(node).get("alpha", 0.01))  # type: ignore[arg-type]
+    _unary(em, node, Op.LEAKY_RELU, Options("LeakyReluOptions", (("Alpha", alpha),)))
+
+
+def lower_sigmoid(em: Emitter, node: onnx.NodeProto) -> None:
+    _unary(em, node, Op.LOGISTIC)
+
+
+def lower_tanh(em: Emitter, node: onnx.NodeProto) -> None:
+    _unary(em, node, Op.TANH)
+
+
+def lower_hard_swish(em: Emitter, node: onnx.NodeProto) -> None:
+    _unary(em, node, Op.HARD_SWISH)
+
+
+def sigmoid_fixed(info: GraphInfo, node: onnx.NodeProto) -> QParams | None:
+    return SIGMOID_QPARAMS
+
+
+def tanh_fixed(info: GraphInfo, node: onnx.NodeProto) -> QParams | None:
+    return TANH_QPARAMS
+
+
+def lower_hard_sigmoid(em: Emitter, node: onnx.NodeProto) -> None:
+    a = attrs(node)
+    alpha = float(a.get("alpha", 0.2))  # type: ignore[arg-type]
+    beta = float(a.get("beta", 0.5))  # type: ignore[arg-type]
+    x = em.value(node.input[0])
+    name = node.output[0]
+    in_q = em.quant_of(x)
+    mul_q = add_q = None
+    if in_q is not None:
+        lo, hi = em.real_range(in_q)
+        mlo, mhi = sorted((alpha * lo, alpha * hi))
+        mul_q = em.range_qparams(mlo, mhi)
+        add_q = em.range_qparams(mlo + beta, mhi + beta)
+    scaled = em.new_tensor(f"{name}/scaled", x.stored_shape, mul_q)
+    alpha_t = em.float_const(f"{name}/alpha", np.asarray([alpha], np.float32))
+    em.op(Op.MUL, [x.tensor, alpha_t], [scaled], Options("MulOptions", (("FusedActivationFunction", 0),)))
+    shifted = em.new_tensor(f"{name}/shifted", x.stored_shape, add_q)
+    beta_t = em.float_const(f"{name}/beta", np.asarray([beta], np.float32))
+    em.op(Op.ADD, [scaled, beta_t], [shifted], Options("AddOptions", (("FusedActivationFunction", 0),)))
+    y = em.define(name, perm=x.perm)
+    em.op(Op.RELU_0_TO_1, [shifted], [y.tensor])
+
+
+def check_softmax(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if not info.has_shape(node.input[0]) or not info.shape(node.input[0]):
+        return "scalar or unknown input shape"
+    return None
+
+
+def lower_softmax(em: Emitter, node: onnx.NodeProto) -> None:
+    """SOFTMAX runs over the last stored axis; other axes go last first.
+
+    When every stored axis after the softmax axis has size 1 the data is already
+    contiguous along it, so a RESHAPE (free) replaces the TRANSPOSE pair.
+    """
+    name = node.output[0]
+    x = em.value(node.input[0])
+    rank = len(x.onnx_shape)
+    axis = int(attrs(node).get("axis", -1))  # type: ignore[call-overload]
+    axis = axis + rank if axis < 0 else axis
+    pos = stored_axis(axis, x.perm)
+    opts = Options("SoftmaxOptions", (("Beta", 1.0),))
+    if pos == rank - 1:
+        y = em.define(name, perm=x.perm)
+        em.op(Op.SOFTMAX, [x.tensor], [y.tensor], opts)
+        return
+    # Move the softmax axis last in ONNX terms, run, and let the emitter relayout.
+    want = tuple(p for p in x.perm if p != axis) + (axis,)
+    moved = em.value(node.input[0], want)
+    y = em.define(name, perm=want)
+    em.op(Op.SOFTMAX, [moved.tensor], [y.tensor], opts)
+
+
+def lower_identity(em: Emitter, node: onnx.NodeProto) -> None:
+    """No op: the output names the input's tensor (copied only if a graph output needs it)."""
+    src = node.input[0]
+    if src not in em.values:
+        raise BackendError(f"{node.op_type} '{node.name}': input '{src}' was not emitted")
+    em.alias(node.output[0], em.values[src])
+
+
+def check_dropout(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if len(node.output) > 1 and node.output[1] and (info.users(node.output[1]) or info.is_graph_output(node.output[1])):
+        return "the mask output is used"
+    if len(node.input) > 2 and node.input[2]:
+        mode = info.const(node.input[2])
+        if mode is None or bool(mode.reshape(-1)[0]):
+            return "training_mode is set"
+    return None
+

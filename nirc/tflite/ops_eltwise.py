@@ -1,0 +1,109 @@
+"""Broadcasting arithmetic: Add/Sub/Mul/Div, BatchNormalization, PRelu.
+
+Operands are brought to the output's rank and layout.  Constant operands are
+re-laid out in numpy (a per-channel [C,1,1] vector becomes a plain [C] vector that
+broadcasts over NHWC's last axis), so no runtime op is spent on them; that is also
+the one broadcast form Vela's elementwise kernels take from the second operand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from nirc.tflite.builder import BuiltinOperator as Op
+from nirc.tflite.builder import Options
+from nirc.tflite.context import Emitter, Value
+from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.layout import broadcast_const, standard_perm, stored_axis
+
+_BUILTIN = {"Add": Op.ADD, "Sub": Op.SUB, "Mul": Op.MUL, "Div": Op.MUL}
+_OPTIONS = {"Add": "AddOptions", "Sub": "SubOptions", "Mul": "MulOptions", "Div": "MulOptions"}
+
+
+def _operand(em: Emitter, name: str, rank: int, perm: tuple[int, ...], array: np.ndarray | None = None) -> int:
+    const = array if array is not None else em.const(name)
+    if const is not None:
+        return em.float_const(name, broadcast_const(np.asarray(const, np.float32), rank, perm))
+    v = em.value(name)
+    if len(v.onnx_shape) == rank:
+        return em.value(name, perm).tensor
+    v = em.reshaped(v, (1,) * (rank - len(v.onnx_shape)) + v.onnx_shape, name)
+    return em.value_of(v, perm, name).tensor
+
+
+def check_div(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if not info.is_const(node.input[1]):
+        return "only division by a constant is supported (lowered as MUL by its reciprocal)"
+    return None
+
+
+def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
+    act, out_name = em.activation(node)
+    out_shape = em.shape(node.output[0])
+    rank = len(out_shape)
+    perm = standard_perm(rank)
+    second = None
+    if node.op_type == "Div":
+        second = 1.0 / np.asarray(em.const(node.input[1]), np.float64)
+    a = _operand(em, node.input[0], rank, perm)
+    b = _operand(em, node.input[1], rank, perm, second)
+    y = em.define(out_name, perm=perm, shape=out_shape)
+    options = Options(_OPTIONS[node.op_type], (("FusedActivationFunction", act),))
+    em.op(_BUILTIN[node.op_type], [a, b], [y.tensor], options)
+
+
+def check_batchnorm(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if int(attrs(node).get("training_mode", 0)):  # type: ignore[call-overload]
+        return "training_mode=1 is not supported"
+    if len([o for o in node.output if o]) > 1:
+        return "running mean/var outputs are not supported"
+    if not all(info.is_const(n) for n in node.input[1:5]):
+        return "scale, B, mean and var must be constants"
+    if not info.has_shape(node.input[0]) or len(info.shape(node.input[0])) < 2:
+        return "input must be at least 2-D"
+    return None
+
+
+def _channel_vector(values: np.ndarray, v: Value) -> np.ndarray:
+    axis = stored_axis(1, v.perm)
+    trailing = len(v.perm) - 1 - axis
+    return values.reshape((-1,) + (1,) * trailing).astype(np.float32)
+
+
+def lower_batchnorm(em: Emitter, node: onnx.NodeProto) -> None:
+    eps = float(attrs(node).get("epsilon", 1e-5))  # type: ignore[arg-type]
+    scale, bias, mean, var = (np.asarray(em.const(n), np.float64).reshape(-1) for n in node.input[1:5])
+    mul = scale / np.sqrt(var + eps)
+    add = bias - mean * mul
+    act, out_name = em.activation(node)
+    x = em.value(node.input[0])
+    mid_q = None
+    in_q = em.quant_of(x)
+    if in_q is not None:
+        lo, hi = em.real_range(in_q)
+        corners = np.concatenate([mul * lo, mul * hi])
+        mid_q = em.range_qparams(float(corners.min()), float(corners.max()))
+    mid = em.new_tensor(f"{out_name}/scale", x.stored_shape, mid_q)
+    mul_t = em.float_const(f"{out_name}/mul", _channel_vector(mul, x))
+    em.op(Op.MUL, [x.tensor, mul_t], [mid], Options("MulOptions", (("FusedActivationFunction", 0),)))
+    y = em.define(out_name, perm=x.perm, shape=em.shape(node.output[0]))
+    add_t = em.float_const(f"{out_name}/add", _channel_vector(add, x))
+    em.op(Op.ADD, [mid, add_t], [y.tensor], Options("AddOptions", (("FusedActivationFunction", act),)))
+
+
+def check_prelu(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if not info.is_const(node.input[1]):
+        return "slope must be a constant"
+    return None
+
+
+def lower_prelu(em: Emitter, node: onnx.NodeProto) -> None:
+    out_shape = em.shape(node.output[0])
+    perm = standard_perm(len(out_shape))
+    x = _operand(em, node.input[0], len(out_shape), perm)
+    slope = np.asarray(em.const(node.input[1]), np.float32)
+    alpha = broadcast_const(slope, len(out_shape), perm)
+    y = em.define(node.output[0], perm=perm, shape=out_shape)
+    em.op(Op.PRELU, [x, em.float_const(f"{node.output[0]}/alpha", alpha)], [y.tensor])
+

@@ -1,0 +1,154 @@
+"""Pooling and mean reductions: MAX_POOL_2D, AVERAGE_POOL_2D, MEAN.
+
+GlobalAveragePool becomes an AVERAGE_POOL_2D with a full-size VALID kernel while the
+kernel fits Vela's pooling limits (height <= 256, area <= 65536): the NPU pools it
+natively, whereas Vela rewrites MEAN into a depthwise convolution with a ones weight
+tensor it must store and stream.  Larger maps fall back to MEAN.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from nirc.errors import BackendError
+from nirc.tflite.builder import BuiltinOperator as Op
+from nirc.tflite.builder import Options
+from nirc.tflite.context import Emitter
+from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.layout import stored_axis
+from nirc.tflite.ops_conv import apply_pad
+from nirc.tflite.padding import PadPlan, needs_end_extension, onnx_pads, plan_padding, window_params
+
+VELA_POOL_MAX_HEIGHT = 256
+VELA_POOL_MAX_AREA = 256 * 256
+
+
+def _pool_plan(info: GraphInfo, node: onnx.NodeProto) -> tuple[PadPlan, list[int], tuple[int, ...], bool]:
+    a = attrs(node)
+    x_shape = info.shape(node.input[0])
+    y_shape = info.shape(node.output[0])
+    kernel = [int(k) for k in a["kernel_shape"]]  # type: ignore[attr-defined]
+    strides, dilations, _ = window_params(node, kernel)
+    pads = onnx_pads(node, x_shape[2:], kernel, y_shape[2:])
+    include = bool(a.get("count_include_pad", 0))
+    allow_same = not (node.op_type == "AveragePool" and include)
+    plan = plan_padding(x_shape[2:], kernel, strides, dilations, pads, y_shape[2:], allow_same=allow_same)
+    return plan, kernel, strides, needs_end_extension(pads, plan)
+
+
+def check_pool(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    a = attrs(node)
+    if not info.has_shape(node.input[0]) or len(info.shape(node.input[0])) != 4:
+        return "only 2-D pooling (4-D NCHW input) is supported"
+    if len([o for o in node.output if o]) > 1:
+        return "the Indices output is not supported"
+    if any(int(d) != 1 for d in a.get("dilations", [1, 1])):  # type: ignore[attr-defined]
+        return "dilated pooling is not supported"
+    plan, _, _, extended = _pool_plan(info, node)
+    if node.op_type == "AveragePool":
+        include = bool(a.get("count_include_pad", 0))
+        if not include and plan.explicit is not None:
+            return "count_include_pad=0 with padding TFLite SAME cannot express"
+        if include and extended:
+            return "ceil_mode windows past the padding with count_include_pad=1"
+    return None
+
+
+def pool_fusable(info: GraphInfo, node: onnx.NodeProto) -> bool:
+    return check_pool(info, node) is None
+
+
+def lower_pool(em: Emitter, node: onnx.NodeProto) -> None:
+    plan, kernel, strides, _ = _pool_plan(em.info, node)
+    act, out_name = em.activation(node)
+    is_max = node.op_type == "MaxPool"
+    x = apply_pad(em, em.value(node.input[0]), plan, out_name, fill_min=is_max)
+    y = em.define(out_name, shape=em.shape(node.output[0]))
+    opts = Options(
+        "Pool2DOptions",
+        (("Padding", plan.mode), ("StrideW", strides[1]), ("StrideH", strides[0]),
+         ("FilterWidth", kernel[1]), ("FilterHeight", kernel[0]), ("FusedActivationFunction", act)),
+    )  # fmt: skip
+    em.op(Op.MAX_POOL_2D if is_max else Op.AVERAGE_POOL_2D, [x.tensor], [y.tensor], opts)
+
+
+def check_global(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if not info.has_shape(node.input[0]) or len(info.shape(node.input[0])) != 4:
+        return "only 4-D NCHW input is supported"
+    return None
+
+
+def global_as_pool(info: GraphInfo, node: onnx.NodeProto) -> bool:
+    if check_global(info, node) is not None:
+        return False
+    _, _, h, w = info.shape(node.input[0])
+    return node.op_type == "GlobalMaxPool" or (h <= VELA_POOL_MAX_HEIGHT and h * w <= VELA_POOL_MAX_AREA)
+
+
+def lower_global_pool(em: Emitter, node: onnx.NodeProto) -> None:
+    act, out_name = em.activation(node)
+    x = em.value(node.input[0])
+    _, h, w, _ = x.stored_shape
+    y = em.define(out_name, shape=em.shape(node.output[0]))
+    if global_as_pool(em.info, node):
+        opts = Options(
+            "Pool2DOptions",
+            (("Padding", 1), ("StrideW", 1), ("StrideH", 1), ("FilterWidth", w), ("FilterHeight", h),
+             ("FusedActivationFunction", act)),
+        )  # fmt: skip
+        builtin = Op.MAX_POOL_2D if node.op_type == "GlobalMaxPool" else Op.AVERAGE_POOL_2D
+        em.op(builtin, [x.tensor], [y.tensor], opts)
+        return
+    axes = em.int_const(f"{out_name}/axes", [1, 2])
+    em.op(Op.MEAN, [x.tensor, axes], [y.tensor], Options("ReducerOptions", (("KeepDims", True),)))
+
+
+def _reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
+    rank = len(info.shape(node.input[0]))
+    if len(node.input) > 1 and node.input[1]:
+        axes = info.const(node.input[1])
+        if axes is None:
+            return None
+        values = [int(v) for v in axes.reshape(-1)]
+    else:
+        values = [int(v) for v in attrs(node).get("axes", [])]  # type: ignore[attr-defined]
+    if not values:
+        noop = bool(attrs(node).get("noop_with_empty_axes", 0))
+        return [] if noop else list(range(rank))
+    return sorted(v + rank if v < 0 else v for v in values)
+
+
+def check_reduce_mean(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if not info.has_shape(node.input[0]):
+        return "input shape unknown"
+    if _reduce_axes(info, node) is None:
+        return "axes are not constant"
+    return None
+
+
+def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
+    axes = _reduce_axes(em.info, node)
+    if axes is None:
+        raise BackendError(f"ReduceMean '{node.name}': axes are not constant")
+    x = em.value(node.input[0])
+    out_name = node.output[0]
+    if not axes:
+        em.alias(out_name, x)
+        return
+    keep = bool(attrs(node).get("keepdims", 1))
+    stored_axes = sorted(stored_axis(a, x.perm) for a in axes)
+    kept_order = [p for p in x.perm if p not in axes]
+    opts = Options("ReducerOptions", (("KeepDims", keep),))
+    axes_t = em.int_const(f"{out_name}/axes", stored_axes)
+    if keep:
+        y = em.define(out_name, perm=x.perm)
+        em.op(Op.MEAN, [x.tensor, axes_t], [y.tensor], opts)
+    elif kept_order == sorted(kept_order) and len(kept_order) != 4:
+        y = em.define(out_name)
+        em.op(Op.MEAN, [x.tensor, axes_t], [y.tensor], opts)
+    else:
+        kept_shape = tuple(1 if i in axes else d for i, d in enumerate(x.onnx_shape))
+        mid = em.define(f"{out_name}/keep", perm=x.perm, quant=em.qparams(out_name), shape=kept_shape)
+        em.op(Op.MEAN, [x.tensor, axes_t], [mid.tensor], Options("ReducerOptions", (("KeepDims", True),)))
+        em.alias(out_name, em.reshaped(mid, em.shape(out_name), out_name))
+

@@ -1,0 +1,127 @@
+"""int8 quantization plan: one set of parameters per emitted activation tensor.
+
+TFLite's int8 CONCATENATION, RESHAPE, pooling, PAD, SLICE/SPLIT, TRANSPOSE, RESIZE and
+MINIMUM/MAXIMUM kernels copy or compare raw int8 values, so their inputs and outputs
+must share scale and zero point (Vela checks the same).  Rather than inserting a
+requantize op in front of each, the planner unions the calibrated ranges of every
+such group -- what the TFLite converter does too -- and gives the whole group one
+set of parameters.  Only tensors whose parameters TFLite fixes (LOGISTIC, SOFTMAX,
+TANH outputs) stay out of groups; the emitter requantizes them where needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx
+
+from nirc.errors import CalibrationError
+from nirc.tflite.builder import QParams
+from nirc.tflite.fusion import FusionPlan
+from nirc.tflite.graph import GraphInfo
+from nirc.tflite.quantize import activation_qparams
+from nirc.tflite.rules import OpRule
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # Deterministic: the lexicographically smaller root wins.
+            lo, hi = sorted((ra, rb))
+            self.parent[hi] = lo
+
+
+class QuantPlan:
+    """Maps ONNX tensor names (after fusion renaming) to int8 parameters."""
+
+    def __init__(
+        self,
+        info: GraphInfo,
+        fusion: FusionPlan,
+        rules: Mapping[str, OpRule],
+        ranges: Mapping[str, tuple[float, float]],
+        source: str,
+    ) -> None:
+        self.fixed: dict[str, QParams] = {}
+        self._params: dict[str, QParams] = {}
+        uf = _UnionFind()
+        required: list[str] = list(info.inputs)
+        optional: set[str] = set()
+
+        for idx, node in info.live_nodes():
+            if idx in fusion.skipped:
+                continue
+            rule = rules[node.op_type]
+            outs = self._outputs(idx, node, fusion)
+            fixed = rule.fixed(info, node)
+            if fixed is not None:
+                for o in outs:
+                    self.fixed[o] = fixed
+            elif rule.alias:
+                optional.update(outs)
+            else:
+                required.extend(outs)
+            tied = [self._rename(idx, node, fusion, n) for n in rule.ties(info, node)]
+            tied = [n for n in tied if n and not info.is_const(n) and n not in self.fixed]
+            for other in tied[1:]:
+                uf.union(tied[0], other)
+
+        names = [n for n in required if n not in self.fixed]
+        for n in names:
+            uf.find(n)
+        for n in optional:
+            uf.find(n)
+        groups: dict[str, list[str]] = {}
+        for n in uf.parent:
+            groups.setdefault(uf.find(n), []).append(n)
+
+        for n in names:
+            if n not in ranges:
+                raise CalibrationError(f"{source}: no calibration range for tensor '{n}'")
+        for root, members in groups.items():
+            lo, hi = 0.0, 0.0
+            found = False
+            for m in members:
+                if m in ranges:
+                    mlo, mhi = ranges[m]
+                    lo, hi, found = min(lo, float(mlo)), max(hi, float(mhi)), True
+            if not found:
+                raise CalibrationError(f"{source}: no calibration range for tensor '{sorted(members)[0]}'")
+            try:
+                q = activation_qparams(lo, hi)
+            except ValueError as exc:
+                raise CalibrationError(f"{source}: bad calibration range for tensor '{root}': {exc}") from exc
+            for m in members:
+                self._params[m] = q
+
+    @staticmethod
+    def _outputs(idx: int, node: onnx.NodeProto, fusion: FusionPlan) -> list[str]:
+        outs = [o for o in node.output if o]
+        if idx in fusion.fused:
+            outs = [fusion.fused[idx][1]]
+        return outs
+
+    @staticmethod
+    def _rename(idx: int, node: onnx.NodeProto, fusion: FusionPlan, name: str) -> str:
+        if idx in fusion.fused and name == node.output[0]:
+            return fusion.fused[idx][1]
+        return name
+
+    def qparams(self, name: str) -> QParams:
+        q = self.fixed.get(name) or self._params.get(name)
+        if q is None:
+            raise CalibrationError(f"no calibration range for tensor '{name}'")
+        return q

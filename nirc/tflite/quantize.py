@@ -1,0 +1,106 @@
+"""Quantization arithmetic: activation parameters, per-channel weights, int32 bias.
+
+Conventions follow the TFLite int8 spec, which is what both the LiteRT reference
+kernels and Vela's NPU code generator assume:
+
+* activations: asymmetric per-tensor int8, range widened to contain 0 so that zero
+  padding (PAD, SAME convs) is exact;
+* weights: symmetric per-channel int8 (zero point 0) on the output-channel axis;
+* bias: int32 with ``scale = input_scale * weight_scale[c]`` and zero point 0, so the
+  accumulator needs no rescale before the bias add.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nirc.tflite.builder import QParams
+
+INT8_MIN = -128
+INT8_MAX = 127
+INT32_LIMIT = 2**31 - 1
+#: Smallest range span turned into a scale; a degenerate (constant) tensor would
+#: otherwise get scale 0, which LiteRT rejects and Vela flags as an infinite rescale.
+MIN_SPAN = 1e-6
+
+#: Output quantization TFLite mandates for int8 LOGISTIC / SOFTMAX and TANH.
+SIGMOID_QPARAMS = QParams((1.0 / 256.0,), (-128,))
+TANH_QPARAMS = QParams((1.0 / 128.0,), (0,))
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def activation_qparams(lo: float, hi: float) -> QParams:
+    """Asymmetric int8 parameters for a calibrated ``(min, max)`` range."""
+    lo = min(float(lo), 0.0)
+    hi = max(float(hi), 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"non-finite range ({lo}, {hi})")
+    span = max(hi - lo, MIN_SPAN)
+    scale = _f32(span / 255.0)
+    zero_point = int(np.clip(round(-128.0 - lo / scale), INT8_MIN, INT8_MAX))
+    return QParams((scale,), (zero_point,))
+
+
+def quantize(array: np.ndarray, q: QParams) -> np.ndarray:
+    """Quantize a float array with per-tensor or per-axis parameters to int8."""
+    arr = np.asarray(array, dtype=np.float64)
+    scale = np.asarray(q.scale, dtype=np.float64)
+    zp = np.asarray(q.zero_point, dtype=np.float64)
+    if not q.per_tensor:
+        shape = [1] * arr.ndim
+        shape[q.axis] = -1
+        scale = scale.reshape(shape)
+        zp = zp.reshape(shape)
+    return np.clip(np.round(arr / scale) + zp, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def dequantize(array: np.ndarray, q: QParams) -> np.ndarray:
+    arr = np.asarray(array, dtype=np.float64)
+    return ((arr - q.zero_point[0]) * q.scale[0]).astype(np.float32)
+
+
+def constant_qparams(array: np.ndarray) -> QParams:
+    """Per-tensor parameters for a constant operand of ADD/MUL/SUB.
+
+    The range is the constant's own (widened to 0), so each of its extreme values is
+    exactly representable; a single repeated value is then exact as well.
+    """
+    arr = np.asarray(array, dtype=np.float64)
+    if arr.size == 0:
+        return activation_qparams(0.0, 1.0)
+    return activation_qparams(float(arr.min()), float(arr.max()))
+
+
+def weight_scales(weight: np.ndarray, axis: int, bias: np.ndarray | None, input_scale: float) -> np.ndarray:
+    """Symmetric per-channel scales ``max|w|/127`` along ``axis``.
+
+    A channel whose scale would be 0 (all-zero weights) or so small that its bias
+    overflows int32 gets the smallest scale that keeps ``bias`` representable.
+    """
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0).reshape(weight.shape[axis], -1)
+    scales = np.abs(moved).max(axis=1) / INT8_MAX if moved.size else np.zeros(weight.shape[axis])
+    floor = np.full_like(scales, 1e-12)
+    if bias is not None:
+        floor = np.maximum(floor, np.abs(np.asarray(bias, dtype=np.float64)) / (input_scale * (INT32_LIMIT // 2)))
+    scales = np.maximum(scales, floor)
+    return scales.astype(np.float32)
+
+
+def quantize_weights(
+    weight: np.ndarray, axis: int, bias: np.ndarray | None, input_scale: float
+) -> tuple[np.ndarray, QParams]:
+    scales = weight_scales(weight, axis, bias, input_scale)
+    q = QParams(tuple(float(s) for s in scales), (0,) * len(scales), axis)
+    return quantize(weight, q), q
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, w: QParams) -> tuple[np.ndarray, QParams]:
+    """int32 bias with ``scale[c] = input_scale * weight_scale[c]`` (zero point 0)."""
+    scales = np.asarray([np.float32(input_scale) * np.float32(s) for s in w.scale], dtype=np.float64)
+    values = np.round(np.asarray(bias, dtype=np.float64) / scales)
+    values = np.clip(values, -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+    q = QParams(tuple(_f32(s) for s in scales), (0,) * len(scales), 0)
+    return values, q
