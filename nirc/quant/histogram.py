@@ -56,7 +56,7 @@ def percentile_range(hist: Histogram, percentile: float) -> tuple[float, float]:
     Each tail loses ``100 - p`` percent of the values: a one-sided tensor (after
     ReLU) loses only its upper tail because its lower bound is 0 anyway.
     """
-    if hist.stop == hist.start:
+    if hist.lo == hist.hi:  # a constant has no tails to drop
         return (min(hist.lo, 0.0), max(hist.hi, 0.0))
     q = percentile / 100.0
     lower = max(_value_at(hist, 1.0 - q), hist.lo)
@@ -88,7 +88,7 @@ def mse_range(hist: Histogram, *, steps: int = 64, refine: int = 16, subpoints: 
     rounding error honest when a quantization step is only a few bins wide.
     """
     lo, hi = min(hist.lo, 0.0), max(hist.hi, 0.0)
-    if hi == lo:
+    if hist.lo == hist.hi:  # a constant (or all-zero) tensor: nothing to trade off
         return (lo, hi)
     x, w = _points(hist, subpoints)
 
