@@ -16,10 +16,12 @@ Facts measured with ethos-u-vela 5.2.0 that shape the code:
   byte-identical outputs. It does reset ``sys.setrecursionlimit(1000)``, which
   the driver undoes.
 * Regor *segfaults* (killing the host process) on a flatbuffer that fails its
-  schema verifier, e.g. a truncated or bit-flipped ``.tflite``. The driver
-  therefore checks the file structurally in Python first, and ``isolate=True``
-  runs Vela in a child process so even an undetected corruption becomes a
-  :class:`BackendError` instead of a crash.
+  schema verifier, e.g. a truncated ``.tflite``, and on some schema-valid but
+  nonsensical models. The driver checks the file structurally in Python first,
+  which catches truncation; of 120 copies of a valid model with 1-3 random
+  bytes changed, 24 were rejected by that check, 88 compiled (the bytes hit
+  weight data) and 8 still crashed Regor. ``isolate=True`` runs Vela in a child
+  process so that such a crash becomes a :class:`BackendError` instead.
 """
 
 from __future__ import annotations
