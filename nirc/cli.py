@@ -16,10 +16,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze
+from nirc.backend import CalibrationOptions
 from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.plugin import Registry, load_registry
@@ -72,6 +73,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def _add_calib_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", type=Path, metavar="PATH", help=".npy, .npz (by input name) or a folder of images")
+    p.add_argument("--calib-mean", type=_floats, metavar="M0,M1,M2", help="per-channel mean for image folders")
+    p.add_argument("--calib-std", type=_floats, metavar="S0,S1,S2", help="per-channel std for image folders")
+    p.add_argument("--calib-method", choices=("minmax", "percentile", "mse"), default="minmax")
+    p.add_argument("--calib-count", type=int, default=16, help="use at most this many samples")
+
+
+def _calibration(args: argparse.Namespace) -> CalibrationOptions:
+    return CalibrationOptions(
+        path=args.calib, mean=args.calib_mean, std=args.calib_std, method=args.calib_method, count=args.calib_count
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nirc", description="Hardware-aware compiler for Arm Ethos-U NPUs.")
     parser.add_argument("--version", action="version", version=f"nirc {__version__}")
@@ -90,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hw-passes", action="store_true", help="drop hardware-aware passes (baseline)")
     p.add_argument("--verify", action="store_true", help="check every exact pass numerically with ORT")
     p.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the ONNX after each pass")
+    _add_calib_args(p)
+    p.add_argument("--io", choices=("int8", "float32"), default="int8", help="model input/output type")
+    p.add_argument("--no-compile", action="store_true", help="stop after the int8 TFLite (skip Vela)")
+
+    p = sub.add_parser("convert", help="emit TFLite (float32 or int8) without Vela")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .tflite file")
+    p.add_argument("--dtype", choices=("float32", "int8"), default="int8")
+    p.add_argument("--io", choices=("int8", "float32"), default="int8", help="int8 model input/output type")
+    _add_calib_args(p)
 
     sub.add_parser("passes", help="list registered passes")
     sub.add_parser("targets", help="list registered targets")
@@ -159,18 +191,59 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
         verify=args.verify,
         dump_ir=args.dump_ir,
         input_shapes=shapes,
+        calibration=_calibration(args),
+        io_dtype=args.io,
+        compile=not args.no_compile,
         registry=registry,
     )
-    for record in result.records:
-        mark = "changed" if record.changed else "-"
-        checked = " verified" if record.verified else ""
-        sys.stdout.write(f"{record.name:28s} {mark:8s} {record.seconds * 1000:8.1f} ms{checked}\n")
-    b, a = result.before, result.after
-    sys.stdout.write(
-        f"nodes {len(b.layers)} -> {len(a.layers)}   MACs {b.macs:,} -> {a.macs:,}   "
-        f"peak activations {b.peak_activation_bytes:,} -> {a.peak_activation_bytes:,} B\n"
-        f"wrote {result.outdir}\n"
+    print_optimize_summary(result.report, result.outdir)
+    return 0
+
+
+def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
+    write = sys.stdout.write
+    for record in report["passes"]:
+        mark = "changed" if record["changed"] else "-"
+        checked = " verified" if record["verified"] else ""
+        write(f"  {record['name']:28s} {mark:8s} {record['seconds'] * 1000:8.1f} ms{checked}\n")
+    b, a = report["model"]["before"], report["model"]["after"]
+    write(
+        f"nodes {b['nodes']} -> {a['nodes']}   MACs {b['macs']:,} -> {a['macs']:,}   "
+        f"peak activations {b['peak_activation_bytes']:,} -> {a['peak_activation_bytes']:,} B\n"
     )
+    for out in report["validation"]["outputs"]:
+        top1 = f"   top-1 agreement {out['top1_agreement']:.0%}" if out["top1_agreement"] is not None else ""
+        write(f"int8 vs float '{out['name']}': SNR {out['snr_db']} dB{top1}\n")
+    vela = report["vela"]
+    if vela:
+        write(
+            f"Vela {report['target']['name']}: {vela['inference_time_ms']:.3f} ms, {vela['cycles_total']:,} cycles, "
+            f"SRAM {vela['sram_used_kib']:.1f} KiB, DRAM {vela['dram_used_kib']:.1f} KiB, "
+            f"NPU ops {vela['npu_ops']}, CPU ops {vela['cpu_ops']}\n"
+        )
+        for op in vela["cpu_op_list"]:
+            write(f"  on CPU: {op['name']} ({op['op_type']}): {op['reason']}\n")
+    write(f"platform: {report['fits']['platform']['message']}\n")
+    for warning in report["warnings"]:
+        write(f"warning: {warning}\n")
+    write(f"wrote {outdir}\n")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from nirc.backend import emit, load_samples
+
+    shapes = _resolve_unnamed_shape(_parse_input_shapes(args.input_shape), args.model)
+    model = IRModel.load(args.model, shapes)
+    proto = model.to_proto()
+    options = _calibration(args)
+    calib = load_samples(proto, options) if args.dtype == "int8" else None
+    result = emit(proto, dtype=args.dtype, calib=calib, method=options.method, io_dtype=args.io, label=model.label)
+    output: Path = args.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_bytes(result.tflite.data)
+    tmp.replace(output)
+    sys.stdout.write(f"wrote {output} ({len(result.tflite.data):,} bytes, {args.dtype})\n")
     return 0
 
 
@@ -203,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_analyze(args, registry)
         if args.command == "optimize":
             return _cmd_optimize(args, registry)
+        if args.command == "convert":
+            return _cmd_convert(args)
         if args.command == "passes":
             return _cmd_passes(registry)
         return _cmd_targets(registry)

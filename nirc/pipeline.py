@@ -1,27 +1,34 @@
-"""The library entry point: load → passes → artifacts, as ``nirc optimize`` runs it.
+"""The library entry point: load → passes → int8 TFLite → Vela → report, as ``nirc optimize`` runs it.
 
 Embedding compilers call :func:`optimize` directly; the CLI is a thin shell over it.
+Everything that can reject the input (model, ops, calibration data, pass names,
+target) is checked before the expensive stages, and nothing reaches OUTDIR
+unless every artifact was produced.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import onnx
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze
-from nirc.errors import PassError
+from nirc.backend import SYNTHETIC_WARNING, CalibrationOptions, emit, load_samples, validate
+from nirc.errors import PassError, TargetError
 from nirc.ir import IRModel
 from nirc.outdir import staged_outdir
 from nirc.pass_base import Pass, PassContext
 from nirc.pass_manager import PassManager, PassRecord
 from nirc.plugin import Registry, load_registry
-from nirc.report import build_report, write_json
+from nirc.report import build_report, fits_summary, write_json
 from nirc.target import Target
+from nirc.tflite import check_supported
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +54,11 @@ def select_passes(
 @dataclass(frozen=True)
 class OptimizeResult:
     outdir: Path
-    report: dict[str, object]
+    report: dict[str, Any]
     records: list[PassRecord]
     before: Analysis
     after: Analysis
+    warnings: list[str] = field(default_factory=list)
 
 
 def run_passes(
@@ -76,25 +84,86 @@ def optimize(
     verify: bool = False,
     dump_ir: Path | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    calibration: CalibrationOptions | None = None,
+    io_dtype: Literal["int8", "float32"] = "int8",
+    compile: bool = True,
     registry: Registry | None = None,
 ) -> OptimizeResult:
+    """Compile ``source`` for ``target`` into ``outdir``.
+
+    Raises:
+        TargetError: after writing every artifact, when the compiled model does not
+            fit the target platform's memory (the report says by how much).
+    """
     registry = registry or load_registry()
     tgt = registry.get_target(target) if isinstance(target, str) else target
     pass_list = select_passes(registry, tgt, passes=passes, skip=skip, no_hw_passes=no_hw_passes)
     model = IRModel.load(source, input_shapes)
-    stem = Path(model.label).stem if model.label != "<model>" else "model"
+    label = model.label
+    stem = Path(label).stem if label != "<model>" else "model"
     outdir = outdir or Path(f"{stem}_nirc")
+    check_supported(model.to_proto(), label)
+    calib = load_samples(model.to_proto(), calibration or CalibrationOptions())
+    warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
+
     before = analyze(model, tgt)
     records = run_passes(model, tgt, pass_list, verify=verify, dump_ir=dump_ir)
     after = analyze(model, tgt)
-    report = build_report(
-        source=model.label, target=tgt, records=records, before=before, after=after, version=__version__
-    )
     try:
         proto = model.to_proto()
     except Exception as exc:  # a pass left the model invalid in a way the manager did not see
         raise PassError(f"final model is invalid: {exc}") from exc
+
+    options = calibration or CalibrationOptions()
     with staged_outdir(outdir) as staging:
         onnx.save(proto, str(staging / f"{stem}_opt.onnx"))
+        emitted = emit(proto, dtype="int8", calib=calib, method=options.method, io_dtype=io_dtype, label=label)
+        int8_path = staging / f"{stem}_int8.tflite"
+        int8_path.write_bytes(emitted.tflite.data)
+        checks = validate(proto, emitted.tflite, calib)
+        for check in checks:
+            if check.low_snr:
+                warnings.append(f"output '{check.name}' int8 SNR {check.snr_db:.1f} dB is low")
+        vela_json: dict[str, Any] | None = None
+        fits: dict[str, Any] = fits_summary(tgt, after, None, None)
+        if compile:
+            vela_json, fits = _compile(int8_path, tgt, staging, stem, after)
+        report = build_report(
+            source=label,
+            target=tgt,
+            records=records,
+            before=before,
+            after=after,
+            version=__version__,
+            calibration={
+                "source": calib.source,
+                "synthetic": calib.synthetic,
+                "samples": len(calib),
+                "method": options.method,
+            },
+            validation={"samples": len(calib), "outputs": [c.to_json() for c in checks]},
+            vela=vela_json,
+            fits=fits,
+            warnings=warnings,
+        )
         write_json(staging / "report.json", report)
-    return OptimizeResult(outdir, report, records, before, after)
+    if fits["platform"]["fits"] is False:
+        raise TargetError(f"{label}: {fits['platform']['message']} (artifacts and report in {outdir})")
+    return OptimizeResult(outdir, report, records, before, after, warnings)
+
+
+def _compile(
+    int8_path: Path, target: Target, staging: Path, stem: str, after: Analysis
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from nirc.targets.ethos_u.vela_driver import compile_with_vela
+
+    vela_dir = staging / "vela"
+    result = compile_with_vela(int8_path, target, vela_dir)
+    final = staging / f"{stem}_vela.tflite"
+    shutil.move(str(result.vela_tflite), final)
+    data = result.to_json()
+    # Paths relative to OUTDIR: the staging directory is gone after the move.
+    data["vela_tflite"] = final.name
+    data["summary_csv"] = str(result.summary_csv.relative_to(staging))
+    data["log"] = str(result.log_path.relative_to(staging))
+    return data, fits_summary(target, after, result, final.stat().st_size)

@@ -6,7 +6,14 @@ Schema (version 1), top-level keys:
           platform, platform_memory_bytes},
   passes [{name, exact, changed, seconds, stats, verified}],
   model {before, after}: each {macs, params, weight_bytes, peak_activation_bytes, nodes}.
-Later stages add ``vela``, ``validation``, ``fits`` and ``warnings``.
+  calibration {source, synthetic, samples, method},
+  validation {samples, outputs [{name, snr_db, max_abs_error_steps, top1_agreement, low_snr}]},
+  vela (null with --no-compile) {inference_time_ms, cycles_total, cycles_npu, sram_used_kib, dram_used_kib,
+        dram_feature_map_read_bytes, dram_feature_map_write_bytes, dram_weight_bytes, nn_macs, npu_ops,
+        cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},
+  fits {sram {peak_activation_bytes, arena_cache_bytes, fits},
+        platform {required_bytes, limit_bytes, platform, fits (true/false/null), message}},
+  warnings [str].
 Only ``seconds`` values vary between identical runs; everything else is byte-stable.
 """
 
@@ -15,11 +22,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nirc.analysis import Analysis
 from nirc.pass_manager import PassRecord
 from nirc.target import Target
+
+if TYPE_CHECKING:
+    from nirc.targets.ethos_u.vela_driver import VelaResult
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -54,6 +64,11 @@ def build_report(
     before: Analysis,
     after: Analysis,
     version: str,
+    calibration: dict[str, Any] | None = None,
+    validation: dict[str, Any] | None = None,
+    vela: dict[str, Any] | None = None,
+    fits: dict[str, Any] | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -62,8 +77,59 @@ def build_report(
         "target": target_summary(target),
         "passes": [r.to_json() for r in records],
         "model": {"before": model_summary(before), "after": model_summary(after)},
-        "warnings": [],
+        "calibration": calibration,
+        "validation": validation,
+        "vela": vela,
+        "fits": fits,
+        "warnings": list(warnings),
     }
+
+
+def _mib(n: int) -> str:
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def fits_summary(
+    target: Target, after: Analysis, vela: VelaResult | None, vela_file_bytes: int | None
+) -> dict[str, Any]:
+    """Does the model fit the SRAM arena, and the platform's memory?
+
+    Platform need = the Vela-compiled file (weights + command stream) + the
+    activation arena Vela allocated (DRAM in Dedicated_Sram modes, SRAM in
+    Shared_Sram/Sram_Only). Without Vela, the estimate uses int8 weight bytes
+    and the peak live activation bytes.
+    """
+    arena = target.arena_cache_bytes
+    sram = {
+        "peak_activation_bytes": after.peak_activation_bytes,
+        "arena_cache_bytes": arena,
+        "fits": None if arena is None else after.peak_activation_bytes <= arena,
+    }
+    if vela is not None and vela_file_bytes is not None:
+        arena_used = vela.dram_used_kib if target.memory_mode.startswith("Dedicated_Sram") else vela.sram_used_kib
+        required = vela_file_bytes + int(arena_used * 1024)
+        basis = "vela"
+    else:
+        required = after.weight_bytes + after.peak_activation_bytes
+        basis = "estimate"
+    limit = target.platform_memory_bytes
+    if limit is None:
+        fits, message = None, f"platform memory of {target.platform} unknown; needs {_mib(required)}"
+    elif required <= limit:
+        fits, message = True, f"fits: {_mib(required)} <= {_mib(limit)} ({target.platform})"
+    else:
+        fits, message = False, f"does not fit: {_mib(required)} > {_mib(limit)} ({target.platform})"
+    platform = {
+        "required_bytes": required,
+        "limit_bytes": limit,
+        "platform": target.platform,
+        "basis": basis,
+        "fits": fits,
+        "message": message,
+    }
+    return {"sram": sram, "platform": platform}
 
 
 def write_json(path: Path, data: object) -> None:

@@ -1,0 +1,88 @@
+"""From the optimized float IR to an int8 TFLite: calibrate, emit, validate.
+
+Kept apart from Vela so ``nirc convert`` and the cost oracle can emit without
+compiling, and so the validation measures exactly the file that Vela compiles.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import onnx
+
+from nirc.quant import CalibrationSet, RangeMethod, collect_ranges, load_calibration
+from nirc.tflite import TFLiteModel, check_supported, emit_tflite
+from nirc.validate import OutputCheck, compare
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RANGE_METHOD: RangeMethod = "minmax"
+SYNTHETIC_WARNING = (
+    "no --calib data: int8 ranges come from synthetic random inputs; accuracy numbers are not meaningful"
+)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How to obtain int8 activation ranges.
+
+    Attributes:
+        path: ``.npy``/``.npz``/image folder, or None for synthetic data (with a warning).
+        mean, std: per-channel normalisation for image folders.
+        method: ``minmax`` | ``percentile`` | ``mse``.
+        count: at most this many samples are used.
+    """
+
+    path: Path | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    method: RangeMethod = DEFAULT_RANGE_METHOD
+    count: int = 16
+
+
+def input_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    inits = {i.name for i in proto.graph.initializer}
+    return {
+        v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+        for v in proto.graph.input
+        if v.name not in inits
+    }
+
+
+def load_samples(proto: onnx.ModelProto, options: CalibrationOptions) -> CalibrationSet:
+    """Calibration samples; synthetic ones are flagged for the caller to warn about and report."""
+    return load_calibration(options.path, input_shapes(proto), mean=options.mean, std=options.std, count=options.count)
+
+
+@dataclass(frozen=True)
+class EmitResult:
+    tflite: TFLiteModel
+    ranges: dict[str, tuple[float, float]] | None
+
+
+def emit(
+    proto: onnx.ModelProto,
+    *,
+    dtype: Literal["float32", "int8"],
+    calib: CalibrationSet | None,
+    method: RangeMethod = DEFAULT_RANGE_METHOD,
+    io_dtype: Literal["int8", "float32"] = "int8",
+    label: str = "<model>",
+) -> EmitResult:
+    """Emit TFLite; for int8 the ranges are measured on ``calib`` with ORT on this very graph."""
+    check_supported(proto, label)
+    ranges = None
+    if dtype == "int8":
+        if calib is None:
+            raise ValueError("int8 emission needs calibration samples")
+        ranges = collect_ranges(proto, calib, method=method)
+    model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label)
+    return EmitResult(model, ranges)
+
+
+def validate(proto: onnx.ModelProto, model: TFLiteModel, calib: CalibrationSet) -> list[OutputCheck]:
+    return compare(proto, model, list(calib.samples))
