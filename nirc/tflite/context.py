@@ -175,12 +175,22 @@ class Emitter:
         self.op(Op.RESHAPE, [src, self.int_const(f"{self.mb.name_of(dst)}/shape", shape)], [dst])
 
     def reshaped(self, v: Value, onnx_shape: Sequence[int], name: str) -> Value:
-        """``v`` reshaped (in ONNX element order) to ``onnx_shape``, standard layout."""
+        """``v`` reshaped (in ONNX element order) to ``onnx_shape``, standard layout.
+
+        One RESHAPE when neither side's layout moves data; otherwise the needed
+        relayouts (possibly TRANSPOSEs) around a RESHAPE in ONNX order.
+        """
+        shape = tuple(onnx_shape)
+        target = standard_perm(len(shape))
+        if is_memory_noop(v.stored_shape, invert(v.perm)) and is_memory_noop(shape, target):
+            out = self.new_tensor(f"{name}/reshape", permute_shape(shape, target), self.quant_of(v))
+            self.reshape(v.tensor, out)
+            return Value(out, target, shape)
         src = self.value_of(v, tuple(range(len(v.onnx_shape))), name)
-        ident = tuple(range(len(onnx_shape)))
-        flat = self.new_tensor(f"{name}/reshape", tuple(onnx_shape), self.quant_of(v))
+        ident = tuple(range(len(shape)))
+        flat = self.new_tensor(f"{name}/reshape", shape, self.quant_of(v))
         self.reshape(src.tensor, flat)
-        return self.value_of(Value(flat, ident, tuple(onnx_shape)), standard_perm(len(onnx_shape)), name)
+        return self.value_of(Value(flat, ident, shape), target, name)
 
     def value_of(self, v: Value, want: Sequence[int], name: str) -> Value:
         """Like :meth:`value` for an already-emitted (possibly temporary) Value."""

@@ -23,7 +23,7 @@ def _softmax_fixed(info: GraphInfo, node: onnx.NodeProto) -> QParams | None:
 
 
 def _pool_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
-    return tie_input_outputs(info, node)
+    return ops_pool.pool_ties(info, node)
 
 
 def _global_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:

@@ -8,6 +8,7 @@ tensor it must store and stream.  Larger maps fall back to MEAN.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from nirc.errors import BackendError
@@ -47,8 +48,6 @@ def check_pool(info: GraphInfo, node: onnx.NodeProto) -> str | None:
     plan, _, _, extended = _pool_plan(info, node)
     if node.op_type == "AveragePool":
         include = bool(a.get("count_include_pad", 0))
-        if not include and plan.explicit is not None:
-            return "count_include_pad=0 with padding TFLite SAME cannot express"
         if include and extended:
             return "ceil_mode windows past the padding with count_include_pad=1"
     return None
@@ -56,6 +55,34 @@ def check_pool(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 
 def pool_fusable(info: GraphInfo, node: onnx.NodeProto) -> bool:
     return check_pool(info, node) is None
+
+
+def needs_count_fixup(info: GraphInfo, node: onnx.NodeProto) -> bool:
+    """AveragePool excluding padding where SAME cannot express the pads.
+
+    Lowered as PAD(0) + VALID AVERAGE_POOL_2D (sum / k*k) + MUL by the constant map
+    k*k / (real elements in each window), which is exact and all NPU ops.
+    """
+    if node.op_type != "AveragePool" or check_pool(info, node) is not None:
+        return False
+    include = bool(attrs(node).get("count_include_pad", 0))
+    return not include and _pool_plan(info, node)[0].explicit is not None
+
+
+def pool_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    if needs_count_fixup(info, node):
+        return []
+    return [node.input[0], node.output[0]]
+
+
+def _count_map(in_sizes: tuple[int, ...], kernel: list[int], strides: tuple[int, ...],
+               begins: tuple[int, ...], out_sizes: tuple[int, ...]) -> np.ndarray:  # fmt: skip
+    counts = []
+    for i in range(2):
+        start = np.arange(out_sizes[i]) * strides[i] - begins[i]
+        lo, hi = np.maximum(start, 0), np.minimum(start + kernel[i], in_sizes[i])
+        counts.append(np.maximum(hi - lo, 1))
+    return (kernel[0] * kernel[1] / np.outer(counts[0], counts[1])).astype(np.float32)
 
 
 def lower_pool(em: Emitter, node: onnx.NodeProto) -> None:
@@ -69,7 +96,19 @@ def lower_pool(em: Emitter, node: onnx.NodeProto) -> None:
         (("Padding", plan.mode), ("StrideW", strides[1]), ("StrideH", strides[0]),
          ("FilterWidth", kernel[1]), ("FilterHeight", kernel[0]), ("FusedActivationFunction", act)),
     )  # fmt: skip
-    em.op(Op.MAX_POOL_2D if is_max else Op.AVERAGE_POOL_2D, [x.tensor], [y.tensor], opts)
+    if not needs_count_fixup(em.info, node):
+        em.op(Op.MAX_POOL_2D if is_max else Op.AVERAGE_POOL_2D, [x.tensor], [y.tensor], opts)
+        return
+    # AVERAGE_POOL_2D int8 does not rescale: the sum/k*k intermediate keeps the input's
+    # parameters (its values stay within the input's range, zero included).
+    mean = em.new_tensor(f"{out_name}/window_mean", y.stored_shape, em.quant_of(x))
+    plain = Options("Pool2DOptions", tuple((k, v) for k, v in opts.fields if k != "FusedActivationFunction"))
+    em.op(Op.AVERAGE_POOL_2D, [x.tensor], [mean], plain)
+    in_shape, out_shape = em.shape(node.input[0]), em.shape(node.output[0])
+    begins = tuple(p[0] for p in plan.explicit or ((0, 0), (0, 0)))
+    fix = _count_map(in_shape[2:], kernel, strides, begins, out_shape[2:]).reshape(1, out_shape[2], out_shape[3], 1)
+    fix_t = em.float_const(f"{out_name}/count_fix", fix)
+    em.op(Op.MUL, [mean, fix_t], [y.tensor], Options("MulOptions", (("FusedActivationFunction", act),)))
 
 
 def check_global(info: GraphInfo, node: onnx.NodeProto) -> str | None:
