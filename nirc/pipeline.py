@@ -161,6 +161,10 @@ def _compile(
     result = compile_with_vela(int8_path, target, vela_dir)
     final = staging / f"{stem}_vela.tflite"
     shutil.move(str(result.vela_tflite), final)
+    # Vela prints its output path into the log; the staging name is random, so scrub it
+    # to keep the artifacts byte-identical across runs.
+    log = result.log_path.read_text(encoding="utf-8", errors="replace")
+    result.log_path.write_text(log.replace(str(staging), "<outdir>"), encoding="utf-8")
     data = result.to_json()
     # Paths relative to OUTDIR: the staging directory is gone after the move.
     data["vela_tflite"] = final.name
