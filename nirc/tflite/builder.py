@@ -129,7 +129,9 @@ class ModelBuilder:
         if cached is not None:
             return cached
         self.buffers.append(data)
-        self.tensors.append(_Tensor(self.unique_name(name), tuple(arr.shape), dtype, len(self.buffers) - 1, quant))
+        self.tensors.append(
+            _Tensor(self.unique_name(name), tuple(arr.shape), dtype, len(self.buffers) - 1, quant)
+        )
         index = len(self.tensors) - 1
         self._const_cache[key] = index
         return index

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 
 from nirc.errors import BackendError
@@ -39,9 +40,9 @@ _INT8_VERSIONS: dict[int, int] = {
 
 def op_version(builtin: int, int8: bool, options: Options | None) -> int:
     version = _INT8_VERSIONS.get(builtin, 1) if int8 else 1
-    if builtin in (Op.RESIZE_BILINEAR, Op.RESIZE_NEAREST_NEIGHBOR) and options is not None:
-        if dict(options.fields).get("HalfPixelCenters"):
-            version = 3
+    resize = builtin in (Op.RESIZE_BILINEAR, Op.RESIZE_NEAREST_NEIGHBOR)
+    if resize and options is not None and dict(options.fields).get("HalfPixelCenters"):
+        version = 3
     return version
 
 
@@ -112,7 +113,7 @@ class Emitter:
     def new_tensor(self, name: str, shape: Sequence[int], quant: QParams | None) -> int:
         return self.mb.add_tensor(name, tuple(shape), self.act_dtype, quant)
 
-    def int_const(self, name: str, values: Sequence[int] | np.ndarray) -> int:
+    def int_const(self, name: str, values: npt.ArrayLike) -> int:
         return self.mb.add_constant(name, np.asarray(values, dtype=np.int32))
 
     def float_const(self, name: str, array: np.ndarray, quant: QParams | None = None) -> int:
@@ -125,7 +126,11 @@ class Emitter:
 
     # -- values ----------------------------------------------------------------------
     def define(
-        self, name: str, perm: Sequence[int] | None = None, quant: QParams | None = None, shape: Sequence[int] | None = None
+        self,
+        name: str,
+        perm: Sequence[int] | None = None,
+        quant: QParams | None = None,
+        shape: Sequence[int] | None = None,
     ) -> Value:
         """Create the TFLite tensor of ONNX tensor ``name`` (planned quant unless given)."""
         onnx_shape = tuple(shape) if shape is not None else self.shape(name)
@@ -208,8 +213,12 @@ class Emitter:
         return Value(out, v.perm, v.onnx_shape, v.col_order)
 
     # -- operators -------------------------------------------------------------------
-    def op(self, builtin: int, inputs: Sequence[int], outputs: Sequence[int], options: Options | None = None) -> None:
-        self.mb.add_operator(builtin, list(inputs), list(outputs), options, op_version(builtin, self.int8, options))
+    def op(
+        self, builtin: int, inputs: Sequence[int], outputs: Sequence[int], options: Options | None = None
+    ) -> None:
+        self.mb.add_operator(
+            builtin, list(inputs), list(outputs), options, op_version(builtin, self.int8, options)
+        )
 
     def activation(self, node: onnx.NodeProto) -> tuple[int, str]:
         """(fused activation, ONNX name of the final output) for the node being lowered."""

@@ -36,7 +36,7 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
     info = GraphInfo.build(model, evaluate=False)
     unsupported: Counter[str] = Counter()
     problems: list[str] = []
-    for idx, node in info.live_nodes():
+    for _, node in info.live_nodes():
         rule = LOWERINGS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
@@ -110,7 +110,9 @@ def emit_tflite(
     return TFLiteModel(data=em.mb.serialize(), inputs=tuple(inputs), outputs=tuple(outputs))
 
 
-def _io(name: str, onnx_shape: tuple[int, ...], perm: tuple[int, ...], dtype: str, q: QParams | None) -> TensorIO:
+def _io(
+    name: str, onnx_shape: tuple[int, ...], perm: tuple[int, ...], dtype: str, q: QParams | None
+) -> TensorIO:
     return TensorIO(
         name=name,
         onnx_shape=onnx_shape,

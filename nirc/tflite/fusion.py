@@ -47,7 +47,7 @@ def activation_kind(info: GraphInfo, node: onnx.NodeProto) -> int | None:
     if bounds is None:
         return None
     lo, hi = bounds
-    if lo == 0.0 and (hi is None or math.isinf(hi) and hi > 0):
+    if lo == 0.0 and (hi is None or (math.isinf(hi) and hi > 0)):
         return int(Activation.RELU)
     if lo == 0.0 and hi == 6.0:
         return int(Activation.RELU6)

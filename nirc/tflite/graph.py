@@ -9,6 +9,7 @@ reaches the TFLite model and never counts as an unsupported operator.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +34,32 @@ def describe(node: onnx.NodeProto, index: int) -> str:
     return f"{node.op_type} #{index} (output '{out}')"
 
 
-def attrs(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
+    return next((a for a in node.attribute if a.name == name), None)
+
+
+def has_attr(node: onnx.NodeProto, name: str) -> bool:
+    return _attr(node, name) is not None
+
+
+def attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
+    a = _attr(node, name)
+    return default if a is None else int(a.i)
+
+
+def attr_float(node: onnx.NodeProto, name: str, default: float) -> float:
+    a = _attr(node, name)
+    return default if a is None else float(a.f)
+
+
+def attr_ints(node: onnx.NodeProto, name: str, default: Sequence[int]) -> list[int]:
+    a = _attr(node, name)
+    return [int(v) for v in (default if a is None else a.ints)]
+
+
+def attr_str(node: onnx.NodeProto, name: str, default: str) -> str:
+    a = _attr(node, name)
+    return default if a is None else a.s.decode()
 
 
 def _static_shape(vi: onnx.ValueInfoProto) -> tuple[tuple[int, ...] | None, int]:
@@ -151,11 +176,9 @@ class GraphInfo:
 
     def _evaluate(self, node: onnx.NodeProto, opset: int) -> list[np.ndarray]:
         if node.op_type == "Shape":
-            a = attrs(node)
             shape = self.shapes[node.input[0]]
-            start = int(a.get("start", 0))  # type: ignore[call-overload]
-            end = a.get("end")
-            sel = shape[start:] if end is None else shape[start : int(end)]  # type: ignore[call-overload]
+            start = attr_int(node, "start", 0)
+            sel = shape[start : attr_int(node, "end", len(shape))] if has_attr(node, "end") else shape[start:]
             return [np.asarray(sel, dtype=np.int64)]
         if node.op_type == "Size":
             return [np.asarray(int(np.prod(self.shapes[node.input[0]])), dtype=np.int64)]

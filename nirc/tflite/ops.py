@@ -30,6 +30,10 @@ def _global_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
     return tie_input_outputs(info, node) if ops_pool.global_as_pool(info, node) else []
 
 
+def _dropout_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    return [node.input[0], node.output[0]]
+
+
 _RESHAPE = OpRule(ops_shape.lower_reshape, ties=tie_input_outputs)
 _BINARY = OpRule(ops_eltwise.lower_binary, fusable=always)
 
@@ -41,7 +45,8 @@ LOWERINGS: dict[str, OpRule] = {
     "Sub": _BINARY,
     "Mul": _BINARY,
     "Div": OpRule(ops_eltwise.lower_binary, check=ops_eltwise.check_div, fusable=always),
-    "BatchNormalization": OpRule(ops_eltwise.lower_batchnorm, check=ops_eltwise.check_batchnorm, fusable=always),
+    "BatchNormalization": OpRule(ops_eltwise.lower_batchnorm, check=ops_eltwise.check_batchnorm,
+                                 fusable=always),
     "PRelu": OpRule(ops_eltwise.lower_prelu, check=ops_eltwise.check_prelu),
     "MaxPool": OpRule(ops_pool.lower_pool, check=ops_pool.check_pool, fusable=ops_pool.pool_fusable,
                       ties=_pool_ties),
@@ -61,7 +66,7 @@ LOWERINGS: dict[str, OpRule] = {
     "HardSigmoid": OpRule(ops_act.lower_hard_sigmoid),
     "Softmax": OpRule(ops_act.lower_softmax, check=ops_act.check_softmax, fixed=_softmax_fixed),
     "Identity": OpRule(ops_act.lower_identity, ties=tie_input_outputs, alias=True),
-    "Dropout": OpRule(ops_act.lower_identity, check=ops_act.check_dropout, ties=tie_input_outputs, alias=True),
+    "Dropout": OpRule(ops_act.lower_identity, check=ops_act.check_dropout, ties=_dropout_ties, alias=True),
     "Reshape": _RESHAPE,
     "Flatten": _RESHAPE,
     "Squeeze": _RESHAPE,

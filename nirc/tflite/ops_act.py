@@ -20,7 +20,7 @@ from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options, QParams
 from nirc.tflite.context import Emitter
 from nirc.tflite.fusion import Activation, activation_kind, clip_bounds
-from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.graph import GraphInfo, attr_float, attr_int
 from nirc.tflite.layout import stored_axis
 from nirc.tflite.quantize import SIGMOID_QPARAMS, TANH_QPARAMS
 
@@ -96,7 +96,7 @@ def lower_clip(em: Emitter, node: onnx.NodeProto) -> None:
 
 
 def lower_leaky_relu(em: Emitter, node: onnx.NodeProto) -> None:
-    alpha = float(attrs(node).get("alpha", 0.01))  # type: ignore[arg-type]
+    alpha = attr_float(node, "alpha", 0.01)
     _unary(em, node, Op.LEAKY_RELU, Options("LeakyReluOptions", (("Alpha", alpha),)))
 
 
@@ -121,9 +121,8 @@ def tanh_fixed(info: GraphInfo, node: onnx.NodeProto) -> QParams | None:
 
 
 def lower_hard_sigmoid(em: Emitter, node: onnx.NodeProto) -> None:
-    a = attrs(node)
-    alpha = float(a.get("alpha", 0.2))  # type: ignore[arg-type]
-    beta = float(a.get("beta", 0.5))  # type: ignore[arg-type]
+    alpha = attr_float(node, "alpha", 0.2)
+    beta = attr_float(node, "beta", 0.5)
     x = em.value(node.input[0])
     name = node.output[0]
     in_q = em.quant_of(x)
@@ -158,7 +157,7 @@ def lower_softmax(em: Emitter, node: onnx.NodeProto) -> None:
     name = node.output[0]
     x = em.value(node.input[0])
     rank = len(x.onnx_shape)
-    axis = int(attrs(node).get("axis", -1))  # type: ignore[call-overload]
+    axis = attr_int(node, "axis", -1)
     axis = axis + rank if axis < 0 else axis
     pos = stored_axis(axis, x.perm)
     opts = Options("SoftmaxOptions", (("Beta", 1.0),))
@@ -167,7 +166,7 @@ def lower_softmax(em: Emitter, node: onnx.NodeProto) -> None:
         em.op(Op.SOFTMAX, [x.tensor], [y.tensor], opts)
         return
     # Move the softmax axis last in ONNX terms, run, and let the emitter relayout.
-    want = tuple(p for p in x.perm if p != axis) + (axis,)
+    want = (*(p for p in x.perm if p != axis), axis)
     moved = em.value(node.input[0], want)
     y = em.define(name, perm=want)
     em.op(Op.SOFTMAX, [moved.tensor], [y.tensor], opts)
@@ -182,11 +181,14 @@ def lower_identity(em: Emitter, node: onnx.NodeProto) -> None:
 
 
 def check_dropout(info: GraphInfo, node: onnx.NodeProto) -> str | None:
-    if len(node.output) > 1 and node.output[1] and (info.users(node.output[1]) or info.is_graph_output(node.output[1])):
+    if (
+        len(node.output) > 1
+        and node.output[1]
+        and (info.users(node.output[1]) or info.is_graph_output(node.output[1]))
+    ):
         return "the mask output is used"
     if len(node.input) > 2 and node.input[2]:
         mode = info.const(node.input[2])
         if mode is None or bool(mode.reshape(-1)[0]):
             return "training_mode is set"
     return None
-

@@ -15,7 +15,7 @@ import onnx
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options, QParams
 from nirc.tflite.context import Emitter, Value
-from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.graph import GraphInfo, attr_int
 from nirc.tflite.layout import conv_weight_ohwi, depthwise_weight_1hwc
 from nirc.tflite.padding import PadPlan, onnx_pads, plan_padding, window_params
 from nirc.tflite.quantize import quantize_bias, quantize_weights
@@ -90,7 +90,7 @@ def _weights_and_bias(
 def lower_conv(em: Emitter, node: onnx.NodeProto) -> None:
     weight = np.asarray(em.const(node.input[1]), np.float32)
     cout, cin_g = weight.shape[0], weight.shape[1]
-    group = int(attrs(node).get("group", 1))  # type: ignore[call-overload]
+    group = attr_int(node, "group", 1)
     cin = cin_g * group
     bias = _bias(em, node, cout)
     act, out_name = em.activation(node)

@@ -14,14 +14,16 @@ import onnx
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
-from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.graph import GraphInfo, attr_float, attr_int
 from nirc.tflite.layout import broadcast_const, standard_perm, stored_axis
 
 _BUILTIN = {"Add": Op.ADD, "Sub": Op.SUB, "Mul": Op.MUL, "Div": Op.MUL}
 _OPTIONS = {"Add": "AddOptions", "Sub": "SubOptions", "Mul": "MulOptions", "Div": "MulOptions"}
 
 
-def _operand(em: Emitter, name: str, rank: int, perm: tuple[int, ...], array: np.ndarray | None = None) -> int:
+def _operand(
+    em: Emitter, name: str, rank: int, perm: tuple[int, ...], array: np.ndarray | None = None
+) -> int:
     const = array if array is not None else em.const(name)
     if const is not None:
         return em.float_const(name, broadcast_const(np.asarray(const, np.float32), rank, perm))
@@ -54,7 +56,7 @@ def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
 
 
 def check_batchnorm(info: GraphInfo, node: onnx.NodeProto) -> str | None:
-    if int(attrs(node).get("training_mode", 0)):  # type: ignore[call-overload]
+    if attr_int(node, "training_mode", 0):
         return "training_mode=1 is not supported"
     if len([o for o in node.output if o]) > 1:
         return "running mean/var outputs are not supported"
@@ -72,7 +74,7 @@ def _channel_vector(values: np.ndarray, v: Value) -> np.ndarray:
 
 
 def lower_batchnorm(em: Emitter, node: onnx.NodeProto) -> None:
-    eps = float(attrs(node).get("epsilon", 1e-5))  # type: ignore[arg-type]
+    eps = attr_float(node, "epsilon", 1e-5)
     scale, bias, mean, var = (np.asarray(em.const(n), np.float64).reshape(-1) for n in node.input[1:5])
     mul = scale / np.sqrt(var + eps)
     add = bias - mean * mul
@@ -106,4 +108,3 @@ def lower_prelu(em: Emitter, node: onnx.NodeProto) -> None:
     alpha = broadcast_const(slope, len(out_shape), perm)
     y = em.define(node.output[0], perm=perm, shape=out_shape)
     em.op(Op.PRELU, [x, em.float_const(f"{node.output[0]}/alpha", alpha)], [y.tensor])
-

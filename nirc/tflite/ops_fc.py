@@ -19,20 +19,19 @@ from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
 from nirc.tflite.fusion import Activation
-from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.graph import GraphInfo, attr_float, attr_int
 from nirc.tflite.quantize import quantize_bias, quantize_weights
 
 
 def check_gemm(info: GraphInfo, node: onnx.NodeProto) -> str | None:
-    a = attrs(node)
-    if int(a.get("transA", 0)):  # type: ignore[call-overload]
+    if attr_int(node, "transA", 0):
         return "transA=1 is not supported"
     if not info.is_const(node.input[1]):
         return "B is not a constant (only constant-weight Gemm maps to FULLY_CONNECTED)"
     if not info.has_shape(node.input[0]) or len(info.shape(node.input[0])) != 2:
         return "A must be 2-D"
     c_name = node.input[2] if len(node.input) > 2 else ""
-    if c_name and not info.is_const(c_name) and float(a.get("beta", 1.0)) != 1.0:  # type: ignore[arg-type]
+    if c_name and not info.is_const(c_name) and attr_float(node, "beta", 1.0) != 1.0:
         return "non-constant C with beta != 1"
     return None
 
@@ -75,11 +74,10 @@ def _fully_connected(
 
 
 def lower_gemm(em: Emitter, node: onnx.NodeProto) -> None:
-    a = attrs(node)
-    alpha = float(a.get("alpha", 1.0))  # type: ignore[arg-type]
-    beta = float(a.get("beta", 1.0))  # type: ignore[arg-type]
+    alpha = attr_float(node, "alpha", 1.0)
+    beta = attr_float(node, "beta", 1.0)
     bmat = np.asarray(em.const(node.input[1]), np.float64)
-    weight = (bmat if int(a.get("transB", 0)) else bmat.T) * alpha  # type: ignore[call-overload]
+    weight = (bmat if attr_int(node, "transB", 0) else bmat.T) * alpha
     units = weight.shape[0]
     x = _activation_value(em, node.input[0])
     act, out_name = em.activation(node)

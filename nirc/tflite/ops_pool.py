@@ -15,7 +15,7 @@ from nirc.errors import BackendError
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter
-from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.graph import GraphInfo, attr_int, attr_ints
 from nirc.tflite.layout import stored_axis
 from nirc.tflite.ops_conv import apply_pad
 from nirc.tflite.padding import PadPlan, needs_end_extension, onnx_pads, plan_padding, window_params
@@ -25,29 +25,27 @@ VELA_POOL_MAX_AREA = 256 * 256
 
 
 def _pool_plan(info: GraphInfo, node: onnx.NodeProto) -> tuple[PadPlan, list[int], tuple[int, ...], bool]:
-    a = attrs(node)
     x_shape = info.shape(node.input[0])
     y_shape = info.shape(node.output[0])
-    kernel = [int(k) for k in a["kernel_shape"]]  # type: ignore[attr-defined]
+    kernel = attr_ints(node, "kernel_shape", [])
     strides, dilations, _ = window_params(node, kernel)
     pads = onnx_pads(node, x_shape[2:], kernel, y_shape[2:])
-    include = bool(a.get("count_include_pad", 0))
+    include = bool(attr_int(node, "count_include_pad", 0))
     allow_same = not (node.op_type == "AveragePool" and include)
     plan = plan_padding(x_shape[2:], kernel, strides, dilations, pads, y_shape[2:], allow_same=allow_same)
     return plan, kernel, strides, needs_end_extension(pads, plan)
 
 
 def check_pool(info: GraphInfo, node: onnx.NodeProto) -> str | None:
-    a = attrs(node)
     if not info.has_shape(node.input[0]) or len(info.shape(node.input[0])) != 4:
         return "only 2-D pooling (4-D NCHW input) is supported"
     if len([o for o in node.output if o]) > 1:
         return "the Indices output is not supported"
-    if any(int(d) != 1 for d in a.get("dilations", [1, 1])):  # type: ignore[attr-defined]
+    if any(d != 1 for d in attr_ints(node, "dilations", [1, 1])):
         return "dilated pooling is not supported"
-    plan, _, _, extended = _pool_plan(info, node)
+    _, _, _, extended = _pool_plan(info, node)
     if node.op_type == "AveragePool":
-        include = bool(a.get("count_include_pad", 0))
+        include = bool(attr_int(node, "count_include_pad", 0))
         if include and extended:
             return "ceil_mode windows past the padding with count_include_pad=1"
     return None
@@ -65,7 +63,7 @@ def needs_count_fixup(info: GraphInfo, node: onnx.NodeProto) -> bool:
     """
     if node.op_type != "AveragePool" or check_pool(info, node) is not None:
         return False
-    include = bool(attrs(node).get("count_include_pad", 0))
+    include = bool(attr_int(node, "count_include_pad", 0))
     return not include and _pool_plan(info, node)[0].explicit is not None
 
 
@@ -106,7 +104,9 @@ def lower_pool(em: Emitter, node: onnx.NodeProto) -> None:
     em.op(Op.AVERAGE_POOL_2D, [x.tensor], [mean], plain)
     in_shape, out_shape = em.shape(node.input[0]), em.shape(node.output[0])
     begins = tuple(p[0] for p in plan.explicit or ((0, 0), (0, 0)))
-    fix = _count_map(in_shape[2:], kernel, strides, begins, out_shape[2:]).reshape(1, out_shape[2], out_shape[3], 1)
+    fix = _count_map(in_shape[2:], kernel, strides, begins, out_shape[2:]).reshape(
+        1, out_shape[2], out_shape[3], 1
+    )
     fix_t = em.float_const(f"{out_name}/count_fix", fix)
     em.op(Op.MUL, [mean, fix_t], [y.tensor], Options("MulOptions", (("FusedActivationFunction", act),)))
 
@@ -150,9 +150,9 @@ def _reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
             return None
         values = [int(v) for v in axes.reshape(-1)]
     else:
-        values = [int(v) for v in attrs(node).get("axes", [])]  # type: ignore[attr-defined]
+        values = attr_ints(node, "axes", [])
     if not values:
-        noop = bool(attrs(node).get("noop_with_empty_axes", 0))
+        noop = bool(attr_int(node, "noop_with_empty_axes", 0))
         return [] if noop else list(range(rank))
     return sorted(v + rank if v < 0 else v for v in values)
 
@@ -174,7 +174,7 @@ def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
     if not axes:
         em.alias(out_name, x)
         return
-    keep = bool(attrs(node).get("keepdims", 1))
+    keep = bool(attr_int(node, "keepdims", 1))
     stored_axes = sorted(stored_axis(a, x.perm) for a in axes)
     kept_order = [p for p in x.perm if p not in axes]
     opts = Options("ReducerOptions", (("KeepDims", keep),))
@@ -190,4 +190,3 @@ def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
         mid = em.define(f"{out_name}/keep", perm=x.perm, quant=em.qparams(out_name), shape=kept_shape)
         em.op(Op.MEAN, [x.tensor, axes_t], [mid.tensor], Options("ReducerOptions", (("KeepDims", True),)))
         em.alias(out_name, em.reshaped(mid, em.shape(out_name), out_name))
-

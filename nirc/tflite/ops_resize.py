@@ -18,14 +18,13 @@ from nirc.errors import BackendError
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter
-from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.graph import GraphInfo, attr_int, attr_ints, attr_str
 
 _FLAGS = ((False, False), (False, True), (True, False))
 
 
 def _attr_str(node: onnx.NodeProto, key: str, default: str) -> str:
-    value = attrs(node).get(key, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return attr_str(node, key, default)
 
 
 def _scales(info: GraphInfo, node: onnx.NodeProto) -> list[float] | None:
@@ -33,7 +32,7 @@ def _scales(info: GraphInfo, node: onnx.NodeProto) -> list[float] | None:
     in_shape = info.shape(node.input[0])
     out_shape = info.shape(node.output[0])
     rank = len(in_shape)
-    axes = [int(a) % rank for a in attrs(node).get("axes", list(range(rank)))]  # type: ignore[attr-defined]
+    axes = [a % rank for a in attr_ints(node, "axes", range(rank))]
     scales_in = info.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     sizes_in = info.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     result = [1.0] * rank
@@ -95,18 +94,22 @@ def _tfl_scale(in_size: int, out_size: int, align: bool) -> np.float32:
 def _tfl_nearest(in_size: int, out_size: int, align: bool, half: bool) -> np.ndarray:
     y = np.arange(out_size, dtype=np.float32)
     v = (y + np.float32(0.5 if half else 0.0)) * _tfl_scale(in_size, out_size, align)
-    idx = np.where(v >= 0, np.floor(v + np.float32(0.5)), np.ceil(v - np.float32(0.5))) if align else np.floor(v)
+    idx = (
+        np.where(v >= 0, np.floor(v + np.float32(0.5)), np.ceil(v - np.float32(0.5)))
+        if align
+        else np.floor(v)
+    )
     idx = np.minimum(idx, in_size - 1)
     if half:
         idx = np.maximum(idx, 0)
-    return idx.astype(np.int64)
+    return np.asarray(idx, dtype=np.int64)
 
 
 def _tfl_linear(in_size: int, out_size: int, align: bool, half: bool) -> np.ndarray:
     y = np.arange(out_size, dtype=np.float32)
     s = _tfl_scale(in_size, out_size, align)
     v = (y + np.float32(0.5)) * s - np.float32(0.5) if half else y * s
-    return np.clip(v.astype(np.float64), 0, in_size - 1)
+    return np.asarray(np.clip(v.astype(np.float64), 0, in_size - 1), dtype=np.float64)
 
 
 def resize_flags(info: GraphInfo, node: onnx.NodeProto) -> tuple[bool, bool] | str:
@@ -117,7 +120,7 @@ def resize_flags(info: GraphInfo, node: onnx.NodeProto) -> tuple[bool, bool] | s
         return f"mode '{mode}' is not supported"
     if ctm == "tf_crop_and_resize":
         return "coordinate_transformation_mode 'tf_crop_and_resize' is not supported"
-    if int(attrs(node).get("antialias", 0)):  # type: ignore[call-overload]
+    if attr_int(node, "antialias", 0):
         return "antialias is not supported"
     if not info.has_shape(node.input[0]) or not info.has_shape(node.output[0]):
         return "shapes unknown"
@@ -134,7 +137,9 @@ def resize_flags(info: GraphInfo, node: onnx.NodeProto) -> tuple[bool, bool] | s
             i, o, s = in_shape[axis], out_shape[axis], scales[axis]
             coords = _onnx_coords(ctm, np.arange(o, dtype=np.float64), i, o, s)
             if mode == "nearest":
-                ok &= bool(np.array_equal(_onnx_nearest(coords, nearest_mode, i), _tfl_nearest(i, o, align, half)))
+                ok &= bool(
+                    np.array_equal(_onnx_nearest(coords, nearest_mode, i), _tfl_nearest(i, o, align, half))
+                )
             else:
                 want = np.clip(coords, 0, i - 1)
                 ok &= bool(np.allclose(want, _tfl_linear(i, o, align, half), rtol=0, atol=1e-5))
@@ -162,4 +167,3 @@ def lower_resize(em: Emitter, node: onnx.NodeProto) -> None:
     table = "ResizeNearestNeighborOptions" if nearest else "ResizeBilinearOptions"
     opts = Options(table, (("AlignCorners", align), ("HalfPixelCenters", half)))
     em.op(Op.RESIZE_NEAREST_NEIGHBOR if nearest else Op.RESIZE_BILINEAR, [x.tensor, size], [y.tensor], opts)
-

@@ -15,7 +15,7 @@ import onnx
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
-from nirc.tflite.graph import GraphInfo, attrs
+from nirc.tflite.graph import GraphInfo, attr_int, attr_ints, attr_str, has_attr
 from nirc.tflite.layout import compose, invert, nchw_flatten_order, standard_perm, stored_axis
 from nirc.tflite.ops_fc import check_gemm, check_matmul
 
@@ -53,7 +53,7 @@ def lower_reshape(em: Emitter, node: onnx.NodeProto) -> None:
         and x.perm == standard_perm(4)
         and _fc_only_users(em.info, name)
     ):
-        n, c, h, w = in_shape
+        _, c, h, w = in_shape
         flat = em.new_tensor(name, out_shape, em.quant_of(x))
         em.reshape(x.tensor, flat)
         em.alias(name, Value(flat, (0, 1), tuple(out_shape), nchw_flatten_order(c, h, w)))
@@ -65,7 +65,7 @@ def lower_transpose(em: Emitter, node: onnx.NodeProto) -> None:
     """y = x.transpose(p): the stored tensor of x already is y in another layout."""
     src = em.values.get(node.input[0]) or em.value(node.input[0])
     rank = len(src.onnx_shape)
-    p = tuple(int(v) for v in attrs(node).get("perm", list(range(rank))[::-1]))  # type: ignore[call-overload]
+    p = tuple(attr_ints(node, "perm", range(rank - 1, -1, -1)))
     out_shape = tuple(src.onnx_shape[i] for i in p)
     em.alias(node.output[0], Value(src.tensor, compose(invert(p), src.perm), out_shape))
 
@@ -85,7 +85,7 @@ def lower_concat(em: Emitter, node: onnx.NodeProto) -> None:
             inputs.append(em.float_const(src, arr, out_q))
         else:
             inputs.append(em.requant(em.value(src, perm), out_q, src).tensor)
-    axis = stored_axis(int(attrs(node)["axis"]), perm)  # type: ignore[call-overload]
+    axis = stored_axis(attr_int(node, "axis", 0), perm)
     y = em.define(name, perm=perm)
     em.op(Op.CONCATENATION, inputs, [y.tensor], Options("ConcatenationOptions", (("Axis", axis),)))
 
@@ -97,19 +97,17 @@ def check_concat(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 
 
 def split_sizes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
-    a = attrs(node)
-    dim_axis = int(a.get("axis", 0))  # type: ignore[call-overload]
+    dim_axis = attr_int(node, "axis", 0)
     shape = info.shape(node.input[0])
     dim = shape[dim_axis]
     if len(node.input) > 1 and node.input[1]:
         sizes = info.const(node.input[1])
         return None if sizes is None else [int(s) for s in sizes.reshape(-1)]
-    if "split" in a:
-        return [int(s) for s in a["split"]]  # type: ignore[attr-defined]
-    n = int(a.get("num_outputs", len(node.output)))  # type: ignore[call-overload]
+    if has_attr(node, "split"):
+        return attr_ints(node, "split", [])
+    n = attr_int(node, "num_outputs", len(node.output))
     chunk = -(-dim // n)
-    sizes = [chunk] * (n - 1)
-    return [*sizes, dim - chunk * (n - 1)]
+    return [*([chunk] * (n - 1)), dim - chunk * (n - 1)]
 
 
 def check_split(info: GraphInfo, node: onnx.NodeProto) -> str | None:
@@ -128,7 +126,7 @@ def lower_split(em: Emitter, node: onnx.NodeProto) -> None:
     outs = [o for o in node.output]
     out_q = em.qparams(outs[0]) if outs[0] else None
     x = em.requant(em.value(node.input[0]), out_q, outs[0])
-    axis = stored_axis(int(attrs(node).get("axis", 0)), x.perm)  # type: ignore[call-overload]
+    axis = stored_axis(attr_int(node, "axis", 0), x.perm)
     tensors = []
     for i, o in enumerate(outs):
         if o:
@@ -142,7 +140,12 @@ def lower_split(em: Emitter, node: onnx.NodeProto) -> None:
         em.op(Op.SPLIT, [axis_t, x.tensor], tensors, Options("SplitOptions", (("NumSplits", len(sizes)),)))
     else:
         sizes_t = em.int_const(f"{outs[0]}/sizes", sizes)
-        em.op(Op.SPLIT_V, [x.tensor, sizes_t, axis_t], tensors, Options("SplitVOptions", (("NumSplits", len(sizes)),)))
+        em.op(
+            Op.SPLIT_V,
+            [x.tensor, sizes_t, axis_t],
+            tensors,
+            Options("SplitVOptions", (("NumSplits", len(sizes)),)),
+        )
 
 
 def _slice_params(info: GraphInfo, node: onnx.NodeProto) -> list[tuple[int, int, int]] | None:
@@ -236,8 +239,7 @@ def _pad_params(info: GraphInfo, node: onnx.NodeProto) -> tuple[list[tuple[int, 
 
 
 def check_pad(info: GraphInfo, node: onnx.NodeProto) -> str | None:
-    mode = attrs(node).get("mode", b"constant")
-    mode_s = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode_s = attr_str(node, "mode", "constant")
     if mode_s not in ("constant", "reflect"):
         return f"mode '{mode_s}' is not supported"
     if not info.has_shape(node.input[0]):
@@ -256,12 +258,12 @@ def check_pad(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 
 def lower_pad(em: Emitter, node: onnx.NodeProto) -> None:
     per_axis, value = _pad_params(em.info, node) or ([], 0.0)
-    mode = attrs(node).get("mode", b"constant")
+    mode = attr_str(node, "mode", "constant")
     name = node.output[0]
     x = em.requant(em.value(node.input[0]), em.qparams(name), name)
     paddings = em.int_const(f"{name}/paddings", [list(per_axis[p]) for p in x.perm])
     y = em.define(name, perm=x.perm)
-    if mode in (b"reflect", "reflect"):
+    if mode == "reflect":
         em.op(Op.MIRROR_PAD, [x.tensor, paddings], [y.tensor], Options("MirrorPadOptions", (("Mode", 0),)))
     elif value == 0.0:
         em.op(Op.PAD, [x.tensor, paddings], [y.tensor])

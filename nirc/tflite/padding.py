@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 from tflite.Padding import Padding as _Padding
 
-from nirc.tflite.graph import attrs
+from nirc.tflite.graph import attr_ints, attr_str
 
 Padding: Any = _Padding
 
@@ -34,11 +34,10 @@ def window_params(
     node: onnx.NodeProto, kernel: Sequence[int]
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """(strides, dilations, pads as ONNX [b0, b1, ..., e0, e1, ...]) with defaults."""
-    a = attrs(node)
     n = len(kernel)
-    strides = tuple(int(s) for s in a.get("strides", [1] * n))  # type: ignore[attr-defined]
-    dilations = tuple(int(d) for d in a.get("dilations", [1] * n))  # type: ignore[attr-defined]
-    pads = tuple(int(p) for p in a.get("pads", [0] * (2 * n)))  # type: ignore[attr-defined]
+    strides = tuple(attr_ints(node, "strides", [1] * n))
+    dilations = tuple(attr_ints(node, "dilations", [1] * n))
+    pads = tuple(attr_ints(node, "pads", [0] * (2 * n)))
     return strides, dilations, pads
 
 
@@ -50,8 +49,7 @@ def onnx_pads(
 ) -> list[tuple[int, int]]:
     """(begin, end) per spatial axis as ONNX applies them, auto_pad resolved."""
     strides, dilations, pads = window_params(node, kernel)
-    auto = attrs(node).get("auto_pad", b"NOTSET")
-    auto_s = auto.decode() if isinstance(auto, bytes) else str(auto)
+    auto_s = attr_str(node, "auto_pad", "NOTSET")
     n = len(kernel)
     result = []
     for i in range(n):

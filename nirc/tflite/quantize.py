@@ -84,7 +84,9 @@ def weight_scales(weight: np.ndarray, axis: int, bias: np.ndarray | None, input_
     scales = np.abs(moved).max(axis=1) / INT8_MAX if moved.size else np.zeros(weight.shape[axis])
     floor = np.full_like(scales, 1e-12)
     if bias is not None:
-        floor = np.maximum(floor, np.abs(np.asarray(bias, dtype=np.float64)) / (input_scale * (INT32_LIMIT // 2)))
+        floor = np.maximum(
+            floor, np.abs(np.asarray(bias, dtype=np.float64)) / (input_scale * (INT32_LIMIT // 2))
+        )
     scales = np.maximum(scales, floor)
     return scales.astype(np.float32)
 

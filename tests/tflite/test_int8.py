@@ -140,8 +140,11 @@ def _vela_ops(data: bytes, tmp_path: Path) -> list[str]:
     src.write_bytes(data)
     config = Path(next(iter(ethosu.__path__))) / "config_files" / "Arm" / "vela.ini"
     out_dir = tmp_path / "vela"
-    args = [str(src), "--accelerator-config", "ethos-u65-256", "--system-config", "Ethos_U65_High_End",
-            "--memory-mode", "Dedicated_Sram_384KB", "--config", str(config), "--output-dir", str(out_dir)]  # fmt: skip
+    args = [
+        str(src),
+        *("--accelerator-config", "ethos-u65-256", "--system-config", "Ethos_U65_High_End"),
+        *("--memory-mode", "Dedicated_Sram_384KB", "--config", str(config), "--output-dir", str(out_dir)),
+    ]
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         rc = vela_main(args)

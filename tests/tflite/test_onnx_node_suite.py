@@ -22,11 +22,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper, version_converter
+from tflite_helpers import run_litert
 
 from nirc.errors import UnsupportedOperatorError
 from nirc.tflite import emit_tflite, supported_ops
-
-from tflite_helpers import run_litert
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -75,8 +74,12 @@ def _all_cases() -> tuple[Case, ...]:
             if not ds.is_dir():
                 continue
             model = onnx.load(str(case_dir / "model.onnx"))
-            ins = tuple(_read_pb(p) for p in sorted(ds.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1])))
-            outs = tuple(_read_pb(p) for p in sorted(ds.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1])))
+            ins = tuple(
+                _read_pb(p) for p in sorted(ds.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+            )
+            outs = tuple(
+                _read_pb(p) for p in sorted(ds.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+            )
             cases.append(Case(case_dir.name, model, ins, outs))
         return tuple(cases)
     from onnx.backend.test.case.node import collect_testcases

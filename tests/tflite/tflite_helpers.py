@@ -86,7 +86,9 @@ def op_names(data: bytes) -> list[str]:
     return [codes[sg.Operators(i).OpcodeIndex()] for i in range(sg.OperatorsLength())]
 
 
-def calibrate(model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+def calibrate(
+    model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, tuple[float, float]]:
     """(min, max) of every float tensor (inputs and node outputs) over the feeds."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -94,10 +96,10 @@ def calibrate(model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarr
     vis = {vi.name: vi for vi in m.graph.value_info}
     for node in m.graph.node:
         for out in node.output:
-            if out and out not in existing and out in vis:
-                if vis[out].type.tensor_type.elem_type == TensorProto.FLOAT:
-                    m.graph.output.append(vis[out])
-                    existing.add(out)
+            is_float = out in vis and vis[out].type.tensor_type.elem_type == TensorProto.FLOAT
+            if out and out not in existing and is_float:
+                m.graph.output.append(vis[out])
+                existing.add(out)
     names = [o.name for o in m.graph.output]
     ranges: dict[str, tuple[float, float]] = {}
     for feeds in feeds_list:
