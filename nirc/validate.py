@@ -61,9 +61,8 @@ def run_tflite(model: TFLiteModel, feeds: Sequence[dict[str, np.ndarray]]) -> li
         for io, detail in zip(model.inputs, in_details, strict=True):
             interpreter.set_tensor(detail["index"], _to_tflite(io, feed[io.name]))
         interpreter.invoke()
-        results.append(
-            [_from_tflite(io, interpreter.get_tensor(d["index"])) for io, d in zip(model.outputs, out_details, strict=True)]
-        )
+        pairs = zip(model.outputs, out_details, strict=True)
+        results.append([_from_tflite(io, interpreter.get_tensor(d["index"])) for io, d in pairs])
     return results
 
 

@@ -1,0 +1,131 @@
+"""End to end: ONNX → passes → int8 TFLite → Vela, with the real emitter, LiteRT and Vela."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tflite
+from nirc_testing import parse
+
+from nirc.backend import CalibrationOptions
+from nirc.cli import main
+from nirc.errors import CalibrationError, UnsupportedOperatorError
+from nirc.pipeline import optimize
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "tiny_cnn.onnx"
+
+
+def _builtin_ops(path: Path) -> list[str]:
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        code = codes[graph.Operators(i).OpcodeIndex()]
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        ops.append(code.CustomCode().decode() if builtin == tflite.BuiltinOperator.CUSTOM else names[builtin])
+    return ops
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    calib = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    calib_path = out.parent / "calib.npy"
+    np.save(calib_path, calib)
+    result = optimize(EXAMPLE, "ethos-u65", outdir=out, calibration=CalibrationOptions(path=calib_path))
+    return out, result.report
+
+
+def test_artifacts_and_report(example_run: tuple[Path, dict[str, object]]) -> None:
+    out, report = example_run
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "report.json", "tiny_cnn_int8.tflite", "tiny_cnn_opt.onnx", "tiny_cnn_vela.tflite",
+    ]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    for key in ("target", "passes", "model", "vela", "validation", "fits", "calibration"):
+        assert key in on_disk
+    assert on_disk["calibration"]["synthetic"] is False and on_disk["calibration"]["samples"] == 8
+
+
+def test_int8_model_is_transpose_free_and_all_npu(example_run: tuple[Path, dict[str, object]]) -> None:
+    out, report = example_run
+    int8_ops = _builtin_ops(out / "tiny_cnn_int8.tflite")
+    assert "TRANSPOSE" not in int8_ops and "CONV_2D" in int8_ops
+    vela = report["vela"]
+    assert isinstance(vela, dict)
+    assert vela["cpu_ops"] == 0 and vela["npu_ops"] > 0
+    assert set(_builtin_ops(out / "tiny_cnn_vela.tflite")) == {"ethos-u"}
+    assert vela["nn_macs"] > 0 and vela["inference_time_ms"] > 0
+
+
+def test_int8_accuracy_is_measured(example_run: tuple[Path, dict[str, object]]) -> None:
+    _, report = example_run
+    (output,) = report["validation"]["outputs"]  # type: ignore[index]
+    assert output["snr_db"] > 25.0
+    assert output["top1_agreement"] is not None and output["top1_agreement"] >= 0.75
+
+
+def test_fits_the_reference_platform(example_run: tuple[Path, dict[str, object]]) -> None:
+    _, report = example_run
+    fits = report["fits"]
+    assert fits["sram"]["fits"] is True  # type: ignore[index]
+    assert fits["platform"]["fits"] is True and fits["platform"]["basis"] == "vela"  # type: ignore[index]
+
+
+def test_outputs_are_byte_identical(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        optimize(EXAMPLE, "ethos-u65", outdir=tmp_path / name)
+    for artifact in ("tiny_cnn_int8.tflite", "tiny_cnn_vela.tflite", "tiny_cnn_opt.onnx"):
+        assert (tmp_path / "a" / artifact).read_bytes() == (tmp_path / "b" / artifact).read_bytes(), artifact
+
+
+def test_synthetic_calibration_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimize", str(EXAMPLE), "-o", str(tmp_path / "o"), "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: no --calib data" in out
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["vela"] is None and report["calibration"]["synthetic"] is True
+    assert any("synthetic" in w for w in report["warnings"])
+
+
+def test_wrong_calibration_shape_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "calib.npy"
+    np.save(bad, np.zeros((4, 32, 32, 3), np.float32))
+    with pytest.raises(CalibrationError, match=r"calib\.npy"):
+        optimize(EXAMPLE, outdir=tmp_path / "o", calibration=CalibrationOptions(path=bad))
+    assert main(["optimize", str(EXAMPLE), "-o", str(tmp_path / "o"), "--calib", str(bad)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["calib.npy"]  # no staging leftovers
+
+
+def test_unsupported_ops_listed_before_any_work(tmp_path: Path) -> None:
+    text = """
+    <ir_version: 9, opset_import: ["" : 18]>
+    g (float[1,4,8,8] x) => (float[1,4,8,8] y) {
+        a = Erf (x)
+        b = Erf (a)
+        c = Cos (b)
+        y = Relu (c)
+    }
+    """
+    path = tmp_path / "odd.onnx"
+    onnx.save(parse(text), str(path))
+    with pytest.raises(UnsupportedOperatorError, match=r"odd\.onnx: unsupported ops: Erf x2, Cos x1"):
+        optimize(path, outdir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_convert_float32_and_int8(tmp_path: Path) -> None:
+    assert main(["convert", str(EXAMPLE), "-o", str(tmp_path / "f.tflite"), "--dtype", "float32"]) == 0
+    assert main(["convert", str(EXAMPLE), "-o", str(tmp_path / "q.tflite")]) == 0
+    assert "CONV_2D" in _builtin_ops(tmp_path / "f.tflite")
+    assert (tmp_path / "q.tflite").stat().st_size < (tmp_path / "f.tflite").stat().st_size
