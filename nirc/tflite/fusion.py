@@ -16,10 +16,18 @@ from typing import Any
 import onnx
 from tflite.ActivationFunctionType import ActivationFunctionType
 
+from nirc.tflite.builder import BuiltinOperator
 from nirc.tflite.graph import GraphInfo
 from nirc.tflite.rules import OpRule
 
 Activation: Any = ActivationFunctionType
+
+#: The standalone op equal to each fusable activation (for producers without one).
+STANDALONE_ACTIVATION: dict[int, int] = {
+    int(Activation.RELU): BuiltinOperator.RELU,
+    int(Activation.RELU6): BuiltinOperator.RELU6,
+    int(Activation.RELU_N1_TO_1): BuiltinOperator.RELU_N1_TO_1,
+}
 
 
 def clip_bounds(info: GraphInfo, node: onnx.NodeProto) -> tuple[float | None, float | None] | None:

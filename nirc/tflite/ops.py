@@ -27,7 +27,9 @@ def _pool_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
 
 
 def _global_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
-    return tie_input_outputs(info, node) if ops_pool.global_as_pool(info, node) else []
+    # Ties only matter in int8, where GlobalAveragePool is a (rescaling) MEAN.
+    is_max_pool = node.op_type == "GlobalMaxPool" and ops_pool.global_as_pool(info, node)
+    return tie_input_outputs(info, node) if is_max_pool else []
 
 
 def _dropout_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:

@@ -19,16 +19,10 @@ from nirc.errors import BackendError
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options, QParams
 from nirc.tflite.context import Emitter
-from nirc.tflite.fusion import Activation, activation_kind, clip_bounds
+from nirc.tflite.fusion import STANDALONE_ACTIVATION, activation_kind, clip_bounds
 from nirc.tflite.graph import GraphInfo, attr_float, attr_int
 from nirc.tflite.layout import stored_axis
 from nirc.tflite.quantize import SIGMOID_QPARAMS, TANH_QPARAMS
-
-_STANDALONE = {
-    int(Activation.RELU): Op.RELU,
-    int(Activation.RELU6): Op.RELU6,
-    int(Activation.RELU_N1_TO_1): Op.RELU_N1_TO_1,
-}
 
 
 def _unary(em: Emitter, node: onnx.NodeProto, builtin: int, options: Options | None = None) -> None:
@@ -70,7 +64,7 @@ def lower_relu(em: Emitter, node: onnx.NodeProto) -> None:
 def lower_clip(em: Emitter, node: onnx.NodeProto) -> None:
     kind = activation_kind(em.info, node)
     if kind is not None:
-        _unary(em, node, _STANDALONE[kind])
+        _unary(em, node, STANDALONE_ACTIVATION[kind])
         return
     lo, hi = _bounds(em.info, node)
     if lo == 0.0 and hi == 1.0:

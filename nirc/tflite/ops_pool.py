@@ -1,9 +1,12 @@
 """Pooling and mean reductions: MAX_POOL_2D, AVERAGE_POOL_2D, MEAN.
 
-GlobalAveragePool becomes an AVERAGE_POOL_2D with a full-size VALID kernel while the
-kernel fits Vela's pooling limits (height <= 256, area <= 65536): the NPU pools it
-natively, whereas Vela rewrites MEAN into a depthwise convolution with a ones weight
-tensor it must store and stream.  Larger maps fall back to MEAN.
+GlobalAveragePool: in int8 it becomes MEAN over H and W.  TFLite's int8
+AVERAGE_POOL_2D cannot rescale, so its output would have to keep the input's
+(wide) range and lose ~10 dB of SNR on the pooled vector; MEAN rescales, and Vela
+still runs it on the NPU (as a depthwise convolution) for any map up to 4096 wide.
+In float32 it is an AVERAGE_POOL_2D with a full-size VALID kernel when that fits
+Vela's pooling limits (height <= 256, area <= 65536), else MEAN.
+GlobalMaxPool is always a full-kernel MAX_POOL_2D.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from nirc.errors import BackendError
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter
+from nirc.tflite.fusion import STANDALONE_ACTIVATION, Activation
 from nirc.tflite.graph import GraphInfo, attr_int, attr_ints
 from nirc.tflite.layout import stored_axis
 from nirc.tflite.ops_conv import apply_pad
@@ -129,7 +133,8 @@ def lower_global_pool(em: Emitter, node: onnx.NodeProto) -> None:
     x = em.value(node.input[0])
     _, h, w, _ = x.stored_shape
     y = em.define(out_name, shape=em.shape(node.output[0]))
-    if global_as_pool(em.info, node):
+    y_q = em.quant_of(y)
+    if global_as_pool(em.info, node) and not (em.int8 and node.op_type == "GlobalAveragePool"):
         opts = Options(
             "Pool2DOptions",
             (("Padding", 1), ("StrideW", 1), ("StrideH", 1), ("FilterWidth", w), ("FilterHeight", h),
@@ -139,7 +144,10 @@ def lower_global_pool(em: Emitter, node: onnx.NodeProto) -> None:
         em.op(builtin, [x.tensor], [y.tensor], opts)
         return
     axes = em.int_const(f"{out_name}/axes", [1, 2])
-    em.op(Op.MEAN, [x.tensor, axes], [y.tensor], Options("ReducerOptions", (("KeepDims", True),)))
+    target = y.tensor if act == Activation.NONE else em.new_tensor(f"{out_name}/mean", y.stored_shape, y_q)
+    em.op(Op.MEAN, [x.tensor, axes], [target], Options("ReducerOptions", (("KeepDims", True),)))
+    if act != Activation.NONE:  # MEAN has no fused activation
+        em.op(STANDALONE_ACTIVATION[act], [target], [y.tensor])
 
 
 def _reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
