@@ -91,7 +91,10 @@ def lower_pool(em: Emitter, node: onnx.NodeProto) -> None:
     plan, kernel, strides, _ = _pool_plan(em.info, node)
     act, out_name = em.activation(node)
     is_max = node.op_type == "MaxPool"
-    x = apply_pad(em, em.value(node.input[0]), plan, out_name, fill_min=is_max)
+    x = em.value(node.input[0])
+    if not needs_count_fixup(em.info, node):  # MAX/AVERAGE_POOL_2D int8 keep the input's parameters
+        x = em.requant(x, em.qparams(out_name), out_name)
+    x = apply_pad(em, x, plan, out_name, fill_min=is_max)
     y = em.define(out_name, shape=em.shape(node.output[0]))
     opts = Options(
         "Pool2DOptions",
@@ -135,6 +138,7 @@ def lower_global_pool(em: Emitter, node: onnx.NodeProto) -> None:
     y = em.define(out_name, shape=em.shape(node.output[0]))
     y_q = em.quant_of(y)
     if global_as_pool(em.info, node) and not (em.int8 and node.op_type == "GlobalAveragePool"):
+        x = em.requant(x, y_q, out_name)
         opts = Options(
             "Pool2DOptions",
             (("Padding", 1), ("StrideW", 1), ("StrideH", 1), ("FilterWidth", w), ("FilterHeight", h),

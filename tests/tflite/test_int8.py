@@ -117,15 +117,35 @@ INT8_OPS = {
 }
 
 
+#: Ops that keep their input's int8 parameters; after a fixed-output op (LOGISTIC,
+#: TANH, SOFTMAX) the emitter must requantize in front of them.
+KEEP_QUANT_OPS = {
+    "resize": ("Resize", ["y", "", "sc"], {"mode": "nearest"}),
+    "maxpool": ("MaxPool", ["y"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "global_maxpool": ("GlobalMaxPool", ["y"], {}),
+    "concat": ("Concat", ["y", "c"], {"axis": 1}),
+    "flatten": ("Flatten", ["y"], {}),
+    "pad": ("Pad", ["y", "pads"], {}),
+}
+
+
+@pytest.mark.parametrize("after", sorted(KEEP_QUANT_OPS))
 @pytest.mark.parametrize("name", sorted(INT8_OPS))
-def test_int8_activation_after_conv(name: str) -> None:
+def test_int8_activation_then_data_movement(name: str, after: str) -> None:
     op, kw = INT8_OPS[name]
+    op2, ins2, kw2 = KEEP_QUANT_OPS[after]
     rng = np.random.default_rng(3)
-    model = make_model(
-        [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), h.make_node(op, ["c"], ["y"], **kw),
-         h.make_node("Resize", ["y", "", "sc"], ["z"], mode="nearest")],
-        {"x": (1, 4, 8, 8)}, ["z"], {"w": _w(rng, 8, 4, 3, 3), "sc": np.asarray([1, 1, 2, 2], np.float32)},
-    )  # fmt: skip
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node(op, ["c"], ["y"], **kw),
+        h.make_node(op2, ins2, ["z"], **kw2),
+    ]
+    init = {
+        "w": _w(rng, 8, 4, 3, 3),
+        "sc": np.asarray([1, 1, 2, 2], np.float32),
+        "pads": np.asarray([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+    }
+    model = make_model(nodes, {"x": (1, 4, 8, 8)}, ["z"], init)
     feeds = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(8)]
     tfl = emit_tflite(model, dtype="int8", ranges=calibrate(model, feeds))
     for f in feeds[:2]:
@@ -157,3 +177,88 @@ def test_vela_all_npu(cnn: tuple, tmp_path: Path) -> None:  # type: ignore[type-
     tfl = emit_tflite(model, dtype="int8", ranges=ranges, io_dtype="int8")
     ops = _vela_ops(tfl.data, tmp_path)
     assert ops and set(ops) == {"ethos-u"}, ops
+
+
+def _feeds(model: onnx.ModelProto, rng: np.random.Generator, n: int) -> list[dict[str, np.ndarray]]:
+    inits = {i.name for i in model.graph.initializer}
+    shapes = {
+        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in model.graph.input
+        if vi.name not in inits
+    }
+    return [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(n)]
+
+
+def _op_models() -> dict[str, onnx.ModelProto]:
+    from test_ops_float import CASES, GRAPHS
+
+    return {name: fn() for name, fn in sorted({**CASES, **GRAPHS}.items())}
+
+
+@pytest.mark.parametrize("name", sorted(_op_models()))
+def test_int8_every_op(name: str) -> None:
+    """Every float unit-test graph also emits in int8 and stays above the SNR bar."""
+    model = _op_models()[name]
+    rng = np.random.default_rng(11)
+    feeds = _feeds(model, rng, 8)
+    tfl = emit_tflite(model, dtype="int8", ranges=calibrate(model, feeds))
+    for f in feeds[:2]:
+        for w, g in zip(run_ort(model, f), run_litert(tfl, f), strict=True):
+            assert snr_db(w, g) > SNR_MIN_DB
+
+
+def npu_mix() -> onnx.ModelProto:
+    """Activations, resize, pad, slice, split, softmax: the non-conv ops Vela should place on the NPU."""
+    rng = np.random.default_rng(5)
+    init = {
+        "w1": _w(rng, 8, 3, 3, 3),
+        "w2": _w(rng, 8, 8, 1, 1),
+        "wd": _w(rng, 16, 1, 3, 3),
+        "sc": np.asarray([1, 1, 2, 2], np.float32),
+        "pads": np.asarray([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+        "s0": np.asarray([0], np.int64),
+        "s1": np.asarray([8], np.int64),
+        "ax": np.asarray([1], np.int64),
+        "wf": _w(rng, 10, 16),
+        "bn_s": rng.uniform(0.5, 1.5, 16).astype(np.float32),
+        "bn_b": rng.uniform(-0.2, 0.2, 16).astype(np.float32),
+        "bn_m": rng.uniform(-0.2, 0.2, 16).astype(np.float32),
+        "bn_v": rng.uniform(0.5, 1.5, 16).astype(np.float32),
+    }
+    nodes = [
+        h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        h.make_node("HardSwish", ["c1"], ["a1"]),
+        h.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        h.make_node("Resize", ["p1", "", "sc"], ["up"], mode="nearest"),
+        h.make_node("Conv", ["up", "w2"], ["c2"]),
+        h.make_node("Sigmoid", ["c2"], ["g"]),
+        h.make_node("Mul", ["c2", "g"], ["silu"]),
+        h.make_node("Concat", ["silu", "a1"], ["cat"], axis=1),
+        h.make_node("BatchNormalization", ["cat", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"]),
+        h.make_node("LeakyRelu", ["bn"], ["lr"], alpha=0.1),
+        h.make_node("Pad", ["lr", "pads"], ["pd"]),
+        h.make_node("Conv", ["pd", "wd"], ["dw"], group=16),
+        h.make_node("Split", ["dw"], ["sp0", "sp1"], axis=1, num_outputs=2),
+        h.make_node("Slice", ["sp1", "s0", "s1", "ax"], ["sl"]),
+        h.make_node("Add", ["sp0", "sl"], ["sum"]),
+        h.make_node("Tanh", ["sum"], ["th"]),
+        h.make_node("Concat", ["th", "sp0"], ["cat2"], axis=1),
+        h.make_node("GlobalAveragePool", ["cat2"], ["gap"]),
+        h.make_node("Flatten", ["gap"], ["fl"]),
+        h.make_node("Gemm", ["fl", "wf"], ["logits"], transB=1),
+        h.make_node("Softmax", ["logits"], ["prob"]),
+    ]
+    return make_model(nodes, {"x": (1, 3, 16, 16)}, ["prob"], init)
+
+
+def test_vela_npu_mix(tmp_path: Path) -> None:
+    model = npu_mix()
+    rng = np.random.default_rng(2)
+    feeds = _feeds(model, rng, 8)
+    tfl = emit_tflite(model, dtype="int8", ranges=calibrate(model, feeds))
+    ops = op_names(tfl.data)
+    assert "TRANSPOSE" not in ops
+    for f in feeds[:2]:
+        assert snr_db(run_ort(model, f)[0], run_litert(tfl, f)[0]) > SNR_MIN_DB
+    vela_ops = _vela_ops(tfl.data, tmp_path)
+    assert set(vela_ops) == {"ethos-u"}, vela_ops
