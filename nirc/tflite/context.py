@@ -187,6 +187,8 @@ class Emitter:
         """
         shape = tuple(onnx_shape)
         target = standard_perm(len(shape))
+        if shape == v.onnx_shape:
+            return self.value_of(v, target, name)
         if is_memory_noop(v.stored_shape, invert(v.perm)) and is_memory_noop(shape, target):
             out = self.new_tensor(f"{name}/reshape", permute_shape(shape, target), self.quant_of(v))
             self.reshape(v.tensor, out)
