@@ -9,6 +9,7 @@ activation already has, so CNN graphs get no conversion at all.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from nirc.tflite.qplan import QuantPlan
 from nirc.tflite.quantize import activation_qparams, constant_qparams, quantize
 
 Op = BuiltinOperator
+_LOG = logging.getLogger("nirc.tflite")
 
 #: Operator versions for int8 kernels (LiteRT resolves builtins by (code, version));
 #: float kernels are version 1 unless an option needs a later one.
@@ -171,6 +173,12 @@ class Emitter:
         if is_memory_noop(v.stored_shape, rel):
             self.reshape(v.tensor, out)
         else:
+            # Only rank changes of real feature maps (and ONNX Transposes) get here.
+            _LOG.warning(
+                "tensor '%s': layout %s -> %s moves data, emitting a TRANSPOSE "
+                "(Vela runs only some transposes on the NPU)",
+                name, v.perm, want,
+            )  # fmt: skip
             self.transposes.append(name)
             self.op(Op.TRANSPOSE, [v.tensor, self.int_const(f"{name}/perm_axes", rel)], [out])
         return Value(out, want, v.onnx_shape)

@@ -262,3 +262,27 @@ def test_vela_npu_mix(tmp_path: Path) -> None:
         assert snr_db(run_ort(model, f)[0], run_litert(tfl, f)[0]) > SNR_MIN_DB
     vela_ops = _vela_ops(tfl.data, tmp_path)
     assert set(vela_ops) == {"ethos-u"}, vela_ops
+
+
+def test_deterministic_across_processes(tmp_path: Path) -> None:
+    """Byte-identical output regardless of hash seed (no set/dict-order leaks)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, hashlib, numpy as np; sys.path.insert(0, sys.argv[1]);"
+        "import test_int8 as t, tflite_helpers as th; from nirc.tflite import emit_tflite;"
+        "m = t.npu_mix(); f = t._feeds(m, np.random.default_rng(2), 4);"
+        "print(hashlib.sha256(emit_tflite(m, dtype='int8', ranges=th.calibrate(m, f)).data).hexdigest())"
+    )
+    here = str(Path(__file__).parent)
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", script, here], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+    assert hashlib.sha256(b"").hexdigest() not in digests
