@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+from nirc.passes.canonicalize_activations import CanonicalizeActivationsPass
+from nirc.passes.collapse_reshapes import CollapseReshapesPass
+from nirc.passes.compose_transposes import ComposeTransposesPass
+from nirc.passes.decompose_batchnorm import DecomposeBatchnormPass
+from nirc.passes.eliminate_channel_shuffle import EliminateChannelShufflePass
+from nirc.passes.eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from nirc.passes.eliminate_dead_code import EliminateDeadCodePass
 from nirc.passes.eliminate_identity import EliminateIdentityPass
+from nirc.passes.fold_constants import FoldConstantsPass
+from nirc.passes.fold_pad import FoldPadPass
+from nirc.passes.fuse_affine import FuseAffinePass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
+from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 
 from nirc.hookspecs import hookimpl
 from nirc.plugin import PassRegistry
 
-BUILTIN_PASSES = (EliminateIdentityPass, FuseBatchnormPass, EliminateDeadCodePass)
+BUILTIN_PASSES = (
+    EliminateIdentityPass,
+    FoldConstantsPass,
+    EliminateCommonSubexpressionsPass,
+    CanonicalizeActivationsPass,
+    CollapseReshapesPass,
+    ComposeTransposesPass,
+    EliminateChannelShufflePass,
+    FuseMatmulAddPass,
+    FuseBatchnormPass,
+    DecomposeBatchnormPass,
+    FuseAffinePass,
+    FoldPadPass,
+    EliminateDeadCodePass,
+)
 
 
 @hookimpl

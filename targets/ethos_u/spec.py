@@ -13,7 +13,17 @@ from nirc.target import KIB, MIB, Target
 # the latter, which gives the benchmark baseline: the same model through Vela alone).
 CANONICAL_PIPELINE: tuple[str, ...] = (
     "eliminate-identity",
+    "fold-constants",  # makes shape inputs, Clip bounds and Pad amounts plain initializers
+    "eliminate-common-subexpressions",
+    "canonicalize-activations",
+    "collapse-reshapes",
+    "compose-transposes",
+    "eliminate-channel-shuffle",
+    "fuse-matmul-add",  # before fuse-batchnorm, so a BN after MatMul+Add folds into the Gemm
     "fuse-batchnorm",
+    "decompose-batchnorm",  # BNs fuse-batchnorm could not fold
+    "fuse-affine",  # folds the Mul/Add of decompose-batchnorm where exact
+    "fold-pad",
     "eliminate-dead-code",
 )
 HW_PIPELINE: tuple[str, ...] = ()
