@@ -46,8 +46,6 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
         for idx, node in info.live_nodes():
             try:
                 reason = LOWERINGS[node.op_type].check(info, node)
-            except NircError as exc:
-                reason = str(exc)
             except (KeyError, IndexError, ValueError, TypeError) as exc:
                 reason = f"malformed node ({type(exc).__name__}: {exc})"
             if reason:

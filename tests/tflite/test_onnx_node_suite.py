@@ -111,6 +111,17 @@ def _selected() -> list[Case]:
     return selected
 
 
+def _same_schemas(model: onnx.ModelProto, version: int) -> bool:
+    try:
+        return all(
+            onnx.defs.get_schema(n.op_type, OPSET).since_version
+            == onnx.defs.get_schema(n.op_type, version).since_version
+            for n in model.graph.node
+        )
+    except onnx.defs.SchemaError:
+        return False
+
+
 def _prepare(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Opset 18, weights frozen, shapes inferred; skips with a listed reason."""
     model = onnx.ModelProto()
@@ -120,7 +131,12 @@ def _prepare(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         try:
             model = version_converter.convert_version(model, OPSET)
         except Exception as exc:
-            pytest.skip(f"opset conversion failed: {type(exc).__name__}")
+            if not _same_schemas(model, version):
+                pytest.skip(f"opset conversion failed: {type(exc).__name__}")
+            # The converter lacks an adapter, but no op changed between the versions.
+            for o in model.opset_import:
+                if o.domain in ("", "ai.onnx"):
+                    o.version = OPSET
     graph = model.graph
     values = {vi.name: arr for vi, arr in zip(graph.input, case.inputs, strict=False)}
     params: set[str] = set()

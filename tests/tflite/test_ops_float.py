@@ -20,6 +20,13 @@ def rand(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
+@pytest.fixture(autouse=True)
+def _reseed() -> None:
+    """Each test draws the same weights and inputs whatever else runs (-k, xdist)."""
+    global RNG
+    RNG = np.random.default_rng(1234)
+
+
 def node(op: str, ins: list[str], outs: list[str] | None = None, **kw: object) -> onnx.NodeProto:
     return h.make_node(op, ins, outs or ["y"], **kw)
 
