@@ -148,7 +148,7 @@ def _emit_outputs(em: Emitter, names: list[str], float_io: bool) -> list[TensorI
             em.mb.outputs.append(out)
             result.append(_io(name, v.onnx_shape, v.perm, "float32", None))
             continue
-        if v.tensor in used or em.mb.inputs.count(v.tensor):
+        if v.tensor in used:  # a graph input, or an earlier output: TFLite needs distinct tensors
             copy = em.new_tensor(name, v.stored_shape, em.quant_of(v))
             em.reshape(v.tensor, copy)
             v = Value(copy, v.perm, v.onnx_shape)

@@ -123,7 +123,7 @@ def check_split(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 
 def lower_split(em: Emitter, node: onnx.NodeProto) -> None:
     sizes = split_sizes(em.info, node) or []
-    outs = [o for o in node.output]
+    outs = list(node.output)
     out_q = em.qparams(outs[0]) if outs[0] else None
     x = em.requant(em.value(node.input[0]), out_q, outs[0])
     axis = stored_axis(attr_int(node, "axis", 0), x.perm)
