@@ -55,8 +55,11 @@ def _scales(info: GraphInfo, node: onnx.NodeProto) -> list[float] | None:
     return result
 
 
-def _onnx_coords(ctm: str, x: np.ndarray, in_size: int, out_size: int, scale: float) -> np.ndarray:
-    out_f = scale * in_size
+def _onnx_coords(
+    ctm: str, x: np.ndarray, in_size: int, out_size: int, scale: float, out_f: float
+) -> np.ndarray:
+    """Source coordinate of each output index; ``out_f`` is the resized length used
+    by align_corners / pytorch_half_pixel (see :func:`resize_flags`)."""
     if ctm == "align_corners":
         return x * (in_size - 1) / (out_f - 1) if out_f != 1 else np.zeros_like(x)
     if ctm == "asymmetric":
@@ -135,14 +138,17 @@ def resize_flags(info: GraphInfo, node: onnx.NodeProto) -> tuple[bool, bool] | s
         ok = True
         for axis in (2, 3):
             i, o, s = in_shape[axis], out_shape[axis], scales[axis]
-            coords = _onnx_coords(ctm, np.arange(o, dtype=np.float64), i, o, s)
-            if mode == "nearest":
-                ok &= bool(
-                    np.array_equal(_onnx_nearest(coords, nearest_mode, i), _tfl_nearest(i, o, align, half))
-                )
-            else:
-                want = np.clip(coords, 0, i - 1)
-                ok &= bool(np.allclose(want, _tfl_linear(i, o, align, half), rtol=0, atol=1e-5))
+            # The spec's "length_resized" is read as scale*length by the reference
+            # implementation and as the integer output size by onnxruntime; they differ
+            # when scale*length is fractional, so accept only flags matching both.
+            for out_f in {s * i, float(o)}:
+                coords = _onnx_coords(ctm, np.arange(o, dtype=np.float64), i, o, s, out_f)
+                if mode == "nearest":
+                    tfl = _tfl_nearest(i, o, align, half)
+                    ok &= bool(np.array_equal(_onnx_nearest(coords, nearest_mode, i), tfl))
+                else:
+                    want = np.clip(coords, 0, i - 1)
+                    ok &= bool(np.allclose(want, _tfl_linear(i, o, align, half), rtol=0, atol=1e-5))
         if ok:
             return align, half
     return f"no TFLite resize matches mode={mode}, coordinate_transformation_mode={ctm}"
