@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calib_args(p)
     p.add_argument("--io", choices=("int8", "float32"), default="int8", help="model input/output type")
     p.add_argument("--no-compile", action="store_true", help="stop after the int8 TFLite (skip Vela)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
+    shown.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
     p = sub.add_parser("convert", help="emit TFLite (float32 or int8) without Vela")
     _add_model_args(p)
@@ -177,7 +180,7 @@ def _cmd_analyze(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
-    from nirc.pipeline import optimize
+    from nirc.pipeline import check_fit, optimize
 
     shapes = _resolve_unnamed_shape(_parse_input_shapes(args.input_shape), args.model)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
@@ -194,9 +197,14 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
         calibration=_calibration(args),
         io_dtype=args.io,
         compile=not args.no_compile,
+        require_fit=False,  # show the summary first, then fail
         registry=registry,
     )
-    print_optimize_summary(result.report, result.outdir)
+    if args.json:
+        sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
+    elif not args.quiet:
+        print_optimize_summary(result.report, result.outdir)
+    check_fit(result.report, args.model, result.outdir)
     return 0
 
 

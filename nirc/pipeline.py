@@ -87,13 +87,14 @@ def optimize(
     calibration: CalibrationOptions | None = None,
     io_dtype: Literal["int8", "float32"] = "int8",
     compile: bool = True,
+    require_fit: bool = True,
     registry: Registry | None = None,
 ) -> OptimizeResult:
     """Compile ``source`` for ``target`` into ``outdir``.
 
     Raises:
-        TargetError: after writing every artifact, when the compiled model does not
-            fit the target platform's memory (the report says by how much).
+        TargetError: with ``require_fit``, after writing every artifact, when the compiled
+            model does not fit the target platform's memory (the report says by how much).
     """
     registry = registry or load_registry()
     tgt = registry.get_target(target) if isinstance(target, str) else target
@@ -147,9 +148,16 @@ def optimize(
             warnings=warnings,
         )
         write_json(staging / "report.json", report)
-    if fits["platform"]["fits"] is False:
-        raise TargetError(f"{label}: {fits['platform']['message']} (artifacts and report in {outdir})")
+    if require_fit:
+        check_fit(report, label, outdir)
     return OptimizeResult(outdir, report, records, before, after, warnings)
+
+
+def check_fit(report: dict[str, Any], label: str, outdir: Path) -> None:
+    """Raise TargetError when the report says the model does not fit its platform."""
+    platform = report["fits"]["platform"]
+    if platform["fits"] is False:
+        raise TargetError(f"{label}: {platform['message']} (artifacts and report in {outdir})")
 
 
 def _compile(

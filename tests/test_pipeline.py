@@ -129,3 +129,20 @@ def test_convert_float32_and_int8(tmp_path: Path) -> None:
     assert main(["convert", str(EXAMPLE), "-o", str(tmp_path / "q.tflite")]) == 0
     assert "CONV_2D" in _builtin_ops(tmp_path / "f.tflite")
     assert (tmp_path / "q.tflite").stat().st_size < (tmp_path / "f.tflite").stat().st_size
+
+
+def test_model_too_large_for_platform(tmp_path: Path) -> None:
+    """A target whose platform memory is smaller than the compiled model: artifacts + report, then the error."""
+    from dataclasses import replace
+
+    from nirc.errors import TargetError
+    from nirc.plugin import load_registry
+
+    small = replace(load_registry().get_target("ethos-u65"), name="ethos-u65-tiny-board", platform_memory_bytes=16 * 1024)
+    with pytest.raises(TargetError, match=r"does not fit: \d+\.\d KiB > 16\.0 KiB"):
+        optimize(EXAMPLE, small, outdir=tmp_path / "o")
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["fits"]["platform"]["fits"] is False
+    assert report["fits"]["platform"]["required_bytes"] > 16 * 1024
+    result = optimize(EXAMPLE, small, outdir=tmp_path / "o2", require_fit=False)
+    assert result.report["fits"]["platform"]["fits"] is False
