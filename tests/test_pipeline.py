@@ -138,7 +138,8 @@ def test_model_too_large_for_platform(tmp_path: Path) -> None:
     from nirc.errors import TargetError
     from nirc.plugin import load_registry
 
-    small = replace(load_registry().get_target("ethos-u65"), name="ethos-u65-tiny-board", platform_memory_bytes=16 * 1024)
+    reference = load_registry().get_target("ethos-u65")
+    small = replace(reference, name="ethos-u65-tiny-board", platform_memory_bytes=16 * 1024)
     with pytest.raises(TargetError, match=r"does not fit: \d+\.\d KiB > 16\.0 KiB"):
         optimize(EXAMPLE, small, outdir=tmp_path / "o")
     report = json.loads((tmp_path / "o" / "report.json").read_text())
