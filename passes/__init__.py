@@ -26,11 +26,11 @@ BUILTIN_PASSES = (
     CanonicalizeActivationsPass,
     CollapseReshapesPass,
     ComposeTransposesPass,
-    EliminateChannelShufflePass,
     FuseMatmulAddPass,
     FuseBatchnormPass,
     DecomposeBatchnormPass,
     FuseAffinePass,
+    EliminateChannelShufflePass,
     FoldPadPass,
     EliminateDeadCodePass,
 )

@@ -230,4 +230,3 @@ def _emit_hardswish(graph: gs.Graph, final: gs.Node, x: gs.Tensor, inner: list[g
     _replace(graph, final, "HardSwish", x, namer)
     detach(*inner)
     return "hardswish"
-

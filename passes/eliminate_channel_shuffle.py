@@ -164,6 +164,4 @@ def _detach_shuffle(first_reshape: gs.Node) -> None:
 
 def _scalar_params(node: gs.Node) -> bool:
     """Clip bounds are scalars by definition; other listed ops take one input."""
-    return node.op != "Clip" or all(
-        (t := input_at(node, i)) is None or const_value(t) is not None for i in (1, 2)
-    )
+    return node.op != "Clip" or all((t := input_at(node, i)) is None or const_value(t) is not None for i in (1, 2))

@@ -18,11 +18,11 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "canonicalize-activations",
     "collapse-reshapes",
     "compose-transposes",
-    "eliminate-channel-shuffle",
     "fuse-matmul-add",  # before fuse-batchnorm, so a BN after MatMul+Add folds into the Gemm
     "fuse-batchnorm",
     "decompose-batchnorm",  # BNs fuse-batchnorm could not fold
     "fuse-affine",  # folds the Mul/Add of decompose-batchnorm where exact
+    "eliminate-channel-shuffle",  # after BN folding, so a shuffle's producer is a conv again
     "fold-pad",
     "eliminate-dead-code",
 )
