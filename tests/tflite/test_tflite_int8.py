@@ -190,7 +190,7 @@ def _feeds(model: onnx.ModelProto, rng: np.random.Generator, n: int) -> list[dic
 
 
 def _op_models() -> dict[str, onnx.ModelProto]:
-    from test_ops_float import CASES, GRAPHS
+    from test_tflite_ops_float import CASES, GRAPHS
 
     return {name: fn() for name, fn in sorted({**CASES, **GRAPHS}.items())}
 
@@ -273,7 +273,7 @@ def test_deterministic_across_processes(tmp_path: Path) -> None:
 
     script = (
         "import sys, hashlib, numpy as np; sys.path.insert(0, sys.argv[1]);"
-        "import test_int8 as t, tflite_helpers as th; from nirc.tflite import emit_tflite;"
+        "import test_tflite_int8 as t, tflite_helpers as th; from nirc.tflite import emit_tflite;"
         "m = t.npu_mix(); f = t._feeds(m, np.random.default_rng(2), 4);"
         "print(hashlib.sha256(emit_tflite(m, dtype='int8', ranges=th.calibrate(m, f)).data).hexdigest())"
     )
