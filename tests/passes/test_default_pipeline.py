@@ -144,3 +144,5 @@ def test_default_pipeline_cleans_up_an_exporter_style_graph() -> None:
         "Gemm": 1,
     }
     assert_same_function(proto, model.to_proto(), rtol=1e-4, atol=1e-5)
+    again = _manager().run(model)
+    assert not [r.name for r in again if r.changed]
