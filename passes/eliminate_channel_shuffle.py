@@ -130,17 +130,14 @@ def _into_readers(graph: gs.Graph, y: gs.Tensor, x: gs.Tensor, perm: np.ndarray,
 
 
 def _into_producer(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, perm: np.ndarray, namer: Namer) -> bool:
-    tensor = x
-    while True:
-        src = producer(tensor)
-        if src is None or len(src.outputs) != 1 or not single_use(graph, tensor):
-            return False
-        if src.op == "Conv":
-            break
-        if src.op not in _CHANNEL_AGNOSTIC or not _scalar_params(src):
+    last = producer(x)
+    src, tensor = last, x
+    while src is not None and src.op != "Conv":
+        if src.op not in _CHANNEL_AGNOSTIC or not _constant_params(src) or not _only_reader_is_next(graph, tensor):
             return False
         tensor = src.inputs[0]
-    if not _plain_conv(src):
+        src = producer(tensor)
+    if src is None or last is None or not _plain_conv(src) or not _only_reader_is_next(graph, tensor):
         return False
     weight_t, bias_t = src.inputs[1], input_at(src, 2)
     src.inputs[1] = namer.constant(f"{weight_t.name}_shuffled", np.asarray(const_value(weight_t))[perm])
@@ -148,20 +145,20 @@ def _into_producer(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, perm: np.ndarray
         src.inputs[2] = namer.constant(f"{bias_t.name}_shuffled", np.asarray(const_value(bias_t))[perm])
     # The permuted conv (and the activations after it) now compute y's layout: the
     # last node before the shuffle writes y, and the shuffle goes.
-    shuffle_start = producer(x)
-    first = x.outputs[0]
-    _detach_shuffle(first)
-    if shuffle_start is not None:
-        shuffle_start.outputs[0] = y
+    first_reshape = x.outputs[0]
+    transpose = first_reshape.outputs[0].outputs[0]
+    second_reshape = transpose.outputs[0].outputs[0]
+    detach(first_reshape, transpose, second_reshape)
+    last.outputs[0] = y
     return True
 
 
-def _detach_shuffle(first_reshape: gs.Node) -> None:
-    transpose = first_reshape.outputs[0].outputs[0]
-    second = transpose.outputs[0].outputs[0]
-    detach(first_reshape, transpose, second)
+def _only_reader_is_next(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """The tensor has one producer output and one reader, so permuting it is invisible elsewhere."""
+    src = producer(tensor)
+    return src is not None and len(src.outputs) == 1 and single_use(graph, tensor)
 
 
-def _scalar_params(node: gs.Node) -> bool:
-    """Clip bounds are scalars by definition; other listed ops take one input."""
+def _constant_params(node: gs.Node) -> bool:
+    """Clip's bounds (scalars by definition) must be constants; the other listed ops take one input."""
     return node.op != "Clip" or all((t := input_at(node, i)) is None or const_value(t) is not None for i in (1, 2))

@@ -28,6 +28,7 @@ def _model(head: str, tail: str, outputs: str, perm: str = "[0, 2, 1, 3, 4]") ->
         w1=RNG.standard_normal((6, 8, 3, 3)).astype(np.float32),
         w2=RNG.standard_normal((4, 8, 1, 1)).astype(np.float32),
         wd=RNG.standard_normal((8, 1, 3, 3)).astype(np.float32),
+        wg=RNG.standard_normal((8, 4, 1, 1)).astype(np.float32),
     )
 
 
@@ -73,6 +74,17 @@ def test_shuffle_feeding_two_op_types_without_conv_producer_is_kept() -> None:
 
 def test_shuffle_read_by_depthwise_conv_is_kept() -> None:
     proto = _model("s = Relu (x)", "a = Conv <group = 8, pads = [1, 1, 1, 1]> (y, wd)", "float[1,8,5,5] a")
+    _, changed, _ = run_pass(EliminateChannelShufflePass(), proto)
+    assert not changed
+
+
+def test_shufflenet_block_between_grouped_convs_is_kept() -> None:
+    # Permuting a grouped conv's channels would move them across groups.
+    proto = _model(
+        "c = Conv <group = 2> (x, wg)\n s = Relu (c)",
+        "a = Conv <group = 8, pads = [1, 1, 1, 1]> (y, wd)",
+        "float[1,8,5,5] a",
+    )
     _, changed, _ = run_pass(EliminateChannelShufflePass(), proto)
     assert not changed
 
