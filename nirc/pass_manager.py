@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from nirc import verify as numeric
@@ -69,16 +70,15 @@ class PassManager:
         if self.dump_ir is not None:
             self.dump_ir.mkdir(parents=True, exist_ok=True)
             model.save(self.dump_ir / "00_input.onnx")
+        # The model after one pass is the model before the next: export and run it once.
+        state = _Snapshot(model.to_proto(check=False) if self.verify else None)
         for index, pass_ in enumerate(self.passes, start=1):
-            records.append(self._run_one(pass_, model, ctx))
+            records.append(self._run_one(pass_, model, ctx, state))
             if self.dump_ir is not None:
                 model.save(self.dump_ir / f"{index:02d}_{pass_.name}.onnx")
         return records
 
-    def _run_one(self, pass_: Pass, model: IRModel, ctx: PassContext) -> PassRecord:
-        before: onnx.ModelProto | None = None
-        if self.verify and pass_.exact:
-            before = model.to_proto(check=False)
+    def _run_one(self, pass_: Pass, model: IRModel, ctx: PassContext, state: _Snapshot) -> PassRecord:
         ctx.stats.clear()
         start = time.perf_counter()
         try:
@@ -88,18 +88,48 @@ class PassManager:
         except Exception as exc:
             raise PassError(f"pass {pass_.name} failed: {type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - start
+        if not changed and not self.verify:
+            logger.info("pass %s: unchanged in %.3fs", pass_.name, seconds)
+            return PassRecord(pass_.name, pass_.exact, False, seconds, dict(ctx.stats), False)
         try:
             after = model.to_proto(check=True)
         except ModelLoadError as exc:
             raise PassError(f"pass {pass_.name} produced an invalid model: {exc}") from exc
         verified = False
-        if before is not None and changed:
-            feeds = numeric.random_inputs(before, self.verify_inputs)
-            mismatch = numeric.compare_outputs(before, after, feeds, rtol=self.rtol, atol=self.atol)
-            if mismatch is not None:
-                raise VerificationError(
-                    f"pass {pass_.name} claims to be exact but changed the model's function: {mismatch}"
-                )
-            verified = True
+        if self.verify and changed:
+            if pass_.exact and state.proto is not None:
+                verified = self._verify(pass_, state, after)
+            else:
+                state.outputs = None  # an inexact pass moved the reference
+            state.proto = after
         logger.info("pass %s: changed=%s in %.3fs %s", pass_.name, changed, seconds, dict(ctx.stats))
         return PassRecord(pass_.name, pass_.exact, changed, seconds, dict(ctx.stats), verified)
+
+    def _verify(self, pass_: Pass, state: _Snapshot, after: onnx.ModelProto) -> bool:
+        assert state.proto is not None
+        if state.feeds is None:
+            state.feeds = numeric.random_inputs(state.proto, self.verify_inputs)
+        if state.outputs is None:
+            state.outputs = numeric.run_onnx(state.proto, state.feeds)
+        new_outputs = numeric.run_onnx(after, state.feeds)
+        mismatch = numeric.compare_outputs(
+            state.proto, after, state.feeds, rtol=self.rtol, atol=self.atol,
+            reference=state.outputs, produced=new_outputs,
+        )
+        if mismatch is not None:
+            raise VerificationError(
+                f"pass {pass_.name} claims to be exact but changed the model's function: {mismatch}"
+            )
+        # Compare each pass with its predecessor, not with the input: errors must not
+        # accumulate silently across passes, and each pass answers only for itself.
+        state.outputs = new_outputs
+        return True
+
+
+@dataclass
+class _Snapshot:
+    """The verified model between passes, its seeded inputs and their outputs."""
+
+    proto: onnx.ModelProto | None
+    feeds: list[dict[str, np.ndarray]] | None = None
+    outputs: list[list[np.ndarray]] | None = None
