@@ -175,7 +175,16 @@ def analyze(model: IRModel, target: Target | None = None) -> Analysis:
 
 
 def peak_live_bytes(model: IRModel) -> tuple[int, str]:
-    """Peak of int8 bytes alive at any step of the current execution order.
+    """Peak of int8 bytes alive at any step of the current execution order, and where."""
+    peak, peak_step = 0, ""
+    for step, live in live_bytes_timeline(model):
+        if live > peak:
+            peak, peak_step = live, step
+    return peak, peak_step
+
+
+def live_bytes_timeline(model: IRModel) -> list[tuple[str, int]]:
+    """Int8 bytes alive at each step (node) of the current execution order.
 
     A tensor is alive from the step that produces it (graph inputs: from the
     start) through its last reader; graph outputs stay alive to the end. At each
@@ -188,7 +197,6 @@ def peak_live_bytes(model: IRModel) -> tuple[int, str]:
     end = len(order)
     sizes: dict[str, int] = {}
     born: dict[str, int] = {}
-    dies: dict[str, int] = {}
     for tensor in model.graph.inputs:
         sizes[tensor.name] = _numel(tensor.shape)
         born[tensor.name] = -1
@@ -196,13 +204,16 @@ def peak_live_bytes(model: IRModel) -> tuple[int, str]:
         for out in node.outputs:
             sizes[out.name] = _numel(out.shape)
             born[out.name] = position[node.name]
-    for name in sizes:
+    # Sweep: add a tensor's bytes at birth (inputs at step 0), remove after its last reader.
+    delta = [0] * (end + 1)
+    for name, size in sizes.items():
         readers = [position[n.name] for n in view.consumers.get(name, [])]
-        last = max(readers, default=born[name])
-        dies[name] = end if name in view.graph_outputs else last
-    peak, peak_step = 0, ""
+        dies = end if name in view.graph_outputs else max(readers, default=born[name])
+        delta[max(born[name], 0)] += size
+        delta[min(dies, end - 1) + 1] -= size
+    timeline = []
+    live = 0
     for step, node in enumerate(order):
-        live = sum(size for name, size in sizes.items() if born[name] <= step <= dies[name])
-        if live > peak:
-            peak, peak_step = live, node.name
-    return peak, peak_step
+        live += delta[step]
+        timeline.append((node.name, live))
+    return timeline

@@ -18,9 +18,10 @@ from typing import Any, Literal
 import onnx
 
 from nirc import __version__
-from nirc.analysis import Analysis, analyze
+from nirc.analysis import Analysis, analyze, live_bytes_timeline
 from nirc.backend import SYNTHETIC_WARNING, CalibrationOptions, emit, load_samples, validate
 from nirc.errors import PassError, TargetError
+from nirc.html_report import render as render_html
 from nirc.ir import IRModel
 from nirc.outdir import staged_outdir
 from nirc.pass_base import Pass, PassContext
@@ -147,7 +148,11 @@ def optimize(
             fits=fits,
             warnings=warnings,
         )
+        report["memory_timeline"] = [
+            {"step": step, "live_bytes": live} for step, live in live_bytes_timeline(model)
+        ]
         write_json(staging / "report.json", report)
+        (staging / "report.html").write_text(render_html(report), encoding="utf-8")
     if require_fit:
         check_fit(report, label, outdir)
     return OptimizeResult(outdir, report, records, before, after, warnings)

@@ -13,7 +13,8 @@ Schema (version 1), top-level keys:
         cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},
   fits {sram {peak_activation_bytes, arena_cache_bytes, fits},
         platform {required_bytes, limit_bytes, platform, fits (true/false/null), message}},
-  warnings [str].
+  warnings [str],
+  memory_timeline [{step, live_bytes}] (int8 activation bytes alive at each node of the schedule).
 Only ``seconds`` values vary between identical runs; everything else is byte-stable.
 """
 
