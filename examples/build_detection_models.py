@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Build small detection/mobile/transformer-style CNNs as deterministic, random-weight ONNX files.
+
+Why this exists: the seed benchmark models (``build_models.py``) are plain conv/BN/ReLU stacks that the
+NPU runs whole.  The graphs here are the shapes that *do not* map onto Ethos-U as exported: SiLU, channel
+splits and concats, SPPF max-pool chains and nearest-neighbour upsampling (YOLO), channel shuffles spelled
+Reshape->Transpose->Reshape (ShuffleNet), and NHWC permutes around LayerNorm / Linear / GELU (ConvNeXt).
+nirc's legalization tests compile them end to end and check that nothing falls back to the CPU, so they
+are kept small (64x64 inputs, <= 128 channels) to compile in seconds.
+
+Determinism follows ``build_models.py`` (whose :class:`GraphBuilder` is reused): every initializer is
+drawn from its own generator seeded with ``crc32("<model>/<tensor>")``, the IR version and producer are
+pinned, and nothing host- or time-dependent is stored, so two builds are byte-identical.
+
+Graph conventions are those of a PyTorch eval-mode export at opset 18 (NCHW, float32, batch 1):
+
+* SiLU is ``Mul(x, Sigmoid(x))``, GELU is the exact-erf form ``0.5 * x * (1 + Erf(x / sqrt(2)))``;
+* ``torch.chunk(x, 2, dim=1)`` is ``Split`` with ``num_outputs=2``; ``nn.Upsample(scale_factor=2)`` is
+  ``Resize(mode=nearest, coordinate_transformation_mode=asymmetric, nearest_mode=floor)`` with scales;
+* ConvNeXt's channels-first LayerNorm is spelled out (``ReduceMean``/``Sub``/``Pow``/``Sqrt``/``Div``),
+  its ``nn.LayerNorm`` after ``permute(0, 2, 3, 1)`` is the ``LayerNormalization`` op, and its
+  ``nn.Linear`` on a 4-D tensor is ``MatMul`` + ``Add``.
+
+Models:
+
+``yolo_tiny``
+    YOLOv8-style detector at 64x64: Conv+BN+SiLU blocks, C2f blocks (Split -> bottlenecks -> Concat),
+    SPPF (three chained 5x5 stride-1 MaxPools + Concat), a PAN neck with two nearest x2 Resizes + Concats
+    and two strided downsamples, and three 1x1 detection heads (4 box + 4 class channels) at strides
+    8, 16 and 32.
+``shufflenet_tiny``
+    ShuffleNetV2-style classifier at 64x64: stem conv + max-pool, two stages of a stride-2 unit (two
+    branches, depthwise convs, Concat, channel shuffle) and a stride-1 unit (channel Split, branch,
+    Concat, channel shuffle), 1x1 conv, global pool, Linear to 10 classes.
+``convnext_tiny_ln``
+    ConvNeXt-style classifier at 64x64: 4x4 stride-4 patchify stem + channels-first LayerNorm, two
+    stages of one block each (7x7 depthwise conv, permute to NHWC, LayerNormalization, Linear x4,
+    GELU, Linear, layer scale, permute back, residual), a LayerNorm + 2x2 stride-2 conv downsample,
+    global mean, LayerNormalization and a Linear head.
+
+Usage::
+
+    python examples/build_detection_models.py -o out            # all three -> out/<name>.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import onnx
+from onnx import helper
+
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "models"
+_SILU_GAIN = 1.55  # just below the gain where SiLU stacks blow up (1.6 already grows ~4x over the net)
+
+
+def _load_build_models() -> ModuleType:
+    """The sibling ``build_models.py`` (``examples/`` is not a package), loaded once under a private name."""
+    name = "_nirc_examples_build_models"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("build_models.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError("examples/build_models.py not found next to build_detection_models.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_bm = _load_build_models()
+Shape = tuple[int, ...]
+
+
+class Builder(_bm.GraphBuilder):  # type: ignore[misc,name-defined]
+    """:class:`build_models.GraphBuilder` plus the ops these architectures need, with shapes tracked."""
+
+    def _add_init(self, name: str, array: np.ndarray) -> str:
+        self.shapes[name] = tuple(int(d) for d in np.shape(array))
+        result: str = super()._add_init(name, array)
+        return result
+
+    def silu(self, x: str, name: str) -> str:
+        sig = self._node("Sigmoid", [x], f"{name}.sigmoid", self.shapes[x])
+        return self._node("Mul", [x, sig], name, self.shapes[x])
+
+    def conv_bn_silu(self, x: str, name: str, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> str:
+        """Ultralytics ``Conv``: Conv(no bias) -> BN -> SiLU, module path ``name.{conv,bn,act}``."""
+        y = self.bn(self.conv(x, f"{name}.conv", cout, kernel, stride, groups, gain=_SILU_GAIN), f"{name}.bn")
+        return self.silu(y, f"{name}.act")
+
+    def conv_bias(self, x: str, name: str, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                  gain: float = 1.0, pad: int | None = None, output: str | None = None) -> str:  # fmt: skip
+        """Conv with bias and explicit padding (default ``kernel // 2``), no BN after it."""
+        n, cin, h, w = self.shapes[x]
+        p = kernel // 2 if pad is None else pad
+        weight = self.normal(f"{name}.weight", (cout, cin // groups, kernel, kernel), 0.0,
+                             gain / math.sqrt(cin // groups * kernel * kernel))  # fmt: skip
+        bias = self.normal(f"{name}.bias", (cout,), 0.0, 0.05)
+        shape = (n, cout, (h + 2 * p - kernel) // stride + 1, (w + 2 * p - kernel) // stride + 1)
+        return self._node("Conv", [x, weight, bias], name, shape, output=output, group=groups,
+                          kernel_shape=[kernel, kernel], pads=[p] * 4, strides=[stride, stride])  # fmt: skip
+
+    def split(self, x: str, name: str, parts: int, axis: int = 1) -> list[str]:
+        """``torch.chunk`` along ``axis`` (equal parts), exported as Split with ``num_outputs``."""
+        shape = list(self.shapes[x])
+        if shape[axis] % parts:
+            raise ValueError(f"{name}: {shape[axis]} not divisible into {parts}")
+        shape[axis] //= parts
+        outs = [f"{name}.{i}" for i in range(parts)]
+        for o in outs:
+            if o in self._names:
+                raise ValueError(f"duplicate tensor name {o!r}")
+            self._names.add(o)
+            self.shapes[o] = tuple(shape)
+        self.nodes.append(helper.make_node("Split", [x], outs, name=name, axis=axis, num_outputs=parts))
+        return outs
+
+    def concat(self, xs: Sequence[str], name: str, axis: int = 1) -> str:
+        shape = list(self.shapes[xs[0]])
+        shape[axis] = sum(self.shapes[x][axis] for x in xs)
+        return self._node("Concat", list(xs), name, tuple(shape), axis=axis)
+
+    def maxpool_same(self, x: str, name: str, kernel: int) -> str:
+        """Stride-1 max-pool with ``kernel // 2`` padding (SPPF's ``nn.MaxPool2d(k, 1, k // 2)``)."""
+        p = kernel // 2
+        return self._node("MaxPool", [x], name, self.shapes[x], kernel_shape=[kernel, kernel], pads=[p] * 4,
+                          strides=[1, 1])  # fmt: skip
+
+    def upsample2(self, x: str, name: str) -> str:
+        """``nn.Upsample(scale_factor=2, mode="nearest")`` as PyTorch exports it."""
+        n, c, h, w = self.shapes[x]
+        scales = self._add_init(f"{name}.scales", np.array([1, 1, 2, 2], np.float32))
+        return self._node("Resize", [x, "", scales], name, (n, c, 2 * h, 2 * w), mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")  # fmt: skip
+
+    def const_i64(self, name: str, values: Sequence[int]) -> str:
+        if name in self._names:
+            raise ValueError(f"duplicate tensor name {name!r}")
+        self._names.add(name)
+        self.initializers.append(onnx.numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
+    def reshape(self, x: str, name: str, shape: Shape) -> str:
+        if math.prod(shape) != math.prod(self.shapes[x]):
+            raise ValueError(f"{name}: cannot reshape {self.shapes[x]} to {shape}")
+        return self._node("Reshape", [x, self.const_i64(f"{name}.shape", shape)], name, tuple(shape))
+
+    def transpose(self, x: str, name: str, perm: Sequence[int]) -> str:
+        shape = tuple(self.shapes[x][p] for p in perm)
+        return self._node("Transpose", [x], name, shape, perm=list(perm))
+
+    def channel_shuffle(self, x: str, name: str, groups: int = 2) -> str:
+        """torchvision's ``channel_shuffle``: view(n, g, c/g, h, w) -> transpose(1, 2) -> view(n, c, h, w)."""
+        n, c, h, w = self.shapes[x]
+        y = self.reshape(x, f"{name}.view1", (n, groups, c // groups, h, w))
+        y = self.transpose(y, f"{name}.transpose", (0, 2, 1, 3, 4))
+        return self.reshape(y, f"{name}.view2", (n, c, h, w))
+
+    def binary(self, op: str, a: str, b: str, name: str) -> str:
+        shape = tuple(int(d) for d in np.broadcast_shapes(self.shapes[a], self.shapes[b]))
+        return self._node(op, [a, b], name, shape)
+
+    def unary(self, op: str, x: str, name: str) -> str:
+        return self._node(op, [x], name, self.shapes[x])
+
+    def scalar(self, name: str, value: float) -> str:
+        return self._add_init(name, np.array(value, np.float32))
+
+    def reduce_mean(self, x: str, name: str, axes: Sequence[int], keepdims: bool = True) -> str:
+        rank = len(self.shapes[x])
+        norm = {a % rank for a in axes}
+        shape = tuple(1 if i in norm else d for i, d in enumerate(self.shapes[x]) if keepdims or i not in norm)
+        axes_t = self.const_i64(f"{name}.axes", list(axes))
+        return self._node("ReduceMean", [x, axes_t], name, shape, keepdims=int(keepdims))
+
+    def layernorm_channels_first(self, x: str, name: str, eps: float = 1e-6) -> str:
+        """ConvNeXt's ``LayerNorm(data_format="channels_first")``, spelled out as PyTorch exports it."""
+        c = self.shapes[x][1]
+        u = self.reduce_mean(x, f"{name}.mean", [1])
+        d = self.binary("Sub", x, u, f"{name}.sub")
+        sq = self.binary("Pow", d, self.scalar(f"{name}.two", 2.0), f"{name}.pow")
+        var = self.reduce_mean(sq, f"{name}.var", [1])
+        std = self.unary("Sqrt", self.binary("Add", var, self.scalar(f"{name}.eps", eps), f"{name}.add_eps"),
+                         f"{name}.sqrt")  # fmt: skip
+        y = self.binary("Div", d, std, f"{name}.div")
+        gamma = self.uniform(f"{name}.weight", (c, 1, 1), 0.8, 1.2)
+        beta = self.normal(f"{name}.bias", (c, 1, 1), 0.0, 0.05)
+        return self.binary("Add", self.binary("Mul", y, gamma, f"{name}.scale"), beta, f"{name}.shift")
+
+    def layernorm(self, x: str, name: str, eps: float = 1e-6) -> str:
+        """``nn.LayerNorm(last dim)``: the opset-17+ ``LayerNormalization`` op."""
+        c = self.shapes[x][-1]
+        gamma = self.uniform(f"{name}.weight", (c,), 0.8, 1.2)
+        beta = self.normal(f"{name}.bias", (c,), 0.0, 0.05)
+        return self._node("LayerNormalization", [x, gamma, beta], name, self.shapes[x], axis=-1, epsilon=eps)
+
+    def linear(self, x: str, name: str, out_features: int, gain: float = 1.0) -> str:
+        """``nn.Linear`` on an N-D tensor: MatMul(x, W^T) + b, as PyTorch exports it."""
+        shape = self.shapes[x]
+        cin = shape[-1]
+        weight = self.normal(f"{name}.weight_t", (cin, out_features), 0.0, gain / math.sqrt(cin))
+        bias = self.normal(f"{name}.bias", (out_features,), 0.0, 0.05)
+        y = self._node("MatMul", [x, weight], f"{name}.matmul", (*shape[:-1], out_features))
+        return self._node("Add", [y, bias], name, (*shape[:-1], out_features))
+
+    def gelu(self, x: str, name: str) -> str:
+        """Exact GELU as exported at opset 18: ``x * 0.5 * (1 + erf(x / sqrt(2)))``."""
+        y = self.binary("Div", x, self.scalar(f"{name}.sqrt2", math.sqrt(2.0)), f"{name}.div")
+        y = self.unary("Erf", y, f"{name}.erf")
+        y = self.binary("Add", y, self.scalar(f"{name}.one", 1.0), f"{name}.add")
+        y = self.binary("Mul", x, y, f"{name}.mul")
+        return self.binary("Mul", y, self.scalar(f"{name}.half", 0.5), name)
+
+    def finish_multi(self, outputs: Sequence[str], doc: str) -> onnx.ModelProto:
+        """Like ``finish`` but with several graph outputs."""
+        graph = helper.make_graph(
+            self.nodes,
+            self.model_name,
+            [helper.make_tensor_value_info(self.input_name, onnx.TensorProto.FLOAT, list(self.input_shape))],
+            [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, list(self.shapes[o])) for o in outputs],
+            initializer=self.initializers,
+            doc_string=doc,
+        )
+        return helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", _bm.OPSET)],
+            ir_version=_bm.IR_VERSION,
+            producer_name=_bm.PRODUCER,
+            producer_version="1",
+            doc_string=f"{self.model_name}: random seeded weights, see examples/build_detection_models.py",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# YOLO
+# ---------------------------------------------------------------------------------------------------
+
+
+def _c2f(b: Builder, x: str, name: str, cout: int, blocks: int = 1, shortcut: bool = True) -> str:
+    """Ultralytics C2f: cv1 1x1 -> Split in two -> bottlenecks chained on the second half -> Concat all -> cv2."""
+    hidden = cout // 2
+    y = b.conv_bn_silu(x, f"{name}.cv1", 2 * hidden, 1)
+    parts = b.split(y, f"{name}.split", 2)
+    last = parts[-1]
+    for i in range(blocks):
+        m = b.conv_bn_silu(last, f"{name}.m.{i}.cv1", hidden, 3)
+        m = b.conv_bn_silu(m, f"{name}.m.{i}.cv2", hidden, 3)
+        last = b.binary("Add", last, m, f"{name}.m.{i}.add") if shortcut else m
+        parts.append(last)
+    return b.conv_bn_silu(b.concat(parts, f"{name}.cat"), f"{name}.cv2", cout, 1)
+
+
+def _sppf(b: Builder, x: str, name: str, cout: int) -> str:
+    """SPPF: cv1 1x1 halves the channels, three chained 5x5/1 max-pools, Concat of all four, cv2 1x1."""
+    y = b.conv_bn_silu(x, f"{name}.cv1", b.shapes[x][1] // 2, 1)
+    pools = [y]
+    for i in range(3):
+        pools.append(b.maxpool_same(pools[-1], f"{name}.m.{i}", 5))
+    return b.conv_bn_silu(b.concat(pools, f"{name}.cat"), f"{name}.cv2", cout, 1)
+
+
+def yolo_tiny() -> onnx.ModelProto:
+    """YOLOv8-n-like detector at 64x64 (widths 8..64); outputs ``head_p3``, ``head_p4``, ``head_p5``."""
+    b = Builder("yolo_tiny", (1, 3, 64, 64), input_name="images")
+    x = b.conv_bn_silu(b.input_name, "model.0", 8, 3, 2)  # /2
+    x = b.conv_bn_silu(x, "model.1", 16, 3, 2)  # /4
+    x = _c2f(b, x, "model.2", 16)
+    x = b.conv_bn_silu(x, "model.3", 32, 3, 2)  # /8
+    p3 = _c2f(b, x, "model.4", 32)
+    x = b.conv_bn_silu(p3, "model.5", 64, 3, 2)  # /16
+    p4 = _c2f(b, x, "model.6", 64)
+    x = b.conv_bn_silu(p4, "model.7", 64, 3, 2)  # /32
+    x = _c2f(b, x, "model.8", 64)
+    p5 = _sppf(b, x, "model.9", 64)
+    # PAN neck: top-down with nearest x2 upsampling, then bottom-up with strided convs.
+    x = b.concat([b.upsample2(p5, "model.10"), p4], "model.11")
+    n4 = _c2f(b, x, "model.12", 64, shortcut=False)
+    x = b.concat([b.upsample2(n4, "model.13"), p3], "model.14")
+    o3 = _c2f(b, x, "model.15", 32, shortcut=False)
+    x = b.concat([b.conv_bn_silu(o3, "model.16", 32, 3, 2), n4], "model.17")
+    o4 = _c2f(b, x, "model.18", 64, shortcut=False)
+    x = b.concat([b.conv_bn_silu(o4, "model.19", 64, 3, 2), p5], "model.20")
+    o5 = _c2f(b, x, "model.21", 64, shortcut=False)
+    heads = []
+    for level, feat in zip((3, 4, 5), (o3, o4, o5), strict=True):
+        y = b.conv_bn_silu(feat, f"model.22.cv.{level}.0", 32, 3)
+        heads.append(b.conv_bias(y, f"model.22.cv.{level}.1", 8, 1, output=f"head_p{level}"))
+    return b.finish_multi(heads, "YOLOv8-style detector (C2f, SPPF, PAN, 3 heads), 64x64, random weights")
+
+
+# ---------------------------------------------------------------------------------------------------
+# ShuffleNet
+# ---------------------------------------------------------------------------------------------------
+
+
+def _conv_bn(b: Builder, x: str, name: str, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+             relu: bool = True) -> str:  # fmt: skip
+    gain = _bm._RELU_GAIN if relu else 1.0
+    y = b.bn(b.conv(x, f"{name}.conv", cout, kernel, stride, groups, gain), f"{name}.bn")
+    return b.relu(y, f"{name}.relu") if relu else y
+
+
+def _shuffle_unit(b: Builder, x: str, name: str, cout: int, stride: int) -> str:
+    """torchvision ``InvertedResidual`` of ShuffleNetV2."""
+    branch = cout // 2
+    if stride == 1:
+        left, right = b.split(x, f"{name}.chunk", 2)
+    else:
+        cin = b.shapes[x][1]
+        left = _conv_bn(b, x, f"{name}.branch1.0", cin, 3, stride, groups=cin, relu=False)
+        left = _conv_bn(b, left, f"{name}.branch1.2", branch, 1)
+        right = x
+    y = _conv_bn(b, right, f"{name}.branch2.0", branch, 1)
+    y = _conv_bn(b, y, f"{name}.branch2.3", branch, 3, stride, groups=branch, relu=False)
+    y = _conv_bn(b, y, f"{name}.branch2.5", branch, 1)
+    return b.channel_shuffle(b.concat([left, y], f"{name}.cat"), f"{name}.shuffle")
+
+
+def shufflenet_tiny() -> onnx.ModelProto:
+    """ShuffleNetV2-like classifier at 64x64: stages of 48 and 96 channels, 10 classes."""
+    b = Builder("shufflenet_tiny", (1, 3, 64, 64))
+    x = _conv_bn(b, b.input_name, "conv1", 24, 3, 2)
+    n, c, h, w = b.shapes[x]
+    x = b._node("MaxPool", [x], "maxpool", (n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1), kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1], strides=[2, 2])  # fmt: skip
+    for stage, cout in ((2, 48), (3, 96)):
+        x = _shuffle_unit(b, x, f"stage{stage}.0", cout, 2)
+        x = _shuffle_unit(b, x, f"stage{stage}.1", cout, 1)
+    x = _conv_bn(b, x, "conv5", 128, 1)
+    out = b.classifier_head(x, 10, pool="pool", fc="fc")
+    return b.finish(out, "ShuffleNetV2-style classifier (split, shuffle, depthwise, concat), 64x64")
+
+
+# ---------------------------------------------------------------------------------------------------
+# ConvNeXt
+# ---------------------------------------------------------------------------------------------------
+
+
+def _convnext_block(b: Builder, x: str, name: str) -> str:
+    """dwconv 7x7 -> permute to NHWC -> LayerNorm -> Linear(4C) -> GELU -> Linear(C) -> gamma -> permute back -> +x."""
+    c = b.shapes[x][1]
+    y = b.conv_bias(x, f"{name}.dwconv", c, 7, groups=c)
+    y = b.transpose(y, f"{name}.permute1", (0, 2, 3, 1))
+    y = b.layernorm(y, f"{name}.norm")
+    y = b.linear(y, f"{name}.pwconv1", 4 * c)
+    y = b.gelu(y, f"{name}.act")
+    y = b.linear(y, f"{name}.pwconv2", c, gain=0.5)
+    y = b.binary("Mul", y, b.uniform(f"{name}.gamma", (c,), 0.5, 1.0), f"{name}.layer_scale")
+    y = b.transpose(y, f"{name}.permute2", (0, 3, 1, 2))
+    return b.binary("Add", x, y, f"{name}.add")
+
+
+def convnext_tiny_ln() -> onnx.ModelProto:
+    """ConvNeXt-like classifier at 64x64 (widths 32, 64), LayerNorm + GELU, 10 classes."""
+    b = Builder("convnext_tiny_ln", (1, 3, 64, 64))
+    x = b.conv_bias(b.input_name, "downsample_layers.0.0", 32, 4, stride=4, pad=0)
+    x = b.layernorm_channels_first(x, "downsample_layers.0.1")
+    x = _convnext_block(b, x, "stages.0.0")
+    x = b.layernorm_channels_first(x, "downsample_layers.1.0")
+    x = b.conv_bias(x, "downsample_layers.1.1", 64, 2, stride=2, pad=0)
+    x = _convnext_block(b, x, "stages.1.0")
+    x = b.reduce_mean(x, "pool", [-2, -1], keepdims=False)
+    x = b.layernorm(x, "norm")
+    w = b.normal("head.weight", (10, 64), 0.0, 1.0 / math.sqrt(64))
+    bias = b.normal("head.bias", (10,), 0.0, 0.05)
+    out = b._node("Gemm", [x, w, bias], "head", (1, 10), output="logits", transB=1)
+    return b.finish(out, "ConvNeXt-style classifier (LayerNorm, GELU, NHWC permutes), 64x64")
+
+
+MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "yolo_tiny": yolo_tiny,
+    "shufflenet_tiny": shufflenet_tiny,
+    "convnext_tiny_ln": convnext_tiny_ln,
+}
+
+
+def build(name: str) -> onnx.ModelProto:
+    """Build model ``name`` (a key of :data:`MODELS`); the result is identical on every call."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+    return factory()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("-o", "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
+    parser.add_argument("names", nargs="*", metavar="name", help=f"models (default: all): {', '.join(MODELS)}")
+    args = parser.parse_args(argv)
+    names: list[str] = args.names or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        model = build(name)
+        onnx.checker.check_model(model, full_check=True)
+        data = model.SerializeToString()
+        (out_dir / f"{name}.onnx").write_bytes(data)
+        ops: dict[str, int] = {}
+        for node in model.graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        print(f"{name:<18} {len(model.graph.node):>4} nodes {len(data) / 1024:>8.1f} KB  {dict(sorted(ops.items()))}")
+    print(f"written to {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
