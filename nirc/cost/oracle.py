@@ -86,17 +86,24 @@ def estimate(
     proto = as_proto(model)
     resolved = resolve_target(target)
     key = signature(proto, resolved)
-    if use_cache:
-        hit = cache.load(key, cache_root)
-        if hit is not None:
-            try:
-                return Cost.from_json(hit)
-            except (BackendError, TypeError, ValueError) as exc:
-                logger.warning("ignoring malformed cost cache entry %s (%s)", key, exc)
+    if use_cache and (hit := cached(key, cache_root)) is not None:
+        return hit
     cost = compile_cost(proto, resolved, label=label or proto.graph.name or "<model>")
     if use_cache:
         cache.store(key, cost.to_json(), cache_root, label=label or proto.graph.name)
     return cost
+
+
+def cached(key: str, cache_root: Path | None = None) -> Cost | None:
+    """The cached Cost for ``key``, or None; an entry that does not parse is a miss."""
+    record = cache.load(key, cache_root)
+    if record is None:
+        return None
+    try:
+        return Cost.from_json(record)
+    except (BackendError, KeyError, TypeError, ValueError) as exc:
+        logger.warning("ignoring malformed cost cache entry %s (%s)", key, exc)
+        return None
 
 
 def compile_cost(proto: onnx.ModelProto, target: Target, *, label: str = "<model>") -> Cost:
@@ -116,7 +123,7 @@ def compile_cost(proto: onnx.ModelProto, target: Target, *, label: str = "<model
         except BackendError as exc:
             raise BackendError(f"{label}: {exc}") from None
         traffic = _summary_traffic(result.summary_csv)
-    return _to_cost(result, traffic, _layer_rows(result.layers, tensor_ids(proto), tensor_ids(canonical)))
+    return _to_cost(result, traffic, _layer_rows(result.layers, tensor_ids(proto)))
 
 
 def _summary_traffic(summary_csv: Path) -> dict[str, int]:
@@ -151,19 +158,15 @@ def match_tensor(name: str, known: dict[str, int]) -> int:
     return -1
 
 
-def _layer_rows(
-    layers: tuple[LayerPerf, ...], ids: dict[str, int], canonical_ids: dict[str, int]
-) -> tuple[LayerRow, ...]:
-    """Vela rows against the caller's tensor numbering (names survive canonicalization; numbers may not)."""
-    rows = []
-    for layer in layers:
-        if layer.target != "NPU":
-            continue
-        number = match_tensor(layer.name, ids)
-        if number < 0 and match_tensor(layer.name, canonical_ids) >= 0:
-            logger.debug("Vela row %s names a tensor created by canonicalization", layer.name)
-        rows.append(LayerRow(number, layer.vela_op, layer.op_cycles, layer.mac_count))
-    return tuple(rows)
+def _layer_rows(layers: tuple[LayerPerf, ...], ids: dict[str, int]) -> tuple[LayerRow, ...]:
+    """NPU rows numbered against the caller's model: canonicalization keeps tensor names, not
+    necessarily the node order, so rows are matched by name and stored by the caller's numbers.
+    A tensor only canonicalization created (opset conversion) matches nothing and gets -1."""
+    return tuple(
+        LayerRow(match_tensor(layer.name, ids), layer.vela_op, layer.op_cycles, layer.mac_count)
+        for layer in layers
+        if layer.target == "NPU"
+    )
 
 
 def _to_cost(result: VelaResult, traffic: dict[str, int], rows: tuple[LayerRow, ...]) -> Cost:

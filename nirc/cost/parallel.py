@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 
 from nirc.cost import cache
-from nirc.cost.oracle import ModelLike, as_proto, estimate, resolve_target
+from nirc.cost.oracle import ModelLike, as_proto, cached, estimate, resolve_target
 from nirc.cost.signature import signature
 from nirc.cost.types import Cost
 from nirc.target import Target
@@ -62,6 +62,10 @@ def evaluate_many(
 
     Raises:
         the first failure in input order (UnsupportedOperatorError, BackendError, ...).
+
+    With ``jobs > 1`` the workers are started with 'forkserver'/'spawn', which
+    re-import the calling script: like any multiprocessing code, a script must
+    call this under ``if __name__ == "__main__":``.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -75,11 +79,8 @@ def evaluate_many(
     results: dict[str, Cost] = {}
     if use_cache:
         for key in keys:
-            if key not in results and (hit := cache.load(key, root)) is not None:
-                try:
-                    results[key] = Cost.from_json(hit)
-                except (TypeError, ValueError) as exc:
-                    logger.warning("ignoring malformed cost cache entry %s (%s)", key, exc)
+            if key not in results and (hit := cached(key, root)) is not None:
+                results[key] = hit
     todo: dict[str, int] = {}
     for index, key in enumerate(keys):
         if key not in results and key not in todo:

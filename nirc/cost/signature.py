@@ -44,8 +44,8 @@ CALIBRATION = {"kind": "synthetic-normal", "seed": CALIBRATION_SEED, "samples": 
 """How the oracle makes int8 ranges. Latency does not depend on activation values, but the
 int8 scales decide a few lowerings (e.g. rescaling ops), so the recipe is part of the key."""
 
-# Source files whose behaviour changes the TFLite that Vela compiles.
-_BACKEND_SOURCES = ("tflite", "quant/ranges.py", "backend.py", "ir/load.py")
+# Source files whose behaviour changes the TFLite that Vela compiles, or what the oracle records.
+_BACKEND_SOURCES = ("tflite", "quant/ranges.py", "backend.py", "ir/load.py", "ir/model.py", "cost/oracle.py")
 
 
 def _hash_array(array: np.ndarray) -> str:
