@@ -15,6 +15,7 @@ from nirc.passes.fold_pad import FoldPadPass
 from nirc.passes.fuse_affine import FuseAffinePass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
+from nirc.passes.pad_channels import PadChannelsPass
 
 from nirc.hookspecs import hookimpl
 from nirc.plugin import PassRegistry
@@ -33,6 +34,7 @@ BUILTIN_PASSES = (
     EliminateChannelShufflePass,
     FoldPadPass,
     EliminateDeadCodePass,
+    PadChannelsPass,
 )
 
 

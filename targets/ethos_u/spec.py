@@ -26,7 +26,9 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "fold-pad",
     "eliminate-dead-code",
 )
-HW_PIPELINE: tuple[str, ...] = ()
+HW_PIPELINE: tuple[str, ...] = (
+    "pad-channels",  # costs each candidate with Vela: keeps only paddings that lower the estimate
+)
 
 # ofm micro-block depth per MAC count (Vela ArchitectureConfig.ofm_ublock.depth).
 _U55_OFM_DEPTH = {32: 4, 64: 8, 128: 8, 256: 8}

@@ -131,7 +131,8 @@ def test_default_pipeline_cleans_up_an_exporter_style_graph() -> None:
     model = IRModel.load(proto)
     records = _manager().run(model)
     changed = {r.name for r in records if r.changed}
-    assert changed == {r.name for r in records} - {"eliminate-dead-code"}, changed
+    # pad-channels costs candidates on a target; this manager runs without one, so it keeps the model.
+    assert changed == {r.name for r in records} - {"eliminate-dead-code", "pad-channels"}, changed
     # c1 and c1b merge (CSE); bn1 follows an Add read twice, so it becomes Mul+Add.
     assert ops(model) == {
         "Conv": 2,
