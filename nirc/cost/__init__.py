@@ -14,6 +14,7 @@ Map of the package:
 
 from __future__ import annotations
 
+from nirc.cost.analytical import AnalyticalCost, analytical_is_trusted, predict
 from nirc.cost.cache import CacheInfo, cache_info, cache_root, clear_cache
 from nirc.cost.layers import LayerCost, per_layer_costs
 from nirc.cost.oracle import estimate
@@ -23,10 +24,12 @@ from nirc.cost.subgraph import extract_subgraph
 from nirc.cost.types import Cost, LayerRow
 
 __all__ = [
+    "AnalyticalCost",
     "CacheInfo",
     "Cost",
     "LayerCost",
     "LayerRow",
+    "analytical_is_trusted",
     "cache_info",
     "cache_root",
     "clear_cache",
@@ -34,5 +37,6 @@ __all__ = [
     "evaluate_many",
     "extract_subgraph",
     "per_layer_costs",
+    "predict",
     "signature",
 ]
