@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -48,6 +48,8 @@ class LayerStats:
     in_channels: int | None
     out_channels: int | None
     misaligned_channels: list[int]
+    cycles: int | None = None
+    mac_util: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,47 @@ class Analysis:
     target: str | None
     brick_channels: int | None
     arena_bytes: int | None
+    cycles_total: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["layers"] = [asdict(layer) for layer in self.layers]
         return data
+
+
+def with_layer_costs(analysis: Analysis, model: IRModel, target: Target) -> Analysis:
+    """Add Vela's per-layer cycles and MAC utilisation (one compilation via the cost oracle).
+
+    MAC utilisation = MACs / (cycles x MACs per cycle): the share of the NPU a layer
+    actually uses, which is how a user spots layers that waste it (a 3-channel stem).
+    A model the backend cannot emit keeps its static numbers and gets a note.
+    """
+    from nirc.cost import per_layer_costs
+    from nirc.errors import NircError
+    from nirc.pass_base import PassContext
+    from nirc.pass_manager import PassManager
+    from nirc.plugin import load_registry
+
+    # Cost the model as nirc would emit it: unfolded BatchNormalization alone would
+    # cost more than the convs. Folded nodes' cycles land on the surviving producer.
+    registry = load_registry()
+    lowered = model.copy()
+    canonical = [registry.get_pass(n)() for n in target.default_pipeline if n not in target.hw_passes]
+    try:
+        PassManager(canonical).run(lowered, PassContext(target=target))
+        costs = per_layer_costs(lowered, target)
+    except NircError as exc:
+        return replace(analysis, notes=[*analysis.notes, f"no per-layer cycles: {exc}"])
+    layers = [
+        replace(layer, cycles=costs[layer.name].cycles, mac_util=round(costs[layer.name].mac_util, 4))
+        if layer.name in costs
+        else layer
+        for layer in analysis.layers
+    ]
+    note = "cycles: Vela estimate of the model after nirc's canonical passes (BN folded, no hardware passes)"
+    total = sum(c.cycles for c in costs.values())
+    return replace(analysis, layers=layers, cycles_total=total, notes=[*analysis.notes, note])
 
 
 def _numel(shape: Sequence[int] | None) -> int:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nirc import __version__
-from nirc.analysis import Analysis, analyze
+from nirc.analysis import Analysis, analyze, with_layer_costs
 from nirc.backend import CalibrationOptions
+from nirc.cost import cli as cost_cli
 from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.plugin import Registry, load_registry
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="MACs, parameters, activation memory and channel alignment per layer")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--no-cycles", action="store_true", help="skip Vela's per-layer cycles (static counts only)")
 
     p = sub.add_parser("optimize", help="run the target's pipeline and write artifacts + report.json")
     _add_model_args(p)
@@ -126,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io", choices=("int8", "float32"), default="int8", help="int8 model input/output type")
     _add_calib_args(p)
 
+    for name, text in cost_cli.COMMANDS.items():
+        cost_cli.add_arguments(sub.add_parser(name, help=text), name)
+
     sub.add_parser("passes", help="list registered passes")
     sub.add_parser("targets", help="list registered targets")
     return parser
@@ -136,7 +141,7 @@ def _fmt_int(value: int) -> str:
 
 
 def print_analysis(analysis: Analysis, out: TextIO | None = None) -> None:
-    rows = [("layer", "op", "output", "MACs", "params", "act bytes", "misaligned ch")]
+    rows = [("layer", "op", "output", "MACs", "params", "act bytes", "cycles", "MAC util", "misaligned ch")]
     for layer in analysis.layers:
         rows.append(
             (
@@ -146,6 +151,8 @@ def print_analysis(analysis: Analysis, out: TextIO | None = None) -> None:
                 _fmt_int(layer.macs),
                 _fmt_int(layer.params),
                 _fmt_int(layer.activation_bytes),
+                _fmt_int(layer.cycles) if layer.cycles is not None else "",
+                f"{layer.mac_util:.1%}" if layer.mac_util is not None and layer.macs else "",
                 ",".join(map(str, layer.misaligned_channels)),
             )
         )
@@ -153,7 +160,7 @@ def print_analysis(analysis: Analysis, out: TextIO | None = None) -> None:
     write = (out or sys.stdout).write
     for i, row in enumerate(rows):
         pairs = enumerate(zip(row, widths, strict=True))
-        cells = [c.ljust(w) if j < 3 or j == 6 else c.rjust(w) for j, (c, w) in pairs]
+        cells = [c.ljust(w) if j < 3 or j == 8 else c.rjust(w) for j, (c, w) in pairs]
         write("  ".join(cells).rstrip() + "\n")
         if i == 0:
             write("  ".join("-" * w for w in widths) + "\n")
@@ -162,6 +169,10 @@ def print_analysis(analysis: Analysis, out: TextIO | None = None) -> None:
         f"\nMACs {analysis.macs:,}   params {analysis.params:,}   weight bytes (int8) {analysis.weight_bytes:,}\n"
         f"peak live activations (int8) {analysis.peak_activation_bytes:,} B at {analysis.peak_step}{arena}\n"
     )
+    if analysis.cycles_total is not None:
+        write(f"Vela estimate: {analysis.cycles_total:,} cycles on {analysis.target}\n")
+    for note in analysis.notes:
+        write(f"note: {note}\n")
     misaligned = sum(1 for layer in analysis.layers if layer.misaligned_channels)
     if analysis.brick_channels and misaligned:
         write(f"{misaligned} layers have channel counts not a multiple of {analysis.brick_channels}\n")
@@ -172,6 +183,8 @@ def _cmd_analyze(args: argparse.Namespace, registry: Registry) -> int:
     shapes = _resolve_unnamed_shape(_parse_input_shapes(args.input_shape), args.model)
     model = IRModel.load(args.model, shapes)
     analysis = analyze(model, target)
+    if not args.no_cycles:
+        analysis = with_layer_costs(analysis, model, target)
     if args.json:
         sys.stdout.write(json.dumps(analysis.to_json(), indent=1) + "\n")
     else:
@@ -286,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_optimize(args, registry)
         if args.command == "convert":
             return _cmd_convert(args)
+        if args.command in cost_cli.COMMANDS:
+            return cost_cli.run(args)
         if args.command == "passes":
             return _cmd_passes(registry)
         return _cmd_targets(registry)

@@ -119,3 +119,17 @@ def test_passes_and_targets_listing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["targets"]) == 0
     out = capsys.readouterr().out
     assert "ethos-u65-256" in out and "alias: ethos-u65" in out and "ethos-u85-2048" in out
+
+
+def test_analyze_reports_vela_cycles_and_mac_utilisation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(EXAMPLE), "--target", "ethos-u65", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    convs = [layer for layer in data["layers"] if layer["op"] == "Conv"]
+    assert convs and all(layer["cycles"] > 0 for layer in convs)
+    assert all(0 < layer["mac_util"] <= 1 for layer in convs)
+    # utilisation is MACs over what the MAC array could do in those cycles
+    first = convs[0]
+    assert first["mac_util"] == pytest.approx(first["macs"] / (first["cycles"] * 256), abs=1e-4)
+    assert data["cycles_total"] >= sum(layer["cycles"] for layer in convs)
+    assert main(["analyze", str(EXAMPLE), "--json", "--no-cycles"]) == 0
+    assert json.loads(capsys.readouterr().out)["cycles_total"] is None
