@@ -212,6 +212,7 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
         compile=not args.no_compile,
         require_fit=False,  # show the summary first, then fail
         registry=registry,
+        progress=_progress if not (args.quiet or args.json) else lambda _message: None,
     )
     if args.json:
         sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
@@ -219,6 +220,12 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
         print_optimize_summary(result.report, result.outdir)
     check_fit(result.report, args.model, result.outdir)
     return 0
+
+
+def _progress(message: str) -> None:
+    """Long steps announce themselves on stderr, so stdout stays the summary (or JSON)."""
+    sys.stderr.write(f"nirc: {message}...\n")
+    sys.stderr.flush()
 
 
 def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:

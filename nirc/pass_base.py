@@ -10,10 +10,11 @@ import logging
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from nirc.ir import IRModel
+    from nirc.quant import CalibrationSet
     from nirc.target import Target
 
 logger = logging.getLogger(__name__)
@@ -25,15 +26,25 @@ class PassContext:
 
     Attributes:
         target: the target being compiled for, or None for target-independent runs.
+        calibration: representative inputs (a ``nirc.quant.CalibrationSet``) for passes
+            that fit weights or measure accuracy (lossy passes); None when not available.
         stats: per-pass counters (``ctx.count("folded")``); the manager resets it
             before each pass and copies it into that pass's record.
+        decisions: per-pass decision log (``ctx.decide({...})``): what was considered,
+            what each candidate cost, what was chosen. Reset and recorded like ``stats``.
     """
 
     target: Target | None = None
+    calibration: CalibrationSet | None = None
     stats: Counter[str] = field(default_factory=Counter)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] += n
+
+    def decide(self, decision: dict[str, Any]) -> None:
+        """Record one JSON-serialisable decision for the report."""
+        self.decisions.append(decision)
 
 
 class Pass(ABC):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,6 +36,7 @@ class PassRecord:
     seconds: float
     stats: dict[str, int] = field(default_factory=dict)
     verified: bool = False
+    decisions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -44,6 +46,7 @@ class PassRecord:
             "seconds": round(self.seconds, 4),
             "stats": dict(sorted(self.stats.items())),
             "verified": self.verified,
+            "decisions": self.decisions,
         }
 
 
@@ -80,6 +83,7 @@ class PassManager:
 
     def _run_one(self, pass_: Pass, model: IRModel, ctx: PassContext, state: _Snapshot) -> PassRecord:
         ctx.stats.clear()
+        ctx.decisions = []
         start = time.perf_counter()
         try:
             changed = bool(pass_.run(model, ctx))
@@ -90,7 +94,7 @@ class PassManager:
         seconds = time.perf_counter() - start
         if not changed and not self.verify:
             logger.info("pass %s: unchanged in %.3fs", pass_.name, seconds)
-            return PassRecord(pass_.name, pass_.exact, False, seconds, dict(ctx.stats), False)
+            return PassRecord(pass_.name, pass_.exact, False, seconds, dict(ctx.stats), False, ctx.decisions)
         try:
             after = model.to_proto(check=True)
         except ModelLoadError as exc:
@@ -103,7 +107,7 @@ class PassManager:
                 state.outputs = None  # an inexact pass moved the reference
             state.proto = after
         logger.info("pass %s: changed=%s in %.3fs %s", pass_.name, changed, seconds, dict(ctx.stats))
-        return PassRecord(pass_.name, pass_.exact, changed, seconds, dict(ctx.stats), verified)
+        return PassRecord(pass_.name, pass_.exact, changed, seconds, dict(ctx.stats), verified, ctx.decisions)
 
     def _verify(self, pass_: Pass, state: _Snapshot, after: onnx.ModelProto) -> bool:
         assert state.proto is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +27,7 @@ from nirc.outdir import staged_outdir
 from nirc.pass_base import Pass, PassContext
 from nirc.pass_manager import PassManager, PassRecord
 from nirc.plugin import Registry, load_registry
+from nirc.quant import CalibrationSet
 from nirc.report import build_report, fits_summary, write_json
 from nirc.target import Target
 from nirc.tflite import check_supported
@@ -69,9 +70,10 @@ def run_passes(
     *,
     verify: bool = False,
     dump_ir: Path | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> list[PassRecord]:
     manager = PassManager(pass_list, verify=verify, dump_ir=dump_ir)
-    return manager.run(model, PassContext(target=target))
+    return manager.run(model, PassContext(target=target, calibration=calibration))
 
 
 def optimize(
@@ -90,6 +92,7 @@ def optimize(
     compile: bool = True,
     require_fit: bool = True,
     registry: Registry | None = None,
+    progress: Callable[[str], None] = lambda _message: None,
 ) -> OptimizeResult:
     """Compile ``source`` for ``target`` into ``outdir``.
 
@@ -109,7 +112,8 @@ def optimize(
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
     before = analyze(model, tgt)
-    records = run_passes(model, tgt, pass_list, verify=verify, dump_ir=dump_ir)
+    progress(f"running {len(pass_list)} passes")
+    records = run_passes(model, tgt, pass_list, verify=verify, dump_ir=dump_ir, calibration=calib)
     after = analyze(model, tgt)
     try:
         proto = model.to_proto()
@@ -119,9 +123,11 @@ def optimize(
     options = calibration or CalibrationOptions()
     with staged_outdir(outdir) as staging:
         onnx.save(proto, str(staging / f"{stem}_opt.onnx"))
+        progress(f"calibrating ({len(calib)} samples, {options.method}) and emitting int8 TFLite")
         emitted = emit(proto, dtype="int8", calib=calib, method=options.method, io_dtype=io_dtype, label=label)
         int8_path = staging / f"{stem}_int8.tflite"
         int8_path.write_bytes(emitted.tflite.data)
+        progress("validating int8 against float (LiteRT vs ONNX Runtime)")
         checks = validate(proto, emitted.tflite, calib)
         for check in checks:
             if check.low_snr:
@@ -129,6 +135,7 @@ def optimize(
         vela_json: dict[str, Any] | None = None
         fits: dict[str, Any] = fits_summary(tgt, after, None, None)
         if compile:
+            progress(f"compiling with Vela for {tgt.name}")
             vela_json, fits = _compile(int8_path, tgt, staging, stem, after)
         report = build_report(
             source=label,
