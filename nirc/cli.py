@@ -276,11 +276,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_passes(registry: Registry) -> int:
+    width = max((len(name) for name in registry.passes), default=0)
     for name in sorted(registry.passes):
         cls = registry.passes[name]
         kind = "exact" if cls.exact else "lossy"
         origin = registry.pass_registry.origin[name]
-        sys.stdout.write(f"{name:28s} {kind:6s} {origin:18s} {cls.description()}\n")
+        sys.stdout.write(f"{name:{width}s}  {kind:5s}  {origin:16s} {cls.description()}\n")
     return 0
 
 
