@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
+import build_models
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -19,15 +17,6 @@ from nirc.ir import IRModel
 from nirc.plugin import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _examples() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nirc_examples_build", ROOT / "examples" / "build_models.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _runtime_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -68,7 +57,7 @@ def _independent_count(model: onnx.ModelProto) -> tuple[int, int]:
     ["tiny_cnn", "mobilenetv1_cifar100", "resnet50_cifar100", "vgg19_cifar100", "vgg19_224_10", "mobilenetv2_224"],
 )
 def test_macs_and_params_match_independent_count(name: str) -> None:
-    proto = _examples().build(name)
+    proto = build_models.build(name)
     analysis = analyze(IRModel.load(proto), load_registry().get_target("ethos-u65"))
     assert (analysis.macs, analysis.params) == _independent_count(proto)
     assert analysis.macs == sum(layer.macs for layer in analysis.layers)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -30,14 +27,10 @@ GONE = {"BatchNormalization", "Dropout", "Identity"}
 
 
 @pytest.fixture(scope="module")
-def build_models() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("nirc_pipeline_build_models", ROOT / "examples" / "build_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def build_models() -> ModuleType:
+    import build_models as module  # examples/ is on the test path (pyproject)
+
+    return module
 
 
 def _manager() -> PassManager:
