@@ -16,6 +16,7 @@ from nirc.passes.fuse_affine import FuseAffinePass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 from nirc.passes.pad_channels import PadChannelsPass
+from nirc.passes.prune_channels import PruneChannelsPass
 
 from nirc.hookspecs import hookimpl
 from nirc.plugin import PassRegistry
@@ -35,6 +36,7 @@ BUILTIN_PASSES = (
     FoldPadPass,
     EliminateDeadCodePass,
     PadChannelsPass,
+    PruneChannelsPass,
 )
 
 
