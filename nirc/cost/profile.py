@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from nirc.analysis import analyze
 from nirc.cost.blocks import BLOCK_KINDS, BlockSpec, build_block
@@ -187,12 +188,13 @@ def write_plots(rows: Sequence[ProfileRow], outdir: Path, stem: str, target_name
     return paths
 
 
-def _save(fig: object, path: Path) -> Path:
+def _save(fig: Any, path: Path) -> Path:
+    # Any: matplotlib is an optional extra, so its types are not always installed for mypy.
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()  # type: ignore[attr-defined]
-    fig.savefig(path, dpi=90)  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
     return path
 
 
