@@ -13,6 +13,7 @@ Also :func:`channel_alignment`, the per-layer alignment table for ``nirc analyze
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,6 @@ from nirc.passes._channels import (
 )
 from nirc.passes._rewrite import has_any_op
 
-from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
 from nirc.target import Target
@@ -42,8 +42,9 @@ from nirc.target import Target
 logger = logging.getLogger(__name__)
 
 _LINEAR_OPS = ("Conv", "Gemm")
-_AUTO_MODEL_SCOPE_MAX = 12
-"""With at most this many candidate spaces, ``scope="auto"`` costs each one on the whole model."""
+_AUTO_MODEL_SCOPE_NODES = 64
+"""``scope="auto"`` costs candidates on the whole model up to this many nodes (a Vela run of such a
+model takes well under a second), and on the touched region beyond it."""
 
 
 class CostLike(Protocol):
@@ -238,14 +239,19 @@ class PadChannelsPass(Pass):
         judge = _Judge(self.cost_fn or oracle_cost, target)
         scope = self.scope
         if scope == "auto":
-            scope = "model" if len(todo) <= _AUTO_MODEL_SCOPE_MAX else "subgraph"
+            scope = "model" if len(model.graph.nodes) <= _AUTO_MODEL_SCOPE_NODES else "subgraph"
         try:
-            accepted = self._decide(model, spaces, todo, judge, scope)
-        except NircError as exc:  # the unchanged model itself cannot be costed
-            logger.warning("pad-channels: cannot cost the model, leaving it unchanged (%s)", exc)
+            accepted, totals = self._decide(model, spaces, todo, judge, scope)
+        except Exception as exc:  # the unchanged model itself cannot be costed: keep it as it is
+            logger.warning(
+                "pad-channels: cannot cost the model, leaving it unchanged (%s: %s)", type(exc).__name__, exc
+            )
             ctx.count("oracle_failed")
             return False
         ctx.count("oracle_calls", judge.calls)
+        if totals is not None:
+            ctx.count("model_cycles_before", totals[0].cycles)
+            ctx.count("model_cycles_after", totals[1].cycles)
         for decision in self.decisions:
             ctx.count("padded_spaces" if decision.accepted else "rejected_spaces")
             if decision.accepted:
@@ -267,18 +273,28 @@ class PadChannelsPass(Pass):
         todo: Sequence[tuple[Space, list[int]]],
         judge: _Judge,
         scope: str,
-    ) -> dict[str, Layout]:
+    ) -> tuple[dict[str, Layout], tuple[CostLike, CostLike] | None]:
+        """Accepted layouts by space key, and the whole-model (before, after) costs when something changed.
+
+        Raises whatever the oracle raises when the unchanged model itself cannot be costed.
+        """
+        if scope == "model":
+            baseline = judge.cost(model.to_proto(check=False))
+            accepted, final = self._greedy(model, spaces, todo, judge, "model", baseline)
+            return accepted, (baseline, final) if accepted and final is not None else None
+        accepted, _ = self._greedy(model, spaces, todo, judge, "subgraph", None)
+        if not accepted:
+            return accepted, None  # nothing changes, so nothing can regress: no whole-model compile needed
         baseline = judge.cost(model.to_proto(check=False))
-        accepted = self._greedy(model, spaces, todo, judge, scope, baseline)
-        if scope == "subgraph" and accepted:
-            final = _try_cost(judge, layout_trial(model, accepted))
-            if final is None or not improves(final, baseline):
-                logger.info("pad-channels: subgraph choices do not pay off on the whole model; re-deciding")
-                kept = set(accepted)
-                retry = [(s, [len(accepted[s.key])]) for s, _ in todo if s.key in kept]
-                self.decisions[:] = [d for d in self.decisions if d.space not in kept]
-                accepted = self._greedy(model, spaces, retry, judge, "model", baseline)
-        return accepted
+        final_cost = _try_cost(judge, lambda: layout_trial(model, accepted))
+        if final_cost is not None and improves(final_cost, baseline):
+            return accepted, (baseline, final_cost)
+        logger.info("pad-channels: subgraph choices do not pay off on the whole model; re-deciding on it")
+        kept = set(accepted)
+        retry = [(s, [len(accepted[s.key])]) for s, _ in todo if s.key in kept]
+        self.decisions[:] = [d for d in self.decisions if d.space not in kept]
+        accepted, final = self._greedy(model, spaces, retry, judge, "model", baseline)
+        return accepted, (baseline, final) if accepted and final is not None else None
 
     def _greedy(
         self,
@@ -287,25 +303,25 @@ class PadChannelsPass(Pass):
         todo: Sequence[tuple[Space, list[int]]],
         judge: _Judge,
         scope: str,
-        baseline: CostLike,
-    ) -> dict[str, Layout]:
+        baseline: CostLike | None,
+    ) -> tuple[dict[str, Layout], CostLike | None]:
+        """Decide spaces one by one in execution order, each against the model with the earlier choices applied."""
         accepted: dict[str, Layout] = {}
         current = baseline
         for space, counts in todo:
             region = _region(spaces, space) if scope == "subgraph" else []
             base = current
             if scope == "subgraph":
-                base_cost = _try_cost(judge, _extract(layout_trial(model, accepted), region))
-                if base_cost is None:
-                    self._record(space, space.channels, None, None, False, "region cannot be costed", scope)
-                    continue
-                base = base_cost
+                base = _try_cost(judge, functools.partial(_region_trial, model, dict(accepted), region))
+            if base is None:
+                self._record(space, counts[0], None, None, False, "cannot be costed", scope)
+                continue
             best: tuple[int, CostLike] | None = None  # cheapest candidate, by cycles then SRAM
             failures: list[str] = []
             for count in counts:
                 trial = {**accepted, space.key: padded(space.channels, count)}
-                proto = layout_trial(model, trial)
-                cost = _try_cost(judge, _extract(proto, region) if region else proto, failures)
+
+                cost = _try_cost(judge, functools.partial(_region_trial, model, trial, region), failures)
                 if cost is not None and (best is None or _key(cost) < _key(best[1])):
                     best = (count, cost)
             if best is None:
@@ -320,7 +336,7 @@ class PadChannelsPass(Pass):
             self._record(space, count, base, cost, True, "Vela's estimate improves", scope)
             if scope == "model":
                 current = cost
-        return accepted
+        return accepted, current
 
     def _record(
         self,
@@ -359,14 +375,18 @@ class PadChannelsPass(Pass):
         self.decisions.append(decision)
 
 
-def _try_cost(judge: _Judge, proto: onnx.ModelProto, failures: list[str] | None = None) -> CostLike | None:
-    """The oracle's answer, or None when the trial cannot be emitted or compiled (logged, reason kept)."""
+def _try_cost(judge: _Judge, make: Callable[[], onnx.ModelProto], failures: list[str] | None = None) -> CostLike | None:
+    """The oracle's answer for the trial ``make()`` builds, or None when it cannot be built, emitted or compiled.
+
+    Any failure only means "no evidence that this padding helps": the pass keeps the
+    model as it is rather than aborting the compilation (the reason is logged and kept).
+    """
     try:
-        return judge.cost(proto)
-    except NircError as exc:
-        logger.info("pad-channels: candidate cannot be costed: %s", exc)
+        return judge.cost(make())
+    except Exception as exc:
+        logger.info("pad-channels: candidate cannot be costed: %s: %s", type(exc).__name__, exc)
         if failures is not None:
-            failures.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return None
 
 
@@ -374,7 +394,11 @@ def _key(cost: CostLike) -> tuple[int, int]:
     return (cost.cycles, cost.sram_used_bytes)
 
 
-def _extract(proto: onnx.ModelProto, region: list[str]) -> onnx.ModelProto:
+def _region_trial(model: IRModel, assigned: dict[str, Layout], region: list[str]) -> onnx.ModelProto:
+    """``model`` with ``assigned`` layouts, cut down to the ``region`` nodes (the whole model when empty)."""
+    proto = layout_trial(model, assigned)
+    if not region:
+        return proto
     from nirc.cost import extract_subgraph
 
     return extract_subgraph(proto, region)
@@ -445,19 +469,18 @@ def channel_alignment(
     baseline: CostLike | None = None
     if costs:
         judge = _Judge(cost_fn or oracle_cost, target)
-        try:
-            baseline = judge.cost(model.to_proto(check=False))
-        except NircError as exc:
-            logger.warning("channel alignment: cannot cost the model (%s)", exc)
+        baseline = _try_cost(judge, lambda: model.to_proto(check=False))
+        if baseline is None:
+            logger.warning("channel alignment: cannot cost the model; cost columns left empty")
         for space in spaces.free_spaces():
             if baseline is None or space.channels % brick == 0:
                 continue
             up = padded(space.channels, round_up(space.channels, brick))
-            pad = _try_cost(judge, layout_trial(model, {space.key: up}))
+            pad = _try_cost(judge, functools.partial(layout_trial, model, {space.key: up}))
             low = round_down(space.channels, brick)
             trim = None
             if low > 0:
-                trim = _try_cost(judge, layout_trial(model, {space.key: identity(low)}))
+                trim = _try_cost(judge, functools.partial(layout_trial, model, {space.key: identity(low)}))
             deltas[space.key] = (pad, trim)
     rows = []
     for node in spaces.order:

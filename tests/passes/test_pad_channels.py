@@ -440,6 +440,23 @@ def test_decisions_go_to_a_context_list_when_there_is_one() -> None:
     assert ChannelDecision.__doc__
 
 
+def _two_spaces() -> onnx.ModelProto:
+    return parse(
+        HEADER
+        + """
+    g (float[1,4,6,6] x) => (float[1,8,6,6] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, w0)
+        r = Relu (a)
+        b = Conv (r, w1)
+        s = Relu (b)
+        y = Conv (s, w2)
+    }""",
+        w0=_rand(17, 4, 3, 3, seed=1),
+        w1=_rand(20, 17, 1, 1, seed=2),
+        w2=_rand(8, 20, 1, 1, seed=3),
+    )
+
+
 def test_subgraph_scope_costs_regions_then_checks_the_whole_model() -> None:
     seen: list[int] = []
 
@@ -447,11 +464,35 @@ def test_subgraph_scope_costs_regions_then_checks_the_whole_model() -> None:
         seen.append(len(proto.graph.node))
         return prefers_padding(proto, target)
 
-    proto = _chain("z = Relu (a)")
-    model, changed, _, pass_ = _run(proto, cost_fn=recording, scope="subgraph")
-    assert changed and pass_.decisions[0].scope == "subgraph"
-    assert seen[0] == 3  # baseline: the whole model
+    proto = _two_spaces()
+    model, changed, ctx, pass_ = _run(proto, cost_fn=recording, scope="subgraph")
+    assert changed and [d.scope for d in pass_.decisions] == ["subgraph", "subgraph"]
+    # First space's region: its writer, the Relu and its reader (+ the fused Relu after it).
+    assert seen[0] == 4 and max(seen[:-2]) < 5
+    assert seen[-2:] == [5, 5]  # the whole-model check: before and after
+    assert ctx.stats["model_cycles_after"] < ctx.stats["model_cycles_before"]
     _check_exact_and_idempotent(proto, model)
+
+
+def test_subgraph_gain_that_the_whole_model_does_not_confirm_is_dropped() -> None:
+    def regions_like_it_model_does_not(proto: onnx.ModelProto, target: object) -> FakeCost:
+        whole = len(proto.graph.node) == 5
+        return (dislikes_padding if whole else prefers_padding)(proto, target)
+
+    model, changed, _, pass_ = _run(_two_spaces(), cost_fn=regions_like_it_model_does_not, scope="subgraph")
+    assert not changed and _shape(model, "a")[1] == 17
+    assert [(d.scope, d.accepted) for d in pass_.decisions] == [("model", False), ("model", False)]
+
+
+def test_subgraph_scope_without_a_win_never_compiles_the_whole_model() -> None:
+    seen: list[int] = []
+
+    def recording(proto: onnx.ModelProto, target: object) -> FakeCost:
+        seen.append(len(proto.graph.node))
+        return dislikes_padding(proto, target)
+
+    _, changed, _, _ = _run(_two_spaces(), cost_fn=recording, scope="subgraph")
+    assert not changed and 5 not in seen
 
 
 # ----------------------------------------------------------------------------- with Vela
