@@ -284,8 +284,7 @@ def prune_table(target: Target) -> list[str]:
     ]
     for config in PRUNE_CONFIGS:
         model = IRModel.load(reference)
-        ctx = PassContext(target=target)
-        ctx.calibration = calib  # type: ignore[attr-defined]
+        ctx = PassContext(target=target, calibration=calib)
         pass_ = PruneChannelsPass(ratio=config.ratio, criterion=config.criterion, refit=config.refit)  # type: ignore[arg-type]
         start = time.perf_counter()
         pass_.run(model, ctx)

@@ -207,9 +207,9 @@ class PadChannelsPass(Pass):
     (``scope="model"``) or on the nodes it touches (``scope="subgraph"``, then
     checked once on the whole model), greedily in execution order; it is kept
     only when the estimated latency drops, or SRAM drops while latency does
-    not rise. ``decisions`` holds one :class:`ChannelDecision` per space costed
-    in the last run (also appended to ``ctx.decisions`` when the context has
-    such a list).
+    not rise. One :class:`ChannelDecision` per space costed goes to
+    ``ctx.decisions`` (the report's per-pass decision log) and stays in the
+    pass's ``decisions`` until its next run.
     """
 
     name = "pad-channels"
@@ -257,9 +257,8 @@ class PadChannelsPass(Pass):
             if decision.accepted:
                 ctx.count("padded_layers", len(decision.layers))
                 ctx.count("added_channels", decision.channels_after - decision.channels_before)
-        sink = getattr(ctx, "decisions", None)
-        if isinstance(sink, list):
-            sink.extend(d.to_json() for d in self.decisions)
+        for decision in self.decisions:
+            ctx.decide(decision.to_json())
         if not accepted:
             return False
         apply_layouts(model.graph, spaces, accepted)

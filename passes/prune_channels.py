@@ -24,11 +24,12 @@ from nirc.passes.pad_channels import CostFn, CostLike, oracle_cost
 from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
+from nirc.quant import CalibrationSet
 
 logger = logging.getLogger(__name__)
 
 Criterion = Literal["l2", "geometric-median"]
-SYNTHETIC_NOTE = "no calibration data in the pass context: refit on synthetic N(0,1) inputs; accuracy is not meaningful"
+SYNTHETIC_NOTE = "no real calibration data (--calib): refit on synthetic N(0,1) inputs; accuracy is not meaningful"
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,8 @@ class PruneChannelsPass(Pass):
     of the removed channels. Spaces are processed in execution order, so later
     refits also compensate the error of earlier ones.
 
-    Calibration data come from ``ctx.calibration`` (a
-    :class:`nirc.quant.CalibrationSet`) when the context has it; otherwise
-    synthetic normal inputs are used and the report says so. The last
+    Calibration data come from ``ctx.calibration`` (``--calib``); when it is
+    absent or synthetic, seeded normal inputs are used and the report says so. The last
     ``holdout`` share of the samples is never fitted on: the pass reports SNR
     and top-1 agreement of the model outputs against the float original on
     them, and (``measure``, with a target) the oracle's cycles/SRAM before and
@@ -174,7 +174,7 @@ class PruneChannelsPass(Pass):
         if not todo:
             return False
         reference = model.to_proto(check=False)
-        fit, held_out, synthetic, source = self._samples(reference, getattr(ctx, "calibration", None))
+        fit, held_out, synthetic, source = self._samples(reference, ctx.calibration)
         if synthetic:
             logger.warning("prune-channels: %s", SYNTHETIC_NOTE)
             ctx.count("synthetic_calibration")
@@ -218,19 +218,18 @@ class PruneChannelsPass(Pass):
             self.report["warning"] = SYNTHETIC_NOTE
         if self.measure and target is not None:
             self.report.update(self._costs(reference, after, target))
-        sink = getattr(ctx, "decisions", None)
-        if isinstance(sink, list):
-            sink.extend(d.to_json() for d in self.decisions)
-            sink.append({"summary": dict(self.report)})
+        for decision in self.decisions:
+            ctx.decide(decision.to_json())
+        ctx.decide({"summary": dict(self.report)})
         return True
 
     # -- steps ----------------------------------------------------------------------
     def _samples(
-        self, proto: onnx.ModelProto, calibration: object
+        self, proto: onnx.ModelProto, calibration: CalibrationSet | None
     ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], bool, str]:
         """(fit samples, held-out samples, synthetic?, description)."""
-        samples = list(getattr(calibration, "samples", ()) or ())
-        synthetic = bool(getattr(calibration, "synthetic", True)) or not samples
+        samples = list(calibration.samples) if calibration is not None else []
+        synthetic = calibration is None or calibration.synthetic or not samples
         if synthetic:
             from nirc.backend import input_shapes
 
@@ -240,7 +239,8 @@ class PruneChannelsPass(Pass):
             samples = [{n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()} for _ in range(count)]
             source = "synthetic N(0,1), seed 0"
         else:
-            source = str(getattr(calibration, "source", "calibration set"))
+            assert calibration is not None
+            source = calibration.source
         samples = samples[: self.max_samples]
         n_eval = round(len(samples) * self.holdout)
         if len(samples) < 2 or n_eval == 0:

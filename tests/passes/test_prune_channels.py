@@ -41,9 +41,7 @@ def _run(
     proto: onnx.ModelProto, calib: bool = True, **options: object
 ) -> tuple[IRModel, bool, PassContext, PruneChannelsPass]:
     model = IRModel.load(proto)
-    ctx = PassContext(target=TARGET)
-    if calib:
-        ctx.calibration = _calibration(proto)  # type: ignore[attr-defined]
+    ctx = PassContext(target=TARGET, calibration=_calibration(proto) if calib else None)
     pass_ = PruneChannelsPass(measure=False, **options)  # type: ignore[arg-type]
     changed = pass_.run(model, ctx)
     return model, changed, ctx, pass_
@@ -218,13 +216,12 @@ def test_align_option_and_decisions_in_the_context() -> None:
     proto = _chain_with(_rand(20, 4, 3, 3, seed=1), _rand(20, seed=2))
     model = IRModel.load(proto)
     ctx = PassContext()
-    ctx.decisions = []  # type: ignore[attr-defined]
     assert PruneChannelsPass(align=8, measure=False).run(model, ctx)
     assert _shape(model, "r")[1] == 16  # 20 -> 16 with align 8 (the target-less default would also give 16)
     model = IRModel.load(proto)
     assert PruneChannelsPass(align=12, measure=False).run(model, PassContext())
     assert _shape(model, "r")[1] == 12
-    assert ctx.decisions[-1]["summary"]["samples_eval"] > 0  # type: ignore[attr-defined]
+    assert ctx.decisions[-1]["summary"]["samples_eval"] > 0
 
 
 def test_digits_cnn_keeps_its_accuracy_and_gets_faster_on_vela() -> None:
@@ -233,10 +230,8 @@ def test_digits_cnn_keeps_its_accuracy_and_gets_faster_on_vela() -> None:
     canonical = [REGISTRY.get_pass(n)() for n in TARGET.default_pipeline if n not in TARGET.hw_passes]
     PassManager(canonical).run(model, PassContext(target=TARGET))
     before = model.to_proto()
-    ctx = PassContext(target=TARGET)
-    ctx.calibration = load_calibration(  # type: ignore[attr-defined]
-        ROOT / "examples" / "digits_calib.npz", input_shapes(before), count=128
-    )
+    calib = load_calibration(ROOT / "examples" / "digits_calib.npz", input_shapes(before), count=128)
+    ctx = PassContext(target=TARGET, calibration=calib)
     pass_ = PruneChannelsPass()
     assert pass_.run(model, ctx)
     after = model.to_proto()
