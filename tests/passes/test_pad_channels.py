@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,11 +18,13 @@ from nirc_testing import assert_same_function, ops, parse
 from nirc.errors import BackendError
 from nirc.ir import IRModel
 from nirc.pass_base import PassContext
+from nirc.pass_manager import PassManager
 from nirc.plugin import load_registry
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 F32 = np.float32
 TARGET = load_registry().get_target("ethos-u65")
+ROOT_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @dataclass(frozen=True)
@@ -494,6 +497,24 @@ def test_subgraph_scope_without_a_win_never_compiles_the_whole_model() -> None:
     assert not changed and 5 not in seen
 
 
+@pytest.mark.parametrize("name", ["tiny_cnn", "mobilenetv2_224", "yolo_tiny", "shufflenet_tiny"])
+def test_padding_every_paddable_space_of_an_example_model_is_exact(name: str) -> None:
+    """Real topologies (residual chains, Split/Concat/shuffle, detection heads) with every padding forced."""
+    import build_detection_models
+    import build_models
+
+    builders = {**build_models.MODELS, **build_detection_models.MODELS}
+    model = IRModel.load(builders[name]())
+    registry = load_registry()
+    canonical = [registry.get_pass(n)() for n in TARGET.default_pipeline if n not in TARGET.hw_passes]
+    PassManager(canonical).run(model, PassContext(target=TARGET))
+    proto = model.to_proto()
+    pass_ = PadChannelsPass(cost_fn=prefers_padding, align=16)
+    assert pass_.run(model, PassContext(target=TARGET))
+    assert all(d.accepted and d.channels_after % 16 == 0 for d in pass_.decisions)
+    assert_same_function(proto, model.to_proto(), trials=2, rtol=1e-3, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- with Vela
 
 
@@ -537,3 +558,18 @@ def test_channel_alignment_table_costs_each_space_once() -> None:
     assert not head.paddable and head.note == "aligned"
     cheap = channel_alignment(IRModel.load(misaligned_cnn()), TARGET, costs=False)
     assert all(r.pad_cycles_delta is None for r in cheap)
+
+
+def test_tiny_cnn_is_never_made_slower() -> None:
+    from nirc.cost import estimate
+
+    model = IRModel.load(ROOT_EXAMPLES / "tiny_cnn.onnx")
+    registry = load_registry()
+    canonical = [registry.get_pass(n)() for n in TARGET.default_pipeline if n not in TARGET.hw_passes]
+    PassManager(canonical).run(model, PassContext(target=TARGET))
+    before = estimate(model.to_proto(), TARGET)
+    pass_ = PadChannelsPass()
+    pass_.run(model, PassContext(target=TARGET))
+    after = estimate(model.to_proto(), TARGET)
+    assert after.cycles <= before.cycles
+    assert {d.channels_before for d in pass_.decisions} == {24, 40}  # both costed, whatever Vela decides
