@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from nirc.passes.approximate_gelu import ApproximateGeluPass
 from nirc.passes.canonicalize_activations import CanonicalizeActivationsPass
 from nirc.passes.collapse_reshapes import CollapseReshapesPass
 from nirc.passes.compose_transposes import ComposeTransposesPass
 from nirc.passes.decompose_batchnorm import DecomposeBatchnormPass
+from nirc.passes.decompose_layernorm import DecomposeLayernormPass
+from nirc.passes.decompose_pooling import DecomposePoolingPass
 from nirc.passes.eliminate_channel_shuffle import EliminateChannelShufflePass
 from nirc.passes.eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from nirc.passes.eliminate_dead_code import EliminateDeadCodePass
@@ -15,7 +18,11 @@ from nirc.passes.fold_pad import FoldPadPass
 from nirc.passes.fuse_affine import FuseAffinePass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
+from nirc.passes.legalize_channel_shuffle import LegalizeChannelShufflePass
+from nirc.passes.legalize_resize import LegalizeResizePass
+from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
 from nirc.passes.pad_channels import PadChannelsPass
+from nirc.passes.propagate_transposes import PropagateTransposesPass
 from nirc.passes.prune_channels import PruneChannelsPass
 
 from nirc.hookspecs import hookimpl
@@ -37,6 +44,13 @@ BUILTIN_PASSES = (
     EliminateDeadCodePass,
     PadChannelsPass,
     PruneChannelsPass,
+    DecomposeLayernormPass,
+    LegalizeRsqrtPass,
+    PropagateTransposesPass,
+    LegalizeChannelShufflePass,
+    DecomposePoolingPass,
+    LegalizeResizePass,
+    ApproximateGeluPass,
 )
 
 

@@ -17,6 +17,7 @@ from nirc.tflite.graph import GraphInfo, describe
 from nirc.tflite.layout import identity, permute_shape, standard_perm
 from nirc.tflite.model import TensorIO, TFLiteModel
 from nirc.tflite.ops import LOWERINGS
+from nirc.tflite.patterns import PatternPlan, plan_patterns
 from nirc.tflite.qplan import QuantPlan
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -32,11 +33,15 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
     and every node whose attributes cannot be lowered exactly.
 
     Nodes that only compute constants (shape arithmetic) are exempt: they are folded.
+    So are nodes absorbed into a multi-node pattern (see :mod:`~nirc.tflite.patterns`).
     """
     info = GraphInfo.build(model, evaluate=False)
+    patterns = _patterns(model)
     unsupported: Counter[str] = Counter()
     problems: list[str] = []
-    for _, node in info.live_nodes():
+    for idx, node in info.live_nodes():
+        if idx in patterns.skipped:
+            continue
         rule = LOWERINGS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
@@ -44,6 +49,8 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
     if not unsupported:
         info = GraphInfo.build(model)
         for idx, node in info.live_nodes():
+            if idx in patterns.skipped or idx in patterns.lower:
+                continue
             try:
                 reason = LOWERINGS[node.op_type].check(info, node)
             except (KeyError, IndexError, ValueError, TypeError) as exc:
@@ -58,6 +65,13 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
         parts.append("unsupported attributes: " + "; ".join(problems))
     if parts:
         raise UnsupportedOperatorError(f"{source}: " + "; ".join(parts))
+
+
+def _patterns(model: onnx.ModelProto) -> PatternPlan:
+    """Pattern plan for the check; only GELU absorbs ops the check would reject (Erf), so only then."""
+    if not any(n.op_type == "Erf" for n in model.graph.node):
+        return PatternPlan()
+    return plan_patterns(GraphInfo.build(model))
 
 
 def emit_tflite(
@@ -86,7 +100,9 @@ def emit_tflite(
     for name in info.outputs:
         if info.is_const(name):
             raise BackendError(f"{source}: graph output '{name}' is a constant")
-    fusion = plan_fusion(info, LOWERINGS)
+    patterns = plan_patterns(info)
+    fusion = plan_fusion(info, LOWERINGS, exclude=patterns.skipped | set(patterns.lower))
+    fusion.skipped |= patterns.unplanned
     plan = None
     if dtype == "int8":
         plan = QuantPlan(info, fusion, LOWERINGS, ranges or {}, source)
@@ -95,11 +111,12 @@ def emit_tflite(
 
     inputs = [_emit_input(em, name, float_io) for name in info.inputs]
     for idx, node in info.live_nodes():
-        if idx in fusion.skipped:
+        if idx in fusion.skipped or idx in patterns.skipped:
             continue
         em.node_index = idx
         try:
-            LOWERINGS[node.op_type].lower(em, node)
+            lower = patterns.lower.get(idx, LOWERINGS[node.op_type].lower)
+            lower(em, node)
         except NircError:
             raise
         except Exception as exc:

@@ -9,7 +9,7 @@ else can observe the unclamped tensor: a single consumer and not a graph output.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,12 @@ class FusionPlan:
         return hit[1] if hit else node.output[0]
 
 
-def plan_fusion(info: GraphInfo, rules: Mapping[str, OpRule]) -> FusionPlan:
+def plan_fusion(info: GraphInfo, rules: Mapping[str, OpRule], exclude: Set[int] = frozenset()) -> FusionPlan:
+    """Fuse each Relu/Clip into its producer where nothing else sees the unclamped tensor.
+
+    ``exclude``: producers that must keep their activation separate (nodes lowered as
+    part of a multi-node pattern, whose TFLite op may have no fused activation).
+    """
     plan = FusionPlan()
     for idx, node in info.live_nodes():
         kind = activation_kind(info, node)
@@ -85,7 +90,7 @@ def plan_fusion(info: GraphInfo, rules: Mapping[str, OpRule]) -> FusionPlan:
             continue
         src = node.input[0]
         producer = info.producers.get(src)
-        if producer is None or producer in info.folded or producer in plan.fused:
+        if producer is None or producer in info.folded or producer in plan.fused or producer in exclude:
             continue
         pnode = info.nodes[producer]
         rule = rules.get(pnode.op_type)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from nirc.tflite import ops_act, ops_conv, ops_eltwise, ops_fc, ops_pool, ops_resize, ops_shape
+from nirc.tflite import ops_act, ops_conv, ops_eltwise, ops_fc, ops_math, ops_pool, ops_resize, ops_shape
 from nirc.tflite.builder import QParams
 from nirc.tflite.graph import GraphInfo
 from nirc.tflite.rules import OpRule, always, tie_input_outputs
@@ -79,4 +79,5 @@ LOWERINGS: dict[str, OpRule] = {
     "Slice": OpRule(ops_shape.lower_slice, check=ops_shape.check_slice, ties=tie_input_outputs),
     "Pad": OpRule(ops_shape.lower_pad, check=ops_shape.check_pad, ties=tie_input_outputs),
     "Resize": OpRule(ops_resize.lower_resize, check=ops_resize.check_resize, ties=tie_input_outputs),
+    "Pow": OpRule(ops_math.lower_pow, check=ops_math.check_pow),
 }  # fmt: skip

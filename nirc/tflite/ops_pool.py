@@ -16,16 +16,20 @@ import onnx
 
 from nirc.errors import BackendError
 from nirc.tflite.builder import BuiltinOperator as Op
-from nirc.tflite.builder import Options
-from nirc.tflite.context import Emitter
+from nirc.tflite.builder import Options, QParams
+from nirc.tflite.context import Emitter, Value
 from nirc.tflite.fusion import STANDALONE_ACTIVATION, Activation
 from nirc.tflite.graph import GraphInfo, attr_int, attr_ints
-from nirc.tflite.layout import stored_axis
+from nirc.tflite.layout import invert, standard_perm, stored_axis
 from nirc.tflite.ops_conv import apply_pad
 from nirc.tflite.padding import PadPlan, needs_end_extension, onnx_pads, plan_padding, window_params
 
 VELA_POOL_MAX_HEIGHT = 256
 VELA_POOL_MAX_AREA = 256 * 256
+#: Vela's AVERAGE_POOL_2D with SAME padding: "Kernel width and height must be less than or equal to 8".
+VELA_POOL_SAME_MAX_KERNEL = 8
+#: Vela's MEAN: "Reduced axis must be less than 4096".
+VELA_MEAN_MAX_AXIS = 4096
 
 
 def _pool_plan(info: GraphInfo, node: onnx.NodeProto) -> tuple[PadPlan, list[int], tuple[int, ...], bool]:
@@ -35,7 +39,10 @@ def _pool_plan(info: GraphInfo, node: onnx.NodeProto) -> tuple[PadPlan, list[int
     strides, dilations, _ = window_params(node, kernel)
     pads = onnx_pads(node, x_shape[2:], kernel, y_shape[2:])
     include = bool(attr_int(node, "count_include_pad", 0))
-    allow_same = not (node.op_type == "AveragePool" and include)
+    # A SAME average pool wider than Vela's limit would fall back to the CPU; explicit
+    # padding + VALID (+ the count map below) keeps it on the NPU, exactly.
+    wide = max(kernel, default=1) > VELA_POOL_SAME_MAX_KERNEL
+    allow_same = not (node.op_type == "AveragePool" and (include or wide))
     plan = plan_padding(x_shape[2:], kernel, strides, dilations, pads, y_shape[2:], allow_same=allow_same)
     return plan, kernel, strides, needs_end_extension(pads, plan)
 
@@ -147,9 +154,13 @@ def lower_global_pool(em: Emitter, node: onnx.NodeProto) -> None:
         builtin = Op.MAX_POOL_2D if node.op_type == "GlobalMaxPool" else Op.AVERAGE_POOL_2D
         em.op(builtin, [x.tensor], [y.tensor], opts)
         return
-    axes = em.int_const(f"{out_name}/axes", [1, 2])
     target = y.tensor if act == Activation.NONE else em.new_tensor(f"{out_name}/mean", y.stored_shape, y_q)
-    em.op(Op.MEAN, [x.tensor, axes], [target], Options("ReducerOptions", (("KeepDims", True),)))
+    if _needs_vela_form(x, [1, 2]):  # an axis too long for one MEAN: reduce an a x b view
+        mid = _vela_mean(em, x, [2, 3], out_name, y_q)
+        em.reshape(mid.tensor, target)
+    else:
+        axes = em.int_const(f"{out_name}/axes", [1, 2])
+        em.op(Op.MEAN, [x.tensor, axes], [target], Options("ReducerOptions", (("KeepDims", True),)))
     if act != Activation.NONE:  # MEAN has no fused activation
         em.op(STANDALONE_ACTIVATION[act], [target], [y.tensor])
 
@@ -188,6 +199,10 @@ def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
         return
     keep = bool(attr_int(node, "keepdims", 1))
     stored_axes = sorted(stored_axis(a, x.perm) for a in axes)
+    if _needs_vela_form(x, stored_axes):
+        mid = _vela_mean(em, x, axes, out_name, em.qparams(out_name) if em.int8 else None)
+        em.alias(out_name, mid if keep else em.reshaped(mid, em.shape(out_name), out_name))
+        return
     kept_order = [p for p in x.perm if p not in axes]
     opts = Options("ReducerOptions", (("KeepDims", keep),))
     axes_t = em.int_const(f"{out_name}/axes", stored_axes)
@@ -202,3 +217,68 @@ def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
         mid = em.define(f"{out_name}/keep", perm=x.perm, quant=em.qparams(out_name), shape=kept_shape)
         em.op(Op.MEAN, [x.tensor, axes_t], [mid.tensor], Options("ReducerOptions", (("KeepDims", True),)))
         em.alias(out_name, em.reshaped(mid, em.shape(out_name), out_name))
+
+
+def _needs_vela_form(x: Value, stored_axes: list[int]) -> bool:
+    """A 4-D NHWC mean Vela would leave on the CPU as written (see :func:`_vela_mean`)."""
+    if len(x.stored_shape) != 4 or x.perm != standard_perm(4):
+        return False
+    _, h, w, _ = x.stored_shape
+    over_depth = 3 in stored_axes and (h > 1 or w > 1)
+    too_long = any(x.stored_shape[a] >= VELA_MEAN_MAX_AXIS for a in stored_axes if a in (1, 2))
+    return over_depth or (too_long and stored_axes == [1, 2] and _factor_pair(h * w) is not None)
+
+
+def _factor_pair(n: int) -> tuple[int, int] | None:
+    """``(a, b)`` with ``a * b == n`` and both below Vela's MEAN axis limit, ``a`` as small as possible."""
+    for a in range(max(1, -(-n // (VELA_MEAN_MAX_AXIS - 1))), VELA_MEAN_MAX_AXIS):
+        if n % a == 0 and n // a < VELA_MEAN_MAX_AXIS:
+            return a, n // a
+    return None
+
+
+def _vela_mean(em: Emitter, x: Value, axes: list[int], name: str, out_q: QParams | None) -> Value:
+    """Mean over ONNX ``axes`` of an NHWC map (keepdims), in forms Vela runs on the NPU.
+
+    * Over channels (alone or with space): Vela reduces depth only when H, W or C is 1,
+      so space is reduced first (if asked), then the channels of a ``1 x (H*W) x C`` view
+      (a free RESHAPE). The mean of equal-sized means is the mean.
+    * Over H and W with an axis of 4096 or more (Vela's limit): the same elements viewed
+      as ``a x b`` with ``a * b = H * W`` and both below the limit.
+
+    Intermediate spatial means stay within the input's range, so they keep its int8
+    parameters; the last MEAN rescales to ``out_q``.
+    """
+    n, h, w, c = x.stored_shape
+    stored = sorted(stored_axis(a, x.perm) for a in axes)
+    keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.onnx_shape))
+    reducer = Options("ReducerOptions", (("KeepDims", True),))
+    if 3 not in stored:  # H and W, too long for one MEAN axis
+        pair = _factor_pair(h * w)
+        if pair is None:
+            raise BackendError(f"ReduceMean '{name}': {h}x{w} cannot be viewed with both axes below 4096")
+        view = em.new_tensor(f"{name}/view", (n, pair[0], pair[1], c), em.quant_of(x))
+        em.reshape(x.tensor, view)
+        y = em.new_tensor(f"{name}/mean", (n, 1, 1, c), out_q)
+        em.op(Op.MEAN, [view, em.int_const(f"{name}/axes", [1, 2])], [y], reducer)
+        return Value(y, x.perm, keep_shape)
+    spatial = [a for a in stored if a in (1, 2)]
+    if spatial and any(x.stored_shape[a] > 1 for a in spatial):
+        partial = list(x.stored_shape)
+        for a in spatial:
+            partial[a] = 1
+        mid = em.new_tensor(f"{name}/spatial_mean", tuple(partial), em.quant_of(x))
+        em.op(Op.MEAN, [x.tensor, em.int_const(f"{name}/spatial_axes", spatial)], [mid], reducer)
+        x = Value(mid, x.perm, tuple(partial[i] for i in invert(x.perm)))
+        n, h, w, c = x.stored_shape
+    source = x.tensor
+    if h > 1 and w > 1:
+        source = em.new_tensor(f"{name}/rows", (n, 1, h * w, c), em.quant_of(x))
+        em.reshape(x.tensor, source)
+    reduced = em.new_tensor(f"{name}/channel_mean", (n, 1, h * w, 1) if h > 1 and w > 1 else (n, h, w, 1), out_q)
+    em.op(Op.MEAN, [source, em.int_const(f"{name}/channel_axis", [3])], [reduced], reducer)
+    if h > 1 and w > 1:
+        back = em.new_tensor(f"{name}/channel_mean_nhwc", (n, h, w, 1), out_q)
+        em.reshape(reduced, back)
+        reduced = back
+    return Value(reduced, x.perm, keep_shape)

@@ -196,6 +196,9 @@ def lower_slice(em: Emitter, node: onnx.NodeProto) -> None:
         em.op(Op.SLICE, [x.tensor, em.int_const(f"{name}/begin", begin), em.int_const(f"{name}/size", size)],
               [y.tensor])  # fmt: skip
         return
+    if _channel_strided(x, stored):
+        _channel_strided_slice(em, x, stored[3], y, name)
+        return
     end_mask = 0
     ends = []
     for i, (_, stop, step) in enumerate(stored):
@@ -211,6 +214,39 @@ def lower_slice(em: Emitter, node: onnx.NodeProto) -> None:
         em.int_const(f"{name}/strides", [st for _, _, st in stored]),
     ]
     em.op(Op.STRIDED_SLICE, inputs, [y.tensor], Options("StridedSliceOptions", (("EndMask", end_mask),)))
+
+
+def _channel_strided(x: Value, stored: list[tuple[int, int, int]]) -> bool:
+    """A slice of an NHWC map that steps (forwards) through the channels only.
+
+    Vela's STRIDED_SLICE strides only over H or W (a channel stride leaves it on the CPU).
+    """
+    if len(stored) != 4 or x.perm != standard_perm(4):
+        return False
+    shape = x.stored_shape
+    full = all(p == (0, d, 1) for p, d in zip(stored[:3], shape[:3], strict=True))
+    return full and stored[3][2] > 1
+
+
+def _channel_strided_slice(em: Emitter, x: Value, channels: tuple[int, int, int], y: Value, name: str) -> None:
+    """``x[..., start:stop:step]`` as a stride over W of the ``[N, H*W, C, 1]`` view (free RESHAPEs).
+
+    Exact: the same elements are selected; only how the buffer is viewed changes.
+    """
+    n, h, w, c = x.stored_shape
+    start, stop, step = channels
+    count = len(range(start, stop, step))
+    view = em.new_tensor(f"{name}/channels_as_width", (n, h * w, c, 1), em.quant_of(x))
+    em.reshape(x.tensor, view)
+    picked = em.new_tensor(f"{name}/picked", (n, h * w, count, 1), em.quant_of(x))
+    inputs = [
+        view,
+        em.int_const(f"{name}/begin", [0, 0, start, 0]),
+        em.int_const(f"{name}/end", [n, h * w, start + step * (count - 1) + 1, 1]),
+        em.int_const(f"{name}/strides", [1, 1, step, 1]),
+    ]
+    em.op(Op.STRIDED_SLICE, inputs, [picked], Options("StridedSliceOptions", (("EndMask", 0),)))
+    em.reshape(picked, y.tensor)
 
 
 def _pad_params(info: GraphInfo, node: onnx.NodeProto) -> tuple[list[tuple[int, int]], float] | None:

@@ -25,6 +25,14 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "eliminate-channel-shuffle",  # after BN folding, so a shuffle's producer is a conv again
     "fold-pad",
     "eliminate-dead-code",
+    # NPU legalization: forms Vela places on the NPU (see targets/ethos_u/placement.py).
+    "decompose-layernorm",
+    "legalize-rsqrt",  # after decompose-layernorm's Pow(-0.5) and for hand-written x / Sqrt(v)
+    "propagate-transposes",  # after the decompositions, so LayerNorms inside NHWC permutes are plain ops
+    "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold (no TRANSPOSE in the TFLite)
+    "decompose-pooling",
+    "legalize-resize",
+    "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs
 )
 HW_PIPELINE: tuple[str, ...] = (
     "pad-channels",  # costs each candidate with Vela: keeps only paddings that lower the estimate
