@@ -52,8 +52,16 @@ class IRModel:
 
     # -- back to ONNX -------------------------------------------------------
     def to_proto(self, *, check: bool = True) -> onnx.ModelProto:
-        """Export; graphsurgeon drops unused tensors so the result is tidy and deterministic."""
-        self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        """Export; graphsurgeon drops unused tensors so the result is tidy and deterministic.
+
+        A node order that is already topological is kept: it is the execution
+        order the emitter writes (``schedule-memory`` chooses it on purpose), and
+        graphsurgeon's sort would regroup nodes by depth. Only an order a pass
+        left invalid (nodes appended after their readers) is sorted.
+        """
+        self.graph.cleanup(remove_unused_graph_inputs=False)
+        if not _is_topological(self.graph):
+            self.graph.toposort()
         self.graph.opset = CANONICAL_OPSET
         proto: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=True)
         del proto.opset_import[:]
@@ -99,3 +107,18 @@ def _name_nodes_uniquely(graph: gs.Graph) -> None:
             name = f"{name}_{index}"
         node.name = name
         seen.add(name)
+
+
+def _is_topological(graph: gs.Graph) -> bool:
+    """Whether every node comes after the producers of its inputs (no subgraphs)."""
+    available = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        if next(iter(node.subgraphs()), None) is not None:
+            return False  # outer-scope reads are not tracked here: let graphsurgeon sort
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant) or not tensor.name or tensor.name in available:
+                continue
+            if tensor.inputs:  # produced by a node that has not run yet
+                return False
+        available.update(t.name for t in node.outputs)
+    return True
