@@ -252,3 +252,31 @@ def test_spaces_key_is_stable_across_pruning() -> None:
     proto = _chain_with(_rand(20, 4, 3, 3, seed=1), _rand(20, seed=2))
     model, _, _, _ = _run(proto)
     assert ChannelSpaces(model.graph).space_of["r"].key == "a"
+
+
+def test_concat_operands_are_pruned_inside_the_concat_and_its_reader_is_refit() -> None:
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,8,6,6] x) => (float[1,16,6,6] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, wa, ba)
+        ar = Relu (a)
+        b = Conv (x, wb, bb)
+        br = Relu (b)
+        c = Concat <axis = 1> (ar, br)
+        y = Conv <pads = [1, 1, 1, 1]> (c, w1, b1)
+    }""",
+        wa=_rand(20, 8, 3, 3, seed=1),
+        ba=_rand(20, seed=2),
+        wb=_rand(18, 8, 1, 1, seed=3),
+        bb=_rand(18, seed=4),
+        w1=_rand(16, 38, 3, 3, seed=5),
+        b1=_rand(16, seed=6),
+    )
+    model, changed, _, pass_ = _run(proto)
+    assert changed and [(d.channels_before, d.channels_after) for d in pass_.decisions] == [(20, 16), (18, 16)]
+    assert _shape(model, "c") == [1, 32, 6, 6] and _shape(model, "y") == [1, 16, 6, 6]
+    assert all(d.readers == ("Conv_5",) for d in pass_.decisions)
+    onnx.checker.check_model(model.to_proto(), full_check=True)
+    errors = [(d.fit_error_before, d.fit_error_after) for d in pass_.decisions]
+    assert all(b is not None and a is not None and a < b for b, a in errors)
