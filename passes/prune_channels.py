@@ -129,9 +129,11 @@ class PruneChannelsPass(Pass):
     absent or synthetic, seeded normal inputs are used and the report says so. The last
     ``holdout`` share of the samples is never fitted on: the pass reports SNR
     and top-1 agreement of the model outputs against the float original on
-    them, and (``measure``, with a target) the oracle's cycles/SRAM before and
-    after. Not idempotent for ``ratio`` > 0 (each run prunes again); with
-    ``ratio`` = 0 a second run finds every space aligned.
+    them, the weight count before and after, and (``measure``, with a target)
+    the oracle's cycles, SRAM and encoded weight bytes before and after; all
+    of it lands in ``report`` and, as a ``summary`` entry, in ``ctx.decisions``.
+    Not idempotent for ``ratio`` > 0 (each run prunes again); with ``ratio`` = 0
+    a second run finds every space aligned.
     """
 
     name = "prune-channels"
@@ -213,6 +215,7 @@ class PruneChannelsPass(Pass):
             ctx.count("removed_channels", space.channels - keep)
         after = model.to_proto(check=False)
         self.report.update(self._accuracy(reference, after, held_out))
+        self.report["weights"] = [_weight_count(reference), _weight_count(after)]
         self.report.update(samples_fit=len(fit), samples_eval=len(held_out), synthetic=synthetic, source=source)
         if synthetic:
             self.report["warning"] = SYNTHETIC_NOTE
@@ -317,10 +320,22 @@ class PruneChannelsPass(Pass):
         except NircError as exc:
             logger.warning("prune-channels: cannot cost the models (%s)", exc)
             return {"cost_error": str(exc)}
-        return {"cycles": [a.cycles, b.cycles], "sram_bytes": [a.sram_used_bytes, b.sram_used_bytes]}
+        out: dict[str, Any] = {
+            "cycles": [a.cycles, b.cycles],
+            "sram_bytes": [a.sram_used_bytes, b.sram_used_bytes],
+        }
+        encoded = [getattr(c, "encoded_weight_bytes", None) for c in (a, b)]
+        if all(isinstance(e, int) for e in encoded):
+            out["encoded_weight_bytes"] = encoded
+        return out
 
 
 # ----------------------------------------------------------------------------- numerics
+
+
+def _weight_count(proto: onnx.ModelProto) -> int:
+    """Elements of the float initializers (weights and biases) of a model."""
+    return sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
 
 
 def _only_output(node: gs.Node) -> str:
