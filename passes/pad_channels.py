@@ -199,13 +199,15 @@ class PadChannelsPass(Pass):
     touching a graph input or output, a channel-mixing op other than Conv/Gemm
     (Transpose, Softmax over channels, a grouped conv, ...) or a division by
     a feature map are left alone, so outputs keep their channel count. The int8
-    ranges do not move either: extra channels hold 0 (or ``f(0)``), which a
-    min/max range contains already.
+    activation ranges barely move: an extra channel holds 0, which every int8
+    range contains, or a constant ``f(0)`` of an activation the real channels
+    went through as well; its zero weights get the emitter's floor scale.
 
     Cost: each candidate padding (next multiple of the brick width or of the
     OFM block depth, or ``align``) is costed with Vela on the whole model
-    (``scope="model"``) or on the nodes it touches (``scope="subgraph"``, then
-    checked once on the whole model), greedily in execution order; it is kept
+    (``scope="model"``) or on the nodes it touches (``scope="subgraph"``; a win
+    there must then be confirmed on the whole model; ``auto`` picks the whole
+    model up to 64 nodes), greedily in execution order; it is kept
     only when the estimated latency drops, or SRAM drops while latency does
     not rise. One :class:`ChannelDecision` per space costed goes to
     ``ctx.decisions`` (the report's per-pass decision log) and stays in the
