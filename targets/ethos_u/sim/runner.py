@@ -1,0 +1,230 @@
+"""Run a whole Vela-compiled model: NPU custom ops on the functional model, the rest on LiteRT.
+
+Why this exists: the int8 TFLite that nirc emits is validated against the float
+ONNX model (``nirc.validate``), but what ships is Vela's output, whose NPU part is
+opaque to every TFLite runtime.  Running that output bit-exactly in Python, and
+comparing it with LiteRT on the pre-Vela int8 model, checks Vela's lowering,
+scheduling, cascading, memory allocation and weight encoding without an FVP.
+
+Memory is set up the way TFLite Micro sets it up: region 0 is the read-only blob,
+region 1 the tensor arena with each feature map at its offline-planned offset,
+region 2 the fast scratch; everything that is not an input starts as seeded
+random bytes, so a stream that reads memory nobody wrote produces wrong numbers
+instead of lucky zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from nirc.targets.ethos_u.sim import cmdstream, container
+from nirc.targets.ethos_u.sim.engine import Engine, OpTrace
+from nirc.targets.ethos_u.sim.memory import Memory, SimulationError
+
+_GARBAGE_SEED = 0x5EED
+
+
+@dataclass
+class SimulationResult:
+    """Outputs by name plus per-NPU-op traces (one list per custom op, in graph order)."""
+
+    outputs: dict[str, np.ndarray]
+    traces: list[list[OpTrace]] = field(default_factory=list)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _garbage(size: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, size=max(size, 0), dtype=np.uint8)
+
+
+def _tensor_bytes(value: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(value).view(np.uint8).reshape(-1)
+
+
+def run_npu_call(
+    model: container.VelaModel,
+    call: container.NpuCall,
+    values: dict[int, np.ndarray],
+    *,
+    stream: cmdstream.CommandStream | None = None,
+    seed: int = _GARBAGE_SEED,
+    capture: bool = False,
+) -> list[OpTrace]:
+    """Execute one ``ethos-u`` op: lay out its regions, run the stream, read its OFMs into ``values``."""
+    stream = stream or cmdstream.decode(call.command_stream)
+    rng = np.random.default_rng(seed)
+    io = [model.tensors[i] for i in (*call.ifms, *call.ofms)]
+    separate_io = any(
+        fm is not None and fm.region >= 3
+        for op in stream.ops
+        if isinstance(op, cmdstream.BlockOp)
+        for fm in (op.ifm, op.ifm2, op.ofm)
+    )
+    regions: dict[int, np.ndarray] = {0: np.frombuffer(call.read_only, dtype=np.uint8).copy()}
+    arena_size = call.scratch_size
+    if not separate_io:
+        for t in io:
+            if t.arena_offset is None:
+                raise SimulationError(f"tensor {t.name!r} has no offline arena offset; cannot place it in region 1")
+            arena_size = max(arena_size, t.arena_offset + t.nbytes)
+    regions[1] = _garbage(arena_size, rng)
+    regions[2] = _garbage(call.fast_size, rng)
+    for k, t in enumerate(io):
+        if separate_io:
+            regions[3 + k] = _garbage(t.nbytes, rng)
+    for k, index in enumerate(call.ifms):
+        t = model.tensors[index]
+        if index not in values:
+            raise SimulationError(f"custom op {call.op.index}: input {t.name!r} has no value")
+        data = _tensor_bytes(values[index])
+        if data.size != t.nbytes:
+            raise SimulationError(f"input {t.name!r}: {data.size} bytes, tensor needs {t.nbytes}")
+        if separate_io:
+            regions[3 + k][:] = data
+        else:
+            assert t.arena_offset is not None
+            regions[1][t.arena_offset : t.arena_offset + t.nbytes] = data
+    memory = Memory(regions, shram_bytes=max(stream.config.shram_kib, 16) * 1024)
+    engine = Engine(memory, stream.config.accelerator, capture=capture)
+    engine.run(stream.ops)
+    for k, index in enumerate(call.ofms):
+        t = model.tensors[index]
+        if separate_io:
+            raw = regions[3 + len(call.ifms) + k]
+        else:
+            assert t.arena_offset is not None
+            raw = regions[1][t.arena_offset : t.arena_offset + t.nbytes]
+        values[index] = raw.copy().view(t.dtype).reshape(t.shape)
+    trace: list[OpTrace] = engine.trace
+    return trace
+
+
+def _cpu_op_model(model: container.VelaModel, op: container.OpInfo) -> bytes:
+    """A one-operator TFLite model for a CPU-fallback op, with only the buffers it uses."""
+    obj = schema.ModelT.InitFromPackedBuf(model.data, 0)
+    sg = obj.subgraphs[0]
+    op_t = sg.operators[op.index]
+    used = {i for i in (*op.inputs, *op.outputs) if i >= 0}
+    keep = {sg.tensors[i].buffer for i in used}
+    for b, buf in enumerate(obj.buffers):
+        if b not in keep:
+            buf.data = None
+    sg.operators = [op_t]
+    sg.inputs = [i for i in op.inputs if i >= 0 and model.tensors[i].data is None]
+    sg.outputs = list(op.outputs)
+    obj.metadata = None
+    obj.signatureDefs = None
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _run_litert(data: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=data,
+        num_threads=1,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    for detail, feed in zip(interpreter.get_input_details(), feeds, strict=True):
+        interpreter.set_tensor(detail["index"], feed)
+    interpreter.invoke()
+    outputs: list[np.ndarray] = []
+    for detail in interpreter.get_output_details():
+        out: np.ndarray = interpreter.get_tensor(detail["index"])
+        outputs.append(out)
+    return outputs
+
+
+def _as_input(t: container.TensorInfo, value: np.ndarray) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype != t.dtype:
+        raise SimulationError(f"input {t.name!r}: dtype {arr.dtype}, the model expects {t.dtype}")
+    if tuple(arr.shape) != t.shape:
+        if arr.size != int(np.prod(t.shape)):
+            raise SimulationError(f"input {t.name!r}: shape {arr.shape}, the model expects {t.shape}")
+        arr = arr.reshape(t.shape)
+    return np.ascontiguousarray(arr)
+
+
+def run(
+    source: Path | bytes | container.VelaModel,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    keep_tensors: bool = False,
+    seed: int = _GARBAGE_SEED,
+    capture: bool = False,
+) -> SimulationResult:
+    """Simulate the whole graph; see :func:`simulate` for the plain-dict form."""
+    model = source if isinstance(source, container.VelaModel) else container.load(source)
+    values: dict[int, np.ndarray] = {}
+    names = {model.tensors[i].name: i for i in model.inputs}
+    missing = set(names) - set(inputs)
+    if missing:
+        raise SimulationError(f"missing inputs: {sorted(missing)}")
+    for name, value in inputs.items():
+        if name not in names:
+            raise SimulationError(f"unknown input {name!r}; model inputs are {sorted(names)}")
+        values[names[name]] = _as_input(model.tensors[names[name]], value)
+    for t in model.tensors:
+        if t.data is not None and t.index not in values:
+            values[t.index] = np.frombuffer(t.data, dtype=t.dtype).reshape(t.shape)
+    result = SimulationResult({})
+    for op in model.ops:
+        call = model.npu_calls.get(op.index)
+        if call is not None:
+            result.traces.append(run_npu_call(model, call, values, seed=seed, capture=capture))
+            continue
+        feeds = []
+        for i in op.inputs:
+            if i >= 0 and model.tensors[i].data is None:
+                if i not in values:
+                    raise SimulationError(f"op {op.index} ({op.opcode}): input {model.tensors[i].name!r} has no value")
+                feeds.append(values[i])
+        try:
+            outs = _run_litert(_cpu_op_model(model, op), feeds)
+        except (RuntimeError, ValueError) as exc:
+            raise SimulationError(f"CPU op {op.index} ({op.opcode}) failed in LiteRT: {exc}") from exc
+        for i, out in zip(op.outputs, outs, strict=True):
+            values[i] = out
+    for i in model.outputs:
+        if i not in values:
+            raise SimulationError(f"output {model.tensors[i].name!r} was never produced")
+        result.outputs[model.tensors[i].name] = values[i]
+    if keep_tensors:
+        result.tensors = {model.tensors[i].name: v for i, v in values.items() if model.tensors[i].data is None}
+    return result
+
+
+def simulate(vela_tflite: Path | bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a Vela-compiled model; inputs and outputs by tensor name, in TFLite layout and dtype."""
+    return run(vela_tflite, inputs).outputs
+
+
+def _describe_stream(call: container.NpuCall) -> str:
+    text: str = cmdstream.describe(cmdstream.decode(call.command_stream))
+    return text
+
+
+def describe(vela_tflite: Path | bytes) -> str:
+    """Readable dump of every op in the model, with each NPU command stream decoded."""
+    model = container.load(vela_tflite)
+    lines: list[str] = []
+    for op in model.ops:
+        ins = ", ".join(model.tensors[i].name for i in op.inputs if i >= 0)
+        outs = ", ".join(model.tensors[i].name for i in op.outputs)
+        lines.append(f"op {op.index}: {op.opcode} ({ins}) -> ({outs})")
+        call = model.npu_calls.get(op.index)
+        if call is not None:
+            lines.append(
+                f"  read-only {len(call.read_only)} B, scratch {call.scratch_size} B, fast scratch {call.fast_size} B"
+            )
+            lines.extend("  " + line for line in _describe_stream(call).splitlines())
+    return "\n".join(lines)
