@@ -1,0 +1,552 @@
+"""Rewrite blocks into equivalents the NPU runs faster, decided by Vela's estimate, never by FLOPs.
+
+A library of rules (``passes/_rules_*.py``), each a pattern, a check that says
+why it does not apply, and candidate replacements. For every match the pass
+costs the block as it is and every candidate with the cost oracle
+(:mod:`nirc.cost`: emit int8 TFLite, compile with Vela, cached) on the real
+shapes, and keeps the cheapest candidate only when it beats the block. All
+decisions -- block, candidates, cycles of each, choice and reason -- are kept
+in ``decisions`` and in the pass context's decision log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from nirc.errors import NircError
+from nirc.ir import IRModel
+from nirc.pass_base import Pass, PassContext
+from nirc.target import Target
+
+from ._rewrite import Namer, has_any_op
+from ._rule_base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, fused_activation
+from ._rules_grouped import GroupedConvRule
+from ._rules_large_kernel import LargeKernelRule
+from ._rules_lossy import FactorizeKernelRule, FuseInvertedBottleneckRule, UnfuseInvertedBottleneckRule
+from ._rules_merge_convs import MergeConvsRule
+from ._rules_reparam import ReparamRule
+from ._rules_stem import STEM_MODES, StemMode, StemRule
+
+logger = logging.getLogger(__name__)
+
+EXACT_RULES: tuple[str, ...] = ("reparam", "large-kernel", "merge-convs", "grouped", "stem")
+LOSSY_RULES: tuple[str, ...] = ("fuse-inverted-bottleneck", "unfuse-inverted-bottleneck", "factorize-kernel")
+_MAX_ROUNDS = 10_000
+_SYNTHETIC = "synthetic N(0,1) inputs, seed 0 (no calibration data in the pass context)"
+
+
+class CostLike(Protocol):
+    """What the pass reads from an oracle answer (:class:`nirc.cost.Cost` has it; ``weight_bytes`` and
+    ``cpu_ops`` are read with ``getattr`` and default to 0, so a test oracle may give cycles only)."""
+
+    @property
+    def cycles(self) -> int: ...
+
+
+CostFn = Callable[[onnx.ModelProto, Target], CostLike]
+"""Cost of a model, or of a block cut out as a standalone model, on a target."""
+
+
+def oracle_cost(proto: onnx.ModelProto, target: Target) -> CostLike:
+    """Vela's estimate through the shared, cached oracle."""
+    from nirc.cost import estimate
+
+    return estimate(proto, target, label="substitute-blocks")
+
+
+def cost_key(cost: CostLike) -> tuple[int, int, int]:
+    """Ordering of costs: ops left on the CPU first (Vela's cycles do not count them), then cycles, then weights."""
+    return int(getattr(cost, "cpu_ops", 0)), int(cost.cycles), int(getattr(cost, "weight_bytes", 0))
+
+
+def _summary(cost: CostLike | None, error: str | None = None) -> dict[str, Any]:
+    if cost is None:
+        return {"error": error or "not costed"}
+    return {
+        "cycles": int(cost.cycles),
+        "weight_bytes": int(getattr(cost, "weight_bytes", 0)),
+        "cpu_ops": int(getattr(cost, "cpu_ops", 0)),
+    }
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One costed candidate of a block decision."""
+
+    name: str
+    note: str
+    exact: bool
+    cost: CostLike | None
+    error: str | None = None
+    accuracy: Mapping[str, float] | None = None
+    rejected: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "note": self.note,
+            "exact": self.exact,
+            **_summary(self.cost, self.error),
+        }
+        if self.accuracy is not None:
+            data["accuracy"] = {k: round(float(v), 6) for k, v in self.accuracy.items()}
+        if self.rejected is not None:
+            data["rejected"] = self.rejected
+        return data
+
+
+@dataclass(frozen=True)
+class BlockDecision:
+    """What the pass decided for one matched block (one entry of the report's decision log).
+
+    Attributes:
+        rule: the rule that matched.
+        exact: whether the rule is exact.
+        block: names of the nodes of the block.
+        output: the block's output tensor.
+        scope: ``subgraph`` (block and its fused activation costed alone) or ``model``.
+        before: cost of the block as it is (None: not costed, or it does not compile).
+        before_error: why ``before`` is None.
+        candidates: every candidate with its cost (or error) and, for lossy ones, measured accuracy.
+        chosen: the candidate applied, None when the block was kept.
+        reason: why.
+        input_layout: the input-layout change the chosen candidate makes (stem rule), else None.
+    """
+
+    rule: str
+    exact: bool
+    block: tuple[str, ...]
+    output: str
+    scope: str
+    before: CostLike | None
+    before_error: str | None
+    candidates: tuple[CandidateResult, ...]
+    chosen: str | None
+    reason: str
+    input_layout: InputLayout | None = None
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        return self.rule, self.block
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "pass": "substitute-blocks",
+            "rule": self.rule,
+            "exact": self.exact,
+            "block": list(self.block),
+            "output": self.output,
+            "scope": self.scope,
+            "before": _summary(self.before, self.before_error) if self.candidates else None,
+            "candidates": [c.to_json() for c in self.candidates],
+            "chosen": self.chosen,
+            "reason": self.reason,
+        }
+        if self.input_layout is not None:
+            data["input_layout"] = self.input_layout.to_json()
+        return data
+
+
+@dataclass
+class _Judge:
+    """Costs trials with one oracle, counting calls; an oracle failure is an answer ("does not compile")."""
+
+    cost_fn: CostFn
+    target: Target
+    calls: int = 0
+
+    def cost(self, proto: onnx.ModelProto) -> tuple[CostLike | None, str | None]:
+        self.calls += 1
+        try:
+            return self.cost_fn(proto, self.target), None
+        except NircError as exc:
+            text = str(exc).strip().splitlines()
+            logger.info("substitute-blocks: cannot cost a trial: %s", text[0] if text else type(exc).__name__)
+            return None, (text[-1] if text else type(exc).__name__)[:300]
+
+
+@dataclass(frozen=True)
+class SubstituteBlocksPass(Pass):
+    """Replace blocks by equivalents Vela estimates faster (re-parameterisation, conv merging, regrouping, ...).
+
+    Exact rules (always on): ``reparam`` (parallel conv/BN/identity/avg-pool
+    branches summed -> one conv: RepVGG, ACNet, DBB), ``large-kernel``
+    (strides > 3 and kernels beyond Vela's limits -> space-to-depth,
+    subsampled or kernel-split convs), ``merge-convs`` (consecutive linear
+    convs -> one), ``grouped`` (grouped conv -> fewer groups / dense). The
+    ``stem`` rule (few-channel input -> channel-padded or space-to-depth input)
+    is exact too but changes the shape of the model's input, so it runs only
+    when ``stem`` is not ``"none"``; each applied one is listed in
+    ``input_layouts`` with how to make the new feed. Lossy rules
+    (``fuse-inverted-bottleneck``, ``unfuse-inverted-bottleneck``,
+    ``factorize-kernel``) run only with ``allow_lossy=True``; their weights are
+    fitted by least squares on calibration activations (``ctx.calibration``,
+    else synthetic normal inputs) and a candidate whose model-output relative
+    error on held-out samples exceeds ``max_error`` is rejected. Each rule's
+    module docstring states the identity that makes it exact.
+
+    Decision: the block as it is and every candidate are costed with the
+    oracle -- ``scope="subgraph"`` cuts out the block (plus the activation
+    Vela fuses after it) as a standalone model, ``scope="model"`` costs the
+    whole model -- and the cheapest candidate by (CPU ops, cycles, weight
+    bytes) is applied only when it beats the block. With ``guard`` (default)
+    the whole model is costed before and after; if the subgraph decisions do
+    not pay off together, the model is restored and the accepted rewrites are
+    re-decided one by one on the whole model. ``decisions`` holds one
+    :class:`BlockDecision` per matched block (also appended to
+    ``ctx.decisions``).
+    """
+
+    name = "substitute-blocks"
+    exact = True
+
+    allow_lossy: bool = False
+    stem: StemMode = "none"
+    rules: tuple[str, ...] = ()
+    scope: Literal["auto", "subgraph", "model"] = "auto"
+    guard: bool = True
+    max_error: float = 0.05
+    samples: int = 16
+    cost_fn: CostFn | None = field(default=None, compare=False, repr=False)
+    decisions: list[BlockDecision] = field(default_factory=list, compare=False, repr=False)
+    input_layouts: list[InputLayout] = field(default_factory=list, compare=False, repr=False)
+    summary: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.stem not in STEM_MODES:
+            raise ValueError(f"substitute-blocks: stem must be one of {', '.join(STEM_MODES)}, got {self.stem!r}")
+        unknown = [r for r in self.rules if r not in EXACT_RULES + LOSSY_RULES]
+        if unknown:
+            raise ValueError(
+                f"substitute-blocks: unknown rule(s) {unknown}; known: {', '.join(EXACT_RULES + LOSSY_RULES)}"
+            )
+        lossy = [r for r in self.rules if r in LOSSY_RULES]
+        if lossy and not self.allow_lossy:
+            raise ValueError(f"substitute-blocks: rule(s) {lossy} are lossy and need allow_lossy=True")
+        if self.scope not in ("auto", "subgraph", "model"):
+            raise ValueError(f"substitute-blocks: scope must be auto, subgraph or model, got {self.scope!r}")
+        if self.max_error < 0 or self.samples < 2:
+            raise ValueError("substitute-blocks: max_error must be >= 0 and samples >= 2")
+
+    @property
+    def is_exact(self) -> bool:
+        """Whether this configuration only applies exact rules (the class-level ``exact`` assumes defaults)."""
+        return not any(r.name in LOSSY_RULES for r in self.active_rules())
+
+    @property
+    def changes_inputs(self) -> bool:
+        """Whether this configuration may change the model's input shapes (see ``input_layouts``)."""
+        return any(r.name == "stem" for r in self.active_rules())
+
+    def active_rules(self) -> list[Rule]:
+        """The rules this configuration runs, in the order they are tried."""
+        library: list[Rule] = [ReparamRule(), LargeKernelRule(), MergeConvsRule(), GroupedConvRule()]
+        if self.stem != "none":
+            library.append(StemRule(self.stem))
+        if self.allow_lossy:
+            library += [FuseInvertedBottleneckRule(), UnfuseInvertedBottleneckRule(), FactorizeKernelRule()]
+        if self.rules:
+            library = [r for r in library if r.name in self.rules]
+        return library
+
+    def run(self, model: IRModel, ctx: PassContext) -> bool:
+        self.decisions.clear()
+        self.input_layouts.clear()
+        self.summary.clear()
+        rules = [r for r in self.active_rules() if has_any_op(model.graph, r.ops)]
+        if not rules:
+            return False
+        target = ctx.target
+        if target is None:
+            logger.info("substitute-blocks: no target, nothing to cost against")
+            return False
+        judge = _Judge(self.cost_fn or oracle_cost, target)
+        original = model.to_proto(check=False)
+        env = _Env(model, original, getattr(ctx, "calibration", None), self.samples, self.input_layouts)
+        scope = "subgraph" if self.scope == "auto" else self.scope
+        changed = self._search(model, rules, judge, env, scope, None)
+        if changed and self.guard and scope == "subgraph":
+            changed = self._guard(model, original, rules, judge, env)
+        ctx.count("oracle_calls", judge.calls)
+        for decision in self.decisions:
+            outcome = "applied" if decision.chosen else ("not_applicable" if not decision.candidates else "rejected")
+            ctx.count(f"{decision.rule}.{outcome}")
+        if self.input_layouts:
+            ctx.count("inputs_relaid_out", len(self.input_layouts))
+        if env.synthetic_used:
+            ctx.count("synthetic_calibration")
+        sink = getattr(ctx, "decisions", None)
+        if isinstance(sink, list):
+            sink.extend(d.to_json() for d in self.decisions)
+            if self.summary:
+                sink.append({"pass": "substitute-blocks", "summary": dict(self.summary)})
+        if changed and any(isinstance(t, gs.Variable) and t.shape is None for t in model.graph.tensors().values()):
+            model.refresh_shapes()
+        return changed
+
+    # -- search ---------------------------------------------------------------------
+    def _search(
+        self,
+        model: IRModel,
+        rules: Sequence[Rule],
+        judge: _Judge,
+        env: _Env,
+        scope: str,
+        only: set[tuple[str, tuple[str, ...]]] | None,
+    ) -> bool:
+        """Greedy: decide the first undecided match, apply it if it wins, re-match; until nothing is left."""
+        seen: set[tuple[str, tuple[str, ...]]] = set()
+        lossy_made: set[str] = set()
+        changed = False
+        for _ in range(_MAX_ROUNDS):
+            applied = False
+            for rule in rules:
+                for match in rule.matches(model.graph):
+                    if match.key in seen or (only is not None and match.key not in only):
+                        continue
+                    if not rule.exact and lossy_made.intersection(match.nodes):
+                        continue  # never re-substitute what a lossy rule just wrote (no fuse/unfuse ping-pong)
+                    seen.add(match.key)
+                    decision, chosen = self._decide(model, rule, match, judge, env, scope)
+                    self.decisions.append(decision)
+                    if chosen is None:
+                        continue
+                    created = chosen.build(model.graph, Namer(model.graph))
+                    model.graph.cleanup().toposort()
+                    if not rule.exact:
+                        lossy_made.update(created)
+                    if chosen.input_layout is not None:
+                        self.input_layouts.append(chosen.input_layout)
+                    applied = changed = True
+                    break
+                if applied:
+                    break
+            if not applied:
+                break
+        return changed
+
+    def _decide(
+        self, model: IRModel, rule: Rule, match: Match, judge: _Judge, env: _Env, scope: str
+    ) -> tuple[BlockDecision, Candidate | None]:
+        def record(
+            reason: str,
+            before: CostLike | None = None,
+            before_error: str | None = None,
+            results: Sequence[CandidateResult] = (),
+            chosen: Candidate | None = None,
+        ) -> tuple[BlockDecision, Candidate | None]:
+            decision = BlockDecision(
+                rule=rule.name,
+                exact=rule.exact,
+                block=match.nodes,
+                output=match.output,
+                scope=scope,
+                before=before,
+                before_error=before_error,
+                candidates=tuple(results),
+                chosen=chosen.name if chosen is not None else None,
+                reason=reason,
+                input_layout=chosen.input_layout if chosen is not None else None,
+            )
+            logger.info(
+                "substitute-blocks: %s %s: %s (%s)",
+                rule.name,
+                ",".join(match.nodes),
+                decision.chosen or "kept",
+                reason,
+            )
+            return decision, chosen
+
+        graph = model.graph
+        reason = rule.check(graph, match)
+        if reason is not None:
+            return record(reason)
+        try:
+            candidates = rule.candidates(graph, match, env)
+        except (np.linalg.LinAlgError, ValueError, NircError) as exc:
+            return record(f"building candidates failed: {exc}")
+        if not candidates:
+            return record("no candidate replacement for this block")
+        act = fused_activation(graph, match.output)
+        region = [*match.nodes, *([act] if act else [])]
+        current = model.to_proto(check=False)
+        if scope == "subgraph":
+            from nirc.cost import extract_subgraph
+
+            base = extract_subgraph(current, region)
+        else:
+            base = current
+        before, before_error = judge.cost(base)
+        results: list[CandidateResult] = []
+        best: tuple[Candidate, CostLike] | None = None
+        for cand in candidates:
+            rejected = None
+            if not cand.exact:
+                error = (cand.accuracy or {}).get("output_rel_error")
+                if error is None or not np.isfinite(error) or error > self.max_error:
+                    rejected = f"model-output relative error {error} exceeds max_error {self.max_error}"
+            if rejected is not None:
+                results.append(CandidateResult(cand.name, cand.note, cand.exact, None, None, cand.accuracy, rejected))
+                continue
+            cost, error_text = judge.cost(_trial(base, cand.build))
+            results.append(CandidateResult(cand.name, cand.note, cand.exact, cost, error_text, cand.accuracy))
+            if cost is not None and (best is None or cost_key(cost) < cost_key(best[1])):
+                best = (cand, cost)
+        if best is None:
+            return record("no candidate can be costed", before, before_error, results)
+        cand, cost = best
+        if before is None:
+            return record(
+                f"the block does not compile on the NPU; {cand.name} does", before, before_error, results, cand
+            )
+        if cost_key(cost) < cost_key(before):
+            why = _improvement(before, cost)
+            return record(why, before, before_error, results, cand)
+        return record("no candidate beats the block in Vela's estimate", before, before_error, results)
+
+    def _guard(
+        self, model: IRModel, original: onnx.ModelProto, rules: Sequence[Rule], judge: _Judge, env: _Env
+    ) -> bool:
+        """Whole-model check of the subgraph decisions; re-decide on the whole model if they do not pay off."""
+        before, before_error = judge.cost(original)
+        after, after_error = judge.cost(model.to_proto(check=False))
+        self.summary.update(
+            before=_summary(before, before_error), after=_summary(after, after_error), applied=self._applied()
+        )
+        if after is not None and (before is None or cost_key(after) <= cost_key(before)):
+            self.summary["guard"] = "kept: the whole model does not get slower"
+            return True
+        logger.info("substitute-blocks: subgraph decisions do not pay off on the whole model; re-deciding")
+        accepted = {d.key for d in self.decisions if d.chosen is not None}
+        model.graph = IRModel.from_proto(original, model.label).graph
+        self.input_layouts.clear()
+        self.decisions[:] = [d for d in self.decisions if d.chosen is None]
+        changed = self._search(model, rules, judge, env, "model", accepted)
+        final, final_error = judge.cost(model.to_proto(check=False)) if changed else (before, before_error)
+        self.summary.update(after=_summary(final, final_error), applied=self._applied())
+        self.summary["guard"] = "re-decided on the whole model"
+        return changed
+
+    def _applied(self) -> list[str]:
+        return [f"{d.rule}:{d.output}:{d.chosen}" for d in self.decisions if d.chosen is not None]
+
+
+def _improvement(before: CostLike, after: CostLike) -> str:
+    b, a = cost_key(before), cost_key(after)
+    if a[0] < b[0]:
+        return f"moves {b[0] - a[0]} op(s) from the CPU to the NPU"
+    if a[1] < b[1]:
+        return f"Vela's estimate drops {b[1]} -> {a[1]} cycles ({100.0 * (a[1] - b[1]) / max(b[1], 1):+.1f}%)"
+    return f"same cycles, fewer weight bytes ({b[2]} -> {a[2]})"
+
+
+def _trial(base: onnx.ModelProto, build: Build) -> onnx.ModelProto:
+    """``base`` with one candidate applied (``base`` itself is not changed)."""
+    trial = IRModel.from_proto(base)
+    build(trial.graph, Namer(trial.graph))
+    return trial.to_proto(check=False)
+
+
+class _Env(RuleEnv):
+    """Calibration samples, the original model's outputs, and ORT runs for the lossy rules (built lazily)."""
+
+    def __init__(
+        self,
+        model: IRModel,
+        original: onnx.ModelProto,
+        calibration: object,
+        count: int,
+        layouts: Sequence[InputLayout],
+    ) -> None:
+        self.model = model
+        self.original = original
+        self.calibration = calibration
+        self.count = count
+        self.layouts = layouts
+        self.synthetic_used = False
+        self._split: tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]] | None = None
+        self._reference: dict[str, np.ndarray] | None = None
+
+    def _samples(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        if self._split is None:
+            samples = [dict(s) for s in getattr(self.calibration, "samples", ()) or ()]
+            if not samples or bool(getattr(self.calibration, "synthetic", False)):
+                from nirc.backend import input_shapes
+
+                self.synthetic_used = True
+                logger.warning("substitute-blocks: lossy rules fit and measure on %s", _SYNTHETIC)
+                rng = np.random.default_rng(0)
+                shapes = input_shapes(self.original)
+                samples = [
+                    {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()} for _ in range(self.count)
+                ]
+            samples = samples[: self.count]
+            held = max(1, len(samples) // 4)
+            self._split = (samples[:-held] or samples, samples[-held:])
+        return self._split
+
+    def _adapt(self, samples: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Samples in the current model's input layout (after any stem rewrite of this run)."""
+        out = []
+        for sample in samples:
+            feed = dict(sample)
+            for layout in self.layouts:
+                feed[layout.input] = layout.adapt(feed[layout.input])
+            out.append(feed)
+        return out
+
+    def activations(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        fit, _ = self._samples()
+        return run_tensors(self.model.to_proto(check=False), self._adapt(fit), names)
+
+    def measure(self, match: Match, build: Build) -> dict[str, float]:
+        _, held = self._samples()
+        outputs = [o.name for o in self.original.graph.output]
+        if self._reference is None:
+            self._reference = run_tensors(self.original, held, outputs)
+        feeds = self._adapt(held)
+        current = run_tensors(self.model.to_proto(check=False), feeds, [match.output])
+        trial = self.model.copy()
+        build(trial.graph, Namer(trial.graph))
+        got = run_tensors(trial.to_proto(check=False), feeds, [match.output, *outputs])
+        num = sum(float(np.sum((got[n].astype(np.float64) - self._reference[n]) ** 2)) for n in outputs)
+        den = sum(float(np.sum(self._reference[n].astype(np.float64) ** 2)) for n in outputs)
+        block_ref = current[match.output].astype(np.float64)
+        block_err = float(np.linalg.norm(got[match.output] - block_ref)) / max(float(np.linalg.norm(block_ref)), 1e-30)
+        rel = float(np.sqrt(num / den)) if den > 0 else float("inf")
+        return {
+            "block_rel_error": block_err,
+            "output_rel_error": rel,
+            "output_snr_db": float(-20.0 * np.log10(rel)) if rel > 0 else float("inf"),
+        }
+
+
+def run_tensors(
+    proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Values of tensors ``names`` on every sample (ONNX Runtime, optimisations off), stacked along axis 0."""
+    import onnxruntime as ort
+
+    wanted = list(dict.fromkeys(names))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    existing = {o.name for o in probe.graph.output}
+    for name in wanted:
+        if name not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    results: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+    for sample in samples:
+        for name, value in zip(wanted, session.run(wanted, dict(sample)), strict=True):
+            results[name].append(np.asarray(value))
+    return {n: np.concatenate(v, axis=0) for n, v in results.items()}
