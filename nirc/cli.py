@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", help="comma-separated pass list instead of the target's pipeline")
     p.add_argument("--skip-pass", action="append", default=[], metavar="NAME", help="drop a pass")
     p.add_argument("--no-hw-passes", action="store_true", help="drop hardware-aware passes (baseline)")
+    p.add_argument(
+        "--channel-rounding",
+        choices=("off", "pad", "prune"),
+        default="pad",
+        help="pad: zero-pad channels to the brick where Vela says it helps (exact, default); "
+        "prune: round down with least-squares refit (lossy); off: neither",
+    )
+    p.add_argument("--align", type=int, help="channel alignment for pad/prune (default: the target's brick)")
+    p.add_argument("--prune-ratio", type=float, help="with --channel-rounding prune: also cut this share of channels")
+    p.add_argument("--prune-criterion", choices=("l2", "geometric-median"), help="which channels prune removes")
     p.add_argument("--verify", action="store_true", help="check every exact pass numerically with ORT")
     p.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the ONNX after each pass")
     _add_calib_args(p)
@@ -192,6 +202,26 @@ def _cmd_analyze(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
+def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """CLI flags that configure individual passes, as constructor options per pass name."""
+    options: dict[str, dict[str, Any]] = {}
+    if args.align is not None:
+        options["pad-channels"] = {"align": args.align}
+    prune: dict[str, Any] = {}
+    if args.align is not None:
+        prune["align"] = args.align
+    if args.prune_ratio is not None:
+        prune["ratio"] = args.prune_ratio
+    if args.prune_criterion is not None:
+        prune["criterion"] = args.prune_criterion
+    if prune:
+        if args.channel_rounding != "prune" and set(prune) != {"align"}:
+            raise argparse.ArgumentTypeError("--prune-ratio/--prune-criterion need --channel-rounding prune")
+        if args.channel_rounding == "prune":
+            options["prune-channels"] = prune
+    return options
+
+
 def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
     from nirc.pipeline import check_fit, optimize
 
@@ -204,6 +234,8 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
         passes=passes,
         skip=args.skip_pass,
         no_hw_passes=args.no_hw_passes,
+        channel_rounding=args.channel_rounding,
+        pass_options=_pass_options(args),
         verify=args.verify,
         dump_ir=args.dump_ir,
         input_shapes=shapes,
@@ -239,9 +271,11 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         f"nodes {b['nodes']} -> {a['nodes']}   MACs {b['macs']:,} -> {a['macs']:,}   "
         f"peak activations {b['peak_activation_bytes']:,} -> {a['peak_activation_bytes']:,} B\n"
     )
-    for out in report["validation"]["outputs"]:
-        top1 = f"   top-1 agreement {out['top1_agreement']:.0%}" if out["top1_agreement"] is not None else ""
-        write(f"int8 vs float '{out['name']}': SNR {out['snr_db']} dB{top1}\n")
+    validation = report["validation"]
+    for key, what in (("outputs", "float"), ("outputs_vs_original", "original float")):
+        for out in validation.get(key, []):
+            top1 = f"   top-1 agreement {out['top1_agreement']:.0%}" if out["top1_agreement"] is not None else ""
+            write(f"int8 vs {what} '{out['name']}': SNR {out['snr_db']} dB{top1}\n")
     vela = report["vela"]
     if vela:
         write(

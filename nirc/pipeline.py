@@ -35,6 +35,9 @@ from nirc.tflite import check_supported
 logger = logging.getLogger(__name__)
 
 
+ChannelRounding = Literal["off", "pad", "prune"]
+
+
 def select_passes(
     registry: Registry,
     target: Target,
@@ -42,15 +45,34 @@ def select_passes(
     passes: Sequence[str] | None = None,
     skip: Sequence[str] = (),
     no_hw_passes: bool = False,
+    channel_rounding: ChannelRounding = "pad",
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Pass]:
-    """Explicit ``--passes`` win; otherwise the target's pipeline, minus skips."""
+    """Explicit ``--passes`` win; otherwise the target's pipeline, minus skips.
+
+    ``channel_rounding``: ``pad`` keeps the pipeline's exact ``pad-channels``; ``off``
+    drops it; ``prune`` (lossy, opt-in) runs ``prune-channels`` before it.
+    ``pass_options`` maps a pass name to keyword options of its constructor.
+    """
     names = list(passes) if passes is not None else list(target.default_pipeline)
-    for name in (*names, *skip):
+    if passes is None and channel_rounding == "prune" and not no_hw_passes:
+        at = names.index("pad-channels") if "pad-channels" in names else len(names)
+        names.insert(at, "prune-channels")
+    if channel_rounding == "off":
+        names = [n for n in names if n != "pad-channels"]
+    for name in (*names, *skip, *(pass_options or {})):
         registry.get_pass(name)  # unknown names fail before any work
     if no_hw_passes:
         names = [n for n in names if n not in target.hw_passes]
     names = [n for n in names if n not in set(skip)]
-    return [registry.get_pass(name)() for name in names]
+    return [_construct(registry, name, (pass_options or {}).get(name, {})) for name in names]
+
+
+def _construct(registry: Registry, name: str, options: Mapping[str, Any]) -> Pass:
+    try:
+        return registry.get_pass(name)(**options)
+    except (TypeError, ValueError) as exc:
+        raise PassError(f"pass {name}: bad options {dict(options)}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,8 @@ def optimize(
     passes: Sequence[str] | None = None,
     skip: Sequence[str] = (),
     no_hw_passes: bool = False,
+    channel_rounding: ChannelRounding = "pad",
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
     verify: bool = False,
     dump_ir: Path | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -102,7 +126,15 @@ def optimize(
     """
     registry = registry or load_registry()
     tgt = registry.get_target(target) if isinstance(target, str) else target
-    pass_list = select_passes(registry, tgt, passes=passes, skip=skip, no_hw_passes=no_hw_passes)
+    pass_list = select_passes(
+        registry,
+        tgt,
+        passes=passes,
+        skip=skip,
+        no_hw_passes=no_hw_passes,
+        channel_rounding=channel_rounding,
+        pass_options=pass_options,
+    )
     model = IRModel.load(source, input_shapes)
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"
@@ -112,9 +144,11 @@ def optimize(
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
     before = analyze(model, tgt)
+    original = model.to_proto()
     progress(f"running {len(pass_list)} passes")
     records = run_passes(model, tgt, pass_list, verify=verify, dump_ir=dump_ir, calibration=calib)
     after = analyze(model, tgt)
+    warnings.extend(_lossy_pass_warnings(records))
     try:
         proto = model.to_proto()
     except Exception as exc:  # a pass left the model invalid in a way the manager did not see
@@ -132,6 +166,11 @@ def optimize(
         for check in checks:
             if check.low_snr:
                 warnings.append(f"output '{check.name}' int8 SNR {check.snr_db:.1f} dB is low")
+        validation: dict[str, Any] = {"samples": len(calib), "outputs": [c.to_json() for c in checks]}
+        if any(not r.exact and r.changed for r in records):
+            # A lossy pass moved the float reference too: also measure against the input model.
+            vs_original = validate(original, emitted.tflite, calib)
+            validation["outputs_vs_original"] = [c.to_json() for c in vs_original]
         vela_json: dict[str, Any] | None = None
         fits: dict[str, Any] = fits_summary(tgt, after, None, None)
         if compile:
@@ -150,7 +189,7 @@ def optimize(
                 "samples": len(calib),
                 "method": options.method,
             },
-            validation={"samples": len(calib), "outputs": [c.to_json() for c in checks]},
+            validation=validation,
             vela=vela_json,
             fits=fits,
             warnings=warnings,
@@ -170,6 +209,18 @@ def check_fit(report: dict[str, Any], label: str, outdir: Path) -> None:
     platform = report["fits"]["platform"]
     if platform["fits"] is False:
         raise TargetError(f"{label}: {platform['message']} (artifacts and report in {outdir})")
+
+
+def _lossy_pass_warnings(records: Sequence[PassRecord]) -> list[str]:
+    """A lossy pass that changed the model is always worth a line in the summary."""
+    found = []
+    for record in records:
+        if record.exact or not record.changed:
+            continue
+        found.append(f"lossy pass {record.name} changed the model; see its decisions in report.json")
+        if record.stats.get("synthetic_calibration"):
+            found.append(f"lossy pass {record.name} fitted weights on synthetic data: pass --calib")
+    return found
 
 
 def _compile(

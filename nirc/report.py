@@ -7,7 +7,9 @@ Schema (version 1), top-level keys:
   passes [{name, exact, changed, seconds, stats, verified}],
   model {before, after}: each {macs, params, weight_bytes, peak_activation_bytes, nodes}.
   calibration {source, synthetic, samples, method},
-  validation {samples, outputs [{name, snr_db, max_abs_error_steps, top1_agreement, low_snr}]},
+  validation {samples, outputs [{name, snr_db, max_abs_error_steps, top1_agreement, low_snr}]
+              (int8 vs the float model after the passes), outputs_vs_original [...] (only when a
+              lossy pass changed the model: int8 vs the float input model)},
   vela (null with --no-compile) {inference_time_ms, cycles_total, cycles_npu, sram_used_kib, dram_used_kib,
         dram_feature_map_read_bytes, dram_feature_map_write_bytes, dram_weight_bytes, nn_macs, npu_ops,
         cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},

@@ -147,3 +147,37 @@ def test_model_too_large_for_platform(tmp_path: Path) -> None:
     assert report["fits"]["platform"]["required_bytes"] > 16 * 1024
     result = optimize(EXAMPLE, small, outdir=tmp_path / "o2", require_fit=False)
     assert result.report["fits"]["platform"]["fits"] is False
+
+
+def test_channel_rounding_selects_passes() -> None:
+    from nirc.pipeline import select_passes
+    from nirc.plugin import load_registry
+
+    registry = load_registry()
+    target = registry.get_target("ethos-u65")
+    default = [p.name for p in select_passes(registry, target)]
+    assert "pad-channels" in default and "prune-channels" not in default
+    off = [p.name for p in select_passes(registry, target, channel_rounding="off")]
+    assert "pad-channels" not in off
+    prune = select_passes(
+        registry, target, channel_rounding="prune", pass_options={"prune-channels": {"ratio": 0.25, "align": 8}}
+    )
+    names = [p.name for p in prune]
+    assert names.index("prune-channels") == names.index("pad-channels") - 1
+    assert prune[names.index("prune-channels")].ratio == 0.25  # type: ignore[attr-defined]
+    baseline = [p.name for p in select_passes(registry, target, no_hw_passes=True)]
+    assert not set(target.hw_passes) & set(baseline)
+
+
+def test_lossy_prune_is_measured_against_the_original(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = ROOT / "examples" / "digits_cnn.onnx"
+    calib = ROOT / "examples" / "digits_calib.npz"
+    argv = ["optimize", str(model), "-o", str(tmp_path / "o"), "--channel-rounding", "prune", "--calib", str(calib)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "int8 vs original float" in out and "warning: lossy pass prune-channels changed the model" in out
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    record = next(p for p in report["passes"] if p["name"] == "prune-channels")
+    assert record["exact"] is False and record["changed"] is True and record["decisions"]
+    assert report["validation"]["outputs_vs_original"][0]["snr_db"] < report["validation"]["outputs"][0]["snr_db"]
+    assert main(["optimize", str(model), "-o", str(tmp_path / "p"), "--prune-ratio", "0.3"]) == 2
