@@ -18,8 +18,9 @@ Models:
     at stride 2), global pool, Linear to 10. After re-parameterisation each block is one 3x3 conv.
 ``resnext_tiny``
     ResNeXt-style classifier at 64x64 with grouped 3x3 convs: stem conv 3x3/2 to 32 channels, then three
-    stages of bottlenecks ``1x1 -> grouped 3x3 (8 groups) -> 1x1`` with BN/ReLU, widths 64/128/256, outputs
-    128/256/512, projection shortcuts where the shape changes, residual Add + ReLU, global pool, Linear to 10.
+    stages of bottlenecks ``1x1 -> grouped 3x3 -> 1x1`` with BN/ReLU, 16 groups, widths 64/128/256 (4, 8 and
+    16 channels per group), outputs 128/256/512, projection shortcuts where the shape changes, residual
+    Add + ReLU, global pool, Linear to 10.
 
 Usage::
 
@@ -96,7 +97,7 @@ def repvgg_tiny() -> onnx.ModelProto:
 # ResNeXt (grouped convs)
 # ---------------------------------------------------------------------------------------------------
 
-CARDINALITY = 8
+CARDINALITY = 16
 
 
 def _resnext_block(b: GraphBuilder, x: str, name: str, width: int, cout: int, stride: int, blocks: int) -> str:
@@ -112,7 +113,7 @@ def _resnext_block(b: GraphBuilder, x: str, name: str, width: int, cout: int, st
 
 
 def resnext_tiny() -> onnx.ModelProto:
-    """ResNeXt-like, 64x64 input, cardinality 8, 10 classes."""
+    """ResNeXt-like, 64x64 input, cardinality 16, 10 classes."""
     b = GraphBuilder("resnext_tiny", (1, 3, 64, 64))
     x = b.conv_bn_act(b.input_name, ("conv1", "bn1", "relu"), 32, 3, 2, gain=1.0)
     stages = ((64, 128, 1, 2), (128, 256, 2, 2), (256, 512, 2, 1))

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 EXACT_RULES: tuple[str, ...] = ("reparam", "large-kernel", "merge-convs", "grouped", "stem")
 LOSSY_RULES: tuple[str, ...] = ("fuse-inverted-bottleneck", "unfuse-inverted-bottleneck", "factorize-kernel")
 _MAX_ROUNDS = 10_000
+AUTO_MODEL_SCOPE_MAX = 12
+"""With at most this many matched blocks, ``scope="auto"`` costs every candidate on the whole model: Vela
+schedules a block differently inside the network (weights kept in SRAM, cascading) than alone."""
 _SYNTHETIC = "synthetic N(0,1) inputs, seed 0 (no calibration data in the pass context)"
 
 
@@ -195,7 +198,8 @@ class SubstituteBlocksPass(Pass):
     Decision: the block as it is and every candidate are costed with the
     oracle -- ``scope="subgraph"`` cuts out the block (plus the activation
     Vela fuses after it) as a standalone model, ``scope="model"`` costs the
-    whole model -- and the cheapest candidate by (CPU ops, cycles, weight
+    whole model, ``scope="auto"`` picks ``model`` when at most
+    ``AUTO_MODEL_SCOPE_MAX`` blocks match -- and the cheapest candidate by (CPU ops, cycles, weight
     bytes) is applied only when it beats the block. With ``guard`` (default)
     the whole model is costed before and after; if the subgraph decisions do
     not pay off together, the model is restored and the accepted rewrites are
@@ -270,7 +274,10 @@ class SubstituteBlocksPass(Pass):
         judge = _Judge(self.cost_fn or oracle_cost, target)
         original = model.to_proto(check=False)
         env = _Env(model, original, getattr(ctx, "calibration", None), self.samples, self.input_layouts)
-        scope = "subgraph" if self.scope == "auto" else self.scope
+        scope = self.scope
+        if scope == "auto":
+            blocks = sum(1 for rule in rules for _ in rule.matches(model.graph))
+            scope = "model" if blocks <= AUTO_MODEL_SCOPE_MAX else "subgraph"
         changed = self._search(model, rules, judge, env, scope, None)
         if changed and self.guard and scope == "subgraph":
             changed = self._guard(model, original, rules, judge, env)

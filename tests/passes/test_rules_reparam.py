@@ -240,7 +240,10 @@ def test_refuses_1x1_with_bias_before_padded_3x3_in_a_branch() -> None:
         # padded AveragePool excluding padding from its divisor is not a conv
         ("a = AveragePool <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x)\n y = Add (a, x)", "padding"),
         # dilated branch
-        ("a = Conv <kernel_shape = [3, 3], pads = [2, 2, 2, 2], dilations = [2, 2]> (x, w3)\n y = Add (a, x)", "dilation"),
+        (
+            "a = Conv <kernel_shape = [3, 3], pads = [2, 2, 2, 2], dilations = [2, 2]> (x, w3)\n y = Add (a, x)",
+            "dilation",
+        ),
     ],
 )
 def test_negative_cases_are_kept(body: str, why: str | None) -> None:
