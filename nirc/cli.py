@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze, with_layer_costs
@@ -25,8 +25,12 @@ from nirc.cost import cli as cost_cli
 from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.plugin import Registry, load_registry
+from nirc.target import Target
 
 EXIT_INTERNAL = 70
+
+if TYPE_CHECKING:
+    from nirc.passes.pad_channels import LayerAlignment
 
 
 def _parse_input_shapes(values: Sequence[str]) -> dict[str, list[int]]:
@@ -105,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--no-cycles", action="store_true", help="skip Vela's per-layer cycles (static counts only)")
+    p.add_argument(
+        "--alignment",
+        action="store_true",
+        help="cost what padding / trimming each misaligned channel group would change (2 Vela runs per group)",
+    )
+    p.add_argument("--align", type=int, help="alignment for --alignment (default: the target's brick)")
 
     p = sub.add_parser("optimize", help="run the target's pipeline and write artifacts + report.json")
     _add_model_args(p)
@@ -195,11 +205,50 @@ def _cmd_analyze(args: argparse.Namespace, registry: Registry) -> int:
     analysis = analyze(model, target)
     if not args.no_cycles:
         analysis = with_layer_costs(analysis, model, target)
+    alignment = _alignment_rows(model, target, args.align) if args.alignment else None
     if args.json:
-        sys.stdout.write(json.dumps(analysis.to_json(), indent=1) + "\n")
+        data = analysis.to_json()
+        if alignment is not None:
+            data["alignment"] = [row.to_json() for row in alignment]
+        sys.stdout.write(json.dumps(data, indent=1) + "\n")
     else:
         print_analysis(analysis)
+        if alignment is not None:
+            print_alignment(alignment)
     return 0
+
+
+def _alignment_rows(model: IRModel, target: Target, align: int | None) -> list[LayerAlignment]:
+    """Channel alignment of the model as nirc lowers it (after the canonical passes)."""
+    from nirc.pass_base import PassContext
+    from nirc.pass_manager import PassManager
+    from nirc.passes.pad_channels import channel_alignment
+    from nirc.plugin import load_registry
+
+    registry = load_registry()
+    lowered = model.copy()
+    canonical = [registry.get_pass(n)() for n in target.default_pipeline if n not in target.hw_passes]
+    PassManager(canonical).run(lowered, PassContext(target=target))
+    rows: list[LayerAlignment] = channel_alignment(lowered, target, align=align)
+    return rows
+
+
+def print_alignment(rows: Sequence[LayerAlignment]) -> None:
+    write = sys.stdout.write
+    misaligned = [r for r in rows if r.out_brick_gap or r.in_brick_gap]
+    write(f"\nchannel alignment: {len(misaligned)} of {len(rows)} Conv/Gemm layers leave bricks partly empty\n")
+    seen: set[str | None] = set()
+    for r in misaligned:
+        costs = ""
+        if r.space not in seen and r.pad_cycles_delta is not None:
+            costs = f"; pad to {r.pad_to}: {r.pad_cycles_delta:+,} cycles"
+            if r.trim_cycles_delta is not None:
+                costs += f", trim to the brick below: {r.trim_cycles_delta:+,} cycles"
+        seen.add(r.space)
+        write(
+            f"  {r.name} ({r.op}) channels {r.in_channels}->{r.out_channels}, empty in last brick "
+            f"in/out {r.in_brick_gap}/{r.out_brick_gap}: {r.note}{costs}\n"
+        )
 
 
 def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

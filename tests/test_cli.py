@@ -133,3 +133,14 @@ def test_analyze_reports_vela_cycles_and_mac_utilisation(capsys: pytest.CaptureF
     assert data["cycles_total"] >= sum(layer["cycles"] for layer in convs)
     assert main(["analyze", str(EXAMPLE), "--json", "--no-cycles"]) == 0
     assert json.loads(capsys.readouterr().out)["cycles_total"] is None
+
+
+def test_analyze_alignment_costs_misaligned_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(EXAMPLE), "--no-cycles", "--alignment", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["alignment"]
+    by_name = {row["name"]: row for row in rows}
+    # tiny_cnn's 24-channel conv leaves 8 channels of its last 16-channel brick empty
+    assert by_name["down1.conv"]["out_channels"] == 24 and by_name["down1.conv"]["out_brick_gap"] == 8
+    assert by_name["down1.conv"]["pad_cycles_delta"] is not None
+    assert main(["analyze", str(EXAMPLE), "--no-cycles", "--alignment"]) == 0
+    assert "channel alignment:" in capsys.readouterr().out
