@@ -9,6 +9,7 @@ from nirc.passes.compose_transposes import ComposeTransposesPass
 from nirc.passes.decompose_batchnorm import DecomposeBatchnormPass
 from nirc.passes.decompose_layernorm import DecomposeLayernormPass
 from nirc.passes.decompose_pooling import DecomposePoolingPass
+from nirc.passes.decompose_strided_conv import DecomposeStridedConvPass
 from nirc.passes.eliminate_channel_shuffle import EliminateChannelShufflePass
 from nirc.passes.eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from nirc.passes.eliminate_dead_code import EliminateDeadCodePass
@@ -51,6 +52,7 @@ BUILTIN_PASSES = (
     DecomposePoolingPass,
     LegalizeResizePass,
     ApproximateGeluPass,
+    DecomposeStridedConvPass,
 )
 
 

@@ -12,6 +12,7 @@ from nirc.passes._rewrite import (
     const_value,
     consumers,
     detach,
+    graph_output_names,
     has_any_op,
     input_at,
     producer,
@@ -61,8 +62,9 @@ class DecomposeLayernormPass(Pass):
             return False
         namer = Namer(graph)
         changed = False
+        outputs = graph_output_names(graph)
         for node in list(graph.nodes):
-            if node.op not in _OPS or any(t.outputs for t in node.outputs[1:]):
+            if node.op not in _OPS or any(t.outputs or t.name in outputs for t in node.outputs[1:]):
                 continue
             x = node.inputs[0]
             shape = static_shape(x)

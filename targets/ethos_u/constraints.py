@@ -204,7 +204,7 @@ def python_checks(tflite: bytes | str | Path) -> list[OpCheck]:
         else:
             path = str(tflite)
         # The reader and checkers print their findings; they are returned as data instead.
-        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        printed = stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
         try:
             nng = tflite_reader.read_tflite(path, 1, {}, [], [])
             semantic = tflite_model_semantic.TFLiteSemantic()
@@ -225,6 +225,9 @@ def python_checks(tflite: bytes | str | Path) -> list[OpCheck]:
                 nng.subgraphs[index] = rewrite_graph.rewrite_graph_pre_order(
                     nng, sg, None, [], pre, rewrite_unsupported=False
                 )
+        except SystemExit:  # the reader prints "Error: Invalid TFLite file ..." and exits
+            said = " ".join(printed.getvalue().split()) or "exit"
+            raise BackendError(f"Vela's TFLite reader rejected the model: {said}") from None
         except Exception as exc:  # Vela's reader raises bare exceptions on malformed input
             raise BackendError(f"Vela's TFLite reader rejected the model: {type(exc).__name__}: {exc}") from exc
         checker = TFLiteSupportedOperators()

@@ -109,9 +109,10 @@ _FIXES: tuple[_Fix, ...] = (
          "legalize-resize: a chain of x2/x4/x8 resizes for power-of-two nearest upscaling, a strided Slice for "
          "integer nearest downscaling (other factors have no exact NPU form)"),
     _Fix(("STRIDED_SLICE",), r"stride|Stride",
-         "legalize-channel-gather: a slice with a channel step becomes a 1x1 Conv with one-hot weights"),
+         "slice the channels alone (full H and W): nirc's emitter then strides over W of a [N, H*W, C, 1] view; "
+         "or gather the channels with a 1x1 one-hot Conv (legalize-channel-shuffle does this for Gather)"),
     _Fix(("TRANSPOSE",), r".",
-         "propagate-transposes (layout propagation through per-position ops) or legalize-channel-gather "
+         "propagate-transposes (layout propagation through per-position ops) or legalize-channel-shuffle "
          "(channel shuffles)"),
     _Fix(("SQRT", "RSQRT", "DIV"), r".",
          "legalize-rsqrt: x / Sqrt(v) -> x * Pow(v, -0.5), which the emitter lowers to RSQRT + MUL"),
@@ -125,7 +126,7 @@ _FIXES: tuple[_Fix, ...] = (
 
 def suggest_fix(op_type: str, reasons: Sequence[str]) -> str | None:
     """The rewrite that would place an op with these fallback reasons on the NPU, if nirc knows one."""
-    text = " ".join(reasons)
+    text = " ".join([op_type, *reasons])
     for fix in _FIXES:
         if op_type in fix.op_types and re.search(fix.pattern, text):
             return fix.text

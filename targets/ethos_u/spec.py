@@ -33,6 +33,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "decompose-pooling",
     "legalize-resize",
     "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs
+    "decompose-strided-conv",  # after fuse-affine: a Slice between conv and affine would block folding
 )
 HW_PIPELINE: tuple[str, ...] = (
     "pad-channels",  # costs each candidate with Vela: keeps only paddings that lower the estimate

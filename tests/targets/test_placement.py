@@ -1,0 +1,173 @@
+"""predict_placement against Vela's real placement, placement_report and the fixes it names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx.parser
+import pytest
+from nirc.targets.ethos_u.placement import (
+    Placement,
+    compare,
+    observed_placement,
+    placement_report,
+    predict_placement,
+    suggest_fix,
+    summary,
+)
+from nirc.targets.ethos_u.spec import ETHOS_U_TARGETS
+from nirc.targets.ethos_u.vela_driver import compile_with_vela
+
+from nirc.backend import emit, input_shapes
+from nirc.errors import BackendError
+from nirc.ir import IRModel
+from nirc.quant import load_calibration
+
+TARGETS = {t.name: t for t in ETHOS_U_TARGETS}
+U65 = TARGETS["ethos-u65-256"]
+HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
+FLOOR = 'mode = "nearest", coordinate_transformation_mode = "asymmetric", nearest_mode = "floor"'
+
+# Each probe: ONNX body, input shape, output shape. Comments name what Vela decides.
+PROBES = {
+    "resize_x3": (  # CPU: scale factor 3
+        f's = Constant <value = float[4] {{1, 1, 3, 3}}> () y = Resize <{FLOOR}> (x, , s)', "1,8,4,4", "1,8,12,12"),
+    "mean_prime_width": (  # CPU: a reduced axis of 4099 (prime: no a x b view below 4096)
+        "a = Constant <value = int64[2] {2, 3}> () y = ReduceMean <keepdims = 1> (x, a)", "1,2,1,4099", "1,2,1,1"),
+    "maxpool_300": ("y = MaxPool <kernel_shape = [300, 300]> (x)", "1,2,300,300", "1,2,1,1"),  # CPU: kernel > 256
+    "conv_relu_gelu": (  # NPU: conv, GELU (exact, from the erf pattern)
+        """c = Conv <kernel_shape = [1, 1]> (x, w)
+           d = Div (c, sqrt2) e = Erf (d) a = Add (e, one) m = Mul (c, a) y = Mul (m, half)""",
+        "1,8,4,4", "1,8,4,4"),
+    "shuffle": (  # NPU: the emitter's one 4-D TRANSPOSE (the Python checker disagrees)
+        """r = Reshape (x, grouped) t = Transpose <perm = [0, 2, 1, 3, 4]> (r) y = Reshape (t, flat)""",
+        "1,8,4,4", "1,8,4,4"),
+}  # fmt: skip
+CPU_PROBES = {"resize_x3", "mean_prime_width", "maxpool_300"}
+
+
+def _tflite(tmp_path: Path, name: str) -> Path:
+    import numpy as np
+
+    body, x, y = PROBES[name]
+    proto = onnx.parser.parse_model(HEADER + f"g (float[{x}] x) => (float[{y}] y) {{ {body} }}")
+    consts = {
+        "w": np.random.default_rng(0).standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3,
+        "sqrt2": np.array(np.sqrt(2.0), np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+        "grouped": np.array([1, 2, 4, 4, 4], np.int64),
+        "flat": np.array([1, 8, 4, 4], np.int64),
+    }
+    used = {i for n in proto.graph.node for i in n.input}
+    for key, value in consts.items():
+        if key in used:
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(value, key))
+    proto = IRModel.load(proto).to_proto()
+    calib = load_calibration(None, input_shapes(proto), count=2)
+    path = tmp_path / f"{name}.tflite"
+    path.write_bytes(emit(proto, dtype="int8", calib=calib).tflite.data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list[Placement]]]:
+    """Each probe's TFLite and Vela's actual placement of it (one real compile each)."""
+    tmp = tmp_path_factory.mktemp("placement")
+    result = {}
+    for name in PROBES:
+        path = _tflite(tmp, name)
+        vela = compile_with_vela(path, U65, tmp / f"{name}_vela")
+        result[name] = (path, observed_placement(path, vela.cpu_op_list, U65))
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_vela_engine_prediction_equals_the_compile(probes: dict[str, tuple[Path, list[Placement]]], name: str) -> None:
+    path, observed = probes[name]
+    predicted = predict_placement(path, U65, engine="vela")
+    assert compare(predicted, observed) == []
+    assert [p.op_name for p in predicted] == [p.op_name for p in observed]
+    assert any(not p.on_npu for p in observed) == (name in CPU_PROBES)
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_python_engine_against_the_compile(probes: dict[str, tuple[Path, list[Placement]]], name: str) -> None:
+    """Vela's Python checker agrees with Regor except on TRANSPOSE permutations, which only Regor runs."""
+    path, observed = probes[name]
+    mismatches = compare(predict_placement(path.read_bytes(), U65, engine="python"), observed)
+    if name == "shuffle":
+        assert [(m.op_type, m.predicted_npu, m.observed_npu) for m in mismatches] == [("TRANSPOSE", False, True)]
+    else:
+        assert mismatches == []
+
+
+def test_cpu_op_names_vela_constraint_and_fix(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
+    expected = {
+        "resize_x3": ("RESIZE_NEAREST_NEIGHBOR", "Scale-factor must be one of: 2x/4x/8x", "legalize-resize"),
+        "mean_prime_width": ("MEAN", "Reduced axis must be less than 4096", "below 4096"),
+        "maxpool_300": ("MAX_POOL_2D", "kernel height must be less than or equal to 256", "decompose-pooling"),
+    }
+    for name, (op_type, constraint, fix) in expected.items():
+        (cpu,) = [p for p in probes[name][1] if not p.on_npu]
+        assert cpu.op_type == op_type
+        assert cpu.constraint is not None and constraint in cpu.constraint, (name, cpu.constraint)
+        assert cpu.fix is not None and fix in cpu.fix, (name, cpu.fix)
+        assert any(constraint in " ".join(r.split()) for r in cpu.reasons)
+
+
+def test_placement_report_lists_cpu_ops_with_both_sides(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
+    path, observed = probes["resize_x3"]
+    entries = placement_report(predict_placement(path, U65, engine="python"), observed)
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry["op_type"] == "RESIZE_NEAREST_NEIGHBOR"
+    assert entry["predicted"] == "CPU" and entry["observed"] == "CPU" and entry["agree"] is True
+    assert "legalize-resize" in entry["fix"] and "2x/4x/8x" in entry["constraint"]
+    assert placement_report(observed) == [{**entry, "predicted": "CPU", "observed": None, "agree": None}]
+    npu_path, npu_observed = probes["conv_relu_gelu"]
+    assert placement_report(predict_placement(npu_path, U65, engine="python"), npu_observed) == []
+    assert summary(npu_observed) == {"ops": len(npu_observed), "npu_ops": len(npu_observed), "cpu_ops": 0}
+
+
+def test_shuffle_disagreement_is_reported(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
+    path, observed = probes["shuffle"]
+    (entry,) = placement_report(predict_placement(path, U65, engine="python"), observed)
+    assert (entry["op_type"], entry["predicted"], entry["observed"], entry["agree"]) == (
+        "TRANSPOSE",
+        "CPU",
+        "NPU",
+        False,
+    )
+    assert "permutations" in entry["reasons"][0]
+
+
+def test_gelu_is_one_npu_op(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
+    assert [(p.op_type, p.on_npu) for p in probes["conv_relu_gelu"][1]] == [("CONV_2D", True), ("GELU", True)]
+
+
+@pytest.mark.parametrize(
+    ("op_type", "reason", "needle"),
+    [
+        ("STRIDED_SLICE", "Slice must represent a volume. Stride must be non-negative (and over W or H).",
+         "[N, H*W, C, 1] view"),
+        ("TRANSPOSE", "anything", "propagate-transposes"),
+        ("SQRT", "", "legalize-rsqrt"),
+        ("AVERAGE_POOL_2D", "Kernel width and height must be less than or equal to 8", "explicit PAD"),
+        ("CONV_2D", "Stride>3 is only supported IF (dilation = 1 AND padding = VALID)", "VALID"),
+    ],
+)  # fmt: skip
+def test_suggest_fix(op_type: str, reason: str, needle: str) -> None:
+    fix = suggest_fix(op_type, [reason])
+    assert fix is not None and needle in fix
+
+
+def test_no_fix_for_unknown_reasons() -> None:
+    assert suggest_fix("CONV_2D", ["Weight tensors must be 8-bit precision"]) is None
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="no such TFLite file"):
+        predict_placement(tmp_path / "missing.tflite", U65)
+    with pytest.raises(ValueError, match="engine"):
+        predict_placement(b"", U65, engine="guess")  # type: ignore[arg-type]
