@@ -85,13 +85,27 @@ def rescale(acc: np.ndarray, scale: np.ndarray | int, shift: np.ndarray | int, r
     return np.asarray(out).astype(np.int64) if out.dtype == object else out.astype(np.int64)
 
 
-def _finish(op: BlockOp, values: np.ndarray) -> np.ndarray:
-    """Add the OFM zero point, apply the activation clamp and saturate to the OFM type."""
+def _finish(op: BlockOp, values: np.ndarray, memory: Memory | None = None) -> np.ndarray:
+    """Add the OFM zero point, look up the LUT if any, apply the activation clamp, saturate to the OFM type.
+
+    An 8-bit LUT activation (function 16 + n) maps the saturated int8 result through
+    the 256-byte table in SHRAM slot n; Vela DMAs the tables into the last 2 KiB of
+    SHRAM (``shram_lut_address``), 256 bytes per slot.
+    """
     out = values + op.ofm.zero_point
-    if op.activation.lut_index is not None or op.activation.function in (3, 4):
-        raise SimulationError(f"op {op.index}: activation function {op.activation.function} (LUT/tanh/sigmoid)")
+    act = op.activation
+    if act.function in (3, 4):
+        raise SimulationError(f"op {op.index}: built-in tanh/sigmoid activation is not modelled")
+    if act.lut_index is not None:
+        if memory is None or op.ofm.dtype.bits != 8 or act.clip_range not in (0,):
+            raise SimulationError(f"op {op.index}: LUT activation is only modelled for 8-bit OFMs")
+        base = memory.shram.size - 2048 + 256 * act.lut_index
+        table = memory.shram[base : base + 256]
+        table = table.view(np.int8) if op.ofm.dtype.signed else table
+        out = np.clip(out, op.ofm.dtype.min, op.ofm.dtype.max)
+        out = table[(out - op.ofm.dtype.min).astype(np.int64)].astype(np.int64)
     if op.ofm.dtype.bits <= 16:
-        out = np.clip(out, op.activation.minimum, op.activation.maximum)
+        out = np.clip(out, act.minimum, act.maximum)
     clipped: np.ndarray = np.clip(out, op.ofm.dtype.min, op.ofm.dtype.max)
     return clipped
 
@@ -140,8 +154,8 @@ class Engine:
 
     # -- block operations ------------------------------------------------------
     def _block(self, op: BlockOp) -> np.ndarray:
-        if op.ifm_upscale:
-            raise SimulationError("IFM upscaling (resize/transpose-conv) is not modelled")
+        if op.ifm_upscale == 3:
+            raise SimulationError("IFM upscale mode 3 is reserved")
         if op.kind is OpKind.CONV:
             return self._conv(op)
         if op.kind is OpKind.DEPTHWISE:
@@ -181,9 +195,31 @@ class Engine:
         stream = self._read_stream(op.scales.region, op.scales.address, op.scales.length)
         return decode_scales(stream, op.ofm.depth)
 
+    def _read_ifm(self, op: BlockOp) -> np.ndarray:
+        """The IFM as the kernel sees it: upscaled 2x when IFM_UPSCALE asks for it.
+
+        NEAREST repeats every element 2x2 (resize); TRANSPOSE puts each element at
+        the top-left of a 2x2 block of zero-point values (transpose convolution).
+        The upscaled size is what kernel, stride and padding imply.
+        """
+        ifm: np.ndarray = read_fm(self.memory, op.ifm, "IFM")
+        if not op.ifm_upscale:
+            return ifm
+        k = op.kernel
+        height = (
+            (op.ofm.height - 1) * k.stride_y + (k.height - 1) * k.dilation_y + 1 - op.padding.top - op.padding.bottom
+        )
+        width = (op.ofm.width - 1) * k.stride_x + (k.width - 1) * k.dilation_x + 1 - op.padding.left - op.padding.right
+        if op.ifm_upscale == 1:
+            up = np.repeat(np.repeat(ifm, 2, axis=0), 2, axis=1)
+        else:
+            up = np.full((ifm.shape[0] * 2, ifm.shape[1] * 2, ifm.shape[2]), op.ifm.zero_point, dtype=np.int64)
+            up[::2, ::2] = ifm
+        return up[:height, :width]
+
     def _padded_ifm(self, op: BlockOp) -> np.ndarray:
         """IFM minus its zero point, zero-padded so every kernel window is in range."""
-        ifm = read_fm(self.memory, op.ifm, "IFM") - op.ifm.zero_point
+        ifm = self._read_ifm(op) - op.ifm.zero_point
         p = op.padding
         return np.pad(ifm, ((p.top, p.bottom), (p.left, p.right), (0, 0)))
 
@@ -207,10 +243,10 @@ class Engine:
     def _output_stage(self, op: BlockOp, acc: np.ndarray) -> np.ndarray:
         if op.global_scale:
             scale, shift = op.ofm_scale
-            return _finish(op, rescale(acc, scale, shift, op.rounding))
+            return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
         scales = self._scales(op)
         acc = acc + scales.bias
-        return _finish(op, rescale(acc, scales.scale, scales.shift, op.rounding))
+        return _finish(op, rescale(acc, scales.scale, scales.shift, op.rounding), self.memory)
 
     def _conv(self, op: BlockOp) -> np.ndarray:
         weights = self._weights(op, op.ifm.depth).astype(np.float64)
@@ -235,30 +271,43 @@ class Engine:
         return self._output_stage(op, acc)
 
     def _pool(self, op: BlockOp) -> np.ndarray:
-        ifm = read_fm(self.memory, op.ifm, "IFM")
+        ifm = self._read_ifm(op)
         p = op.padding
+        pads = ((p.top, p.bottom), (p.left, p.right), (0, 0))
         if op.mode == "MAX":
-            lowest = np.iinfo(np.int64).min
-            padded = np.pad(ifm, ((p.top, p.bottom), (p.left, p.right), (0, 0)), constant_values=lowest)
-            out = None
+            padded = np.pad(ifm, pads, constant_values=np.iinfo(np.int64).min)
+            out: np.ndarray | None = None
             for _, _, view in self._windows(op, padded):
                 out = view.copy() if out is None else np.maximum(out, view)
             assert out is not None
-            # Max pooling rescales like a 1x1 average: subtract the IFM zero point first.
+            # Max pooling rescales like a 1x1 average: relative to the IFM zero point.
             acc = out - op.ifm.zero_point
             if op.global_scale:
-                return _finish(op, rescale(acc, op.ofm_scale[0], op.ofm_scale[1], op.rounding))
-            return _finish(op, acc)
-        if op.mode in ("AVERAGE", "REDUCE_SUM"):
-            if (p.top or p.left or p.bottom or p.right) and op.mode == "AVERAGE":
-                raise SimulationError("average pooling with padding is not modelled")
-            centred = ifm - op.ifm.zero_point
-            padded = np.pad(centred, ((p.top, p.bottom), (p.left, p.right), (0, 0)))
-            acc = np.zeros((op.ofm.height, op.ofm.width, op.ofm.depth), dtype=np.int64)
-            for _, _, view in self._windows(op, padded):
-                acc += view
+                return _finish(op, rescale(acc, op.ofm_scale[0], op.ofm_scale[1], op.rounding), self.memory)
+            return _finish(op, acc, self.memory)
+        if op.mode not in ("AVERAGE", "REDUCE_SUM"):
+            raise SimulationError(f"pooling mode {op.mode} is not modelled")
+        padded = np.pad(ifm - op.ifm.zero_point, pads)
+        acc = np.zeros((op.ofm.height, op.ofm.width, op.ofm.depth), dtype=np.int64)
+        for _, _, view in self._windows(op, padded):
+            acc += view
+        if op.mode == "REDUCE_SUM" or not (p.top or p.left or p.bottom or p.right):
             return self._output_stage(op, acc)
-        raise SimulationError(f"pooling mode {op.mode} is not modelled")
+        # A padded average divides by the number of valid (non-padding) elements at
+        # each position, as TFLite's AVERAGE_POOL_2D does, rounding half away from
+        # zero; the OFM scale (1 >> 0 from Vela) applies after.  Unpadded averages
+        # carry the reciprocal of the kernel size in OFM_SCALE instead.
+        ones = np.pad(np.ones((*ifm.shape[:2], 1), dtype=np.int64), pads)
+        count = np.zeros((op.ofm.height, op.ofm.width, 1), dtype=np.int64)
+        for _, _, view in self._windows(op, ones):
+            count += view
+        if np.any(count == 0):
+            raise SimulationError("average pooling window with no valid element")
+        half = count // 2
+        avg = np.where(acc >= 0, (acc + half) // count, -((-acc + half) // count))
+        if not op.global_scale:
+            return _finish(op, avg, self.memory)
+        return _finish(op, rescale(avg, op.ofm_scale[0], op.ofm_scale[1], op.rounding), self.memory)
 
     def _elementwise(self, op: BlockOp) -> np.ndarray:
         a = read_fm(self.memory, op.ifm, "IFM") - op.ifm.zero_point
@@ -288,16 +337,16 @@ class Engine:
                 plain2 = plain * (1 << (left - 1))
                 a2, b2 = (scaled2, plain2) if op.ifm_scale_mode == 1 else (plain2, scaled2)
             acc = a2 + b2 if mode == "ADD" else a2 - b2
-            return _finish(op, rescale(acc, scale, shift, op.rounding))
+            return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
         if mode == "MUL":
             bound = _max_abs(a) * _max_abs(b)
             acc = _as_exact(a, bound) * _as_exact(b, bound)
-            return _finish(op, rescale(acc, scale, shift, op.rounding))
+            return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
         if mode in ("MIN", "MAX"):
             acc = np.minimum(a, b) if mode == "MIN" else np.maximum(a, b)
             if op.global_scale:
-                return _finish(op, rescale(acc, scale, shift, op.rounding))
-            return _finish(op, acc)
+                return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
+            return _finish(op, acc, self.memory)
         if mode in ("SHL", "SHR"):
             raise SimulationError(f"elementwise {mode} is not modelled")
         raise SimulationError(f"elementwise {mode} is not modelled")
