@@ -25,6 +25,7 @@ from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
 from nirc.passes.pad_channels import PadChannelsPass
 from nirc.passes.propagate_transposes import PropagateTransposesPass
 from nirc.passes.prune_channels import PruneChannelsPass
+from nirc.passes.substitute_blocks import SubstituteBlocksPass
 
 from nirc.hookspecs import hookimpl
 from nirc.plugin import PassRegistry
@@ -53,6 +54,7 @@ BUILTIN_PASSES = (
     LegalizeResizePass,
     ApproximateGeluPass,
     DecomposeStridedConvPass,
+    SubstituteBlocksPass,
 )
 
 

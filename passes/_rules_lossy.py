@@ -30,6 +30,7 @@ more, and the report says how much was lost without it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -182,9 +183,25 @@ def _is_pointwise(conv: tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int
     return weight.shape[2:] == (1, 1) and strides == (1, 1) and not any(pads) and group == 1
 
 
-def _copy_activation(w: Writer, act: gs.Node, x: gs.Tensor, shape: Sequence[int] | None) -> gs.Tensor:
-    """A new node doing what ``act`` does (same op, attributes and constant operands) on ``x``."""
-    return w.node(act.op, "act", [x, *act.inputs[1:]], shape, dict(act.attrs))
+@dataclass(frozen=True)
+class ActivationSpec:
+    """An activation node's op, attributes and constant operands, as values (the node itself is replaced)."""
+
+    op: str
+    attrs: dict[str, Any]
+    operands: tuple[np.ndarray | None, ...]
+
+    @classmethod
+    def of(cls, node: gs.Node) -> ActivationSpec:
+        operands = tuple(const_value(input_at(node, i)) for i in range(1, len(node.inputs)))
+        return cls(node.op, dict(node.attrs), operands)
+
+    def emit(self, w: Writer, x: gs.Tensor) -> gs.Tensor:
+        """A new node doing what the activation did, on ``x``."""
+        inputs: list[gs.Tensor] = [x]
+        for i, value in enumerate(self.operands):
+            inputs.append(gs.Variable.empty() if value is None else w.const(f"act_arg{i}", value, value.dtype))
+        return w.node(self.op, "act", inputs, None, dict(self.attrs))
 
 
 def _measured(env: RuleEnv, match: Match, name: str, build: Build, note: str) -> Candidate:
@@ -254,6 +271,7 @@ class FuseInvertedBottleneckRule(Rule):
         assert g is not None
         wp, bp = lstsq(pixels(g), pixels(y))
         weight_p = wp.reshape(wp.shape[0], hidden, 1, 1)
+        act_spec = ActivationSpec.of(act1)
         fused_attrs = {
             "kernel_shape": list(k),
             "strides": list(strides),
@@ -267,7 +285,7 @@ class FuseInvertedBottleneckRule(Rule):
             (xt,), out = remove_block(gr, match)
             w = Writer(gr, namer, f"{base}_fused")
             h = w.conv("expand", xt, weight_f, bf, fused_attrs, None)
-            h = _copy_activation(w, act1, h, None)
+            h = act_spec.emit(w, h)
             w.conv("project", h, weight_p, bp, {"kernel_shape": [1, 1]}, None, output=out)
             return w.created
 
@@ -327,13 +345,15 @@ class UnfuseInvertedBottleneckRule(Rule):
         a = np.concatenate([cols, np.ones((*cols.shape[:2], 1))], axis=2).transpose(1, 0, 2)  # hidden, rows, k+1
         gram = a.transpose(0, 2, 1) @ a
         lam = RIDGE * np.maximum(np.trace(gram, axis1=1, axis2=2) / (kh * kw + 1), 1e-12)
-        solution = np.linalg.solve(gram + lam[:, None, None] * np.eye(kh * kw + 1), np.einsum("hrk,rh->hk", a, targets))
+        rhs = np.einsum("hrk,rh->hk", a, targets)[..., None]
+        solution = np.linalg.solve(gram + lam[:, None, None] * np.eye(kh * kw + 1), rhs)[..., 0]
         wd = solution[:, :-1].reshape(hidden, 1, kh, kw)
         bd = solution[:, -1]
         g = activate(act, conv_np(h1, wd, bd, strides, pads, group=hidden))
         assert g is not None
         wp, bp = lstsq(pixels(g), pixels(y))
         weight_p = wp.reshape(wp.shape[0], hidden, 1, 1)
+        act_spec = ActivationSpec.of(act)
         dw_attrs = {
             "kernel_shape": [kh, kw],
             "strides": list(strides),
@@ -347,9 +367,9 @@ class UnfuseInvertedBottleneckRule(Rule):
             (xt,), out = remove_block(gr, match)
             w = Writer(gr, namer, f"{base}_dw")
             t = w.conv("expand", xt, we, bias, {"kernel_shape": [1, 1]}, None)
-            t = _copy_activation(w, act, t, None)
+            t = act_spec.emit(w, t)
             t = w.conv("depthwise", t, wd, bd, dw_attrs, None)
-            t = _copy_activation(w, act, t, None)
+            t = act_spec.emit(w, t)
             w.conv("project", t, weight_p, bp, {"kernel_shape": [1, 1]}, None, output=out)
             return w.created
 

@@ -432,6 +432,7 @@ class SubstituteBlocksPass(Pass):
             return True
         logger.info("substitute-blocks: subgraph decisions do not pay off on the whole model; re-deciding")
         accepted = {d.key for d in self.decisions if d.chosen is not None}
+        self.summary["superseded"] = self._applied()
         model.graph = IRModel.from_proto(original, model.label).graph
         self.input_layouts.clear()
         self.decisions[:] = [d for d in self.decisions if d.chosen is None]
