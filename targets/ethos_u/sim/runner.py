@@ -124,14 +124,14 @@ def _cpu_op_model(model: container.VelaModel, op: container.OpInfo) -> bytes:
     return bytes(builder.Output())
 
 
-def _run_litert(data: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
+def _run_litert(data: bytes, feeds: list[np.ndarray], kernels: str = "reference") -> list[np.ndarray]:
+    """Run a (one-op) model on LiteRT; reference kernels are the ones TFLite Micro runs on the Cortex-M."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(
-        model_content=data,
-        num_threads=1,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    resolver = (
+        OpResolverType.BUILTIN_REF if kernels == "reference" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )
+    interpreter = Interpreter(model_content=data, num_threads=1, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     for detail, feed in zip(interpreter.get_input_details(), feeds, strict=True):
         interpreter.set_tensor(detail["index"], feed)
@@ -161,8 +161,16 @@ def run(
     keep_tensors: bool = False,
     seed: int = _GARBAGE_SEED,
     capture: bool = False,
+    cpu_kernels: str = "reference",
 ) -> SimulationResult:
-    """Simulate the whole graph; see :func:`simulate` for the plain-dict form."""
+    """Simulate the whole graph; see :func:`simulate` for the plain-dict form.
+
+    Args:
+        keep_tensors: also return every activation tensor by name.
+        seed: seed of the random bytes unwritten memory starts with.
+        capture: keep each NPU operation's computed OFM in the traces.
+        cpu_kernels: LiteRT kernels for CPU-fallback ops (``reference`` or ``optimized``).
+    """
     model = source if isinstance(source, container.VelaModel) else container.load(source)
     values: dict[int, np.ndarray] = {}
     names = {model.tensors[i].name: i for i in model.inputs}
@@ -189,7 +197,7 @@ def run(
                     raise SimulationError(f"op {op.index} ({op.opcode}): input {model.tensors[i].name!r} has no value")
                 feeds.append(values[i])
         try:
-            outs = _run_litert(_cpu_op_model(model, op), feeds)
+            outs = _run_litert(_cpu_op_model(model, op), feeds, cpu_kernels)
         except (RuntimeError, ValueError) as exc:
             raise SimulationError(f"CPU op {op.index} ({op.opcode}) failed in LiteRT: {exc}") from exc
         for i, out in zip(op.outputs, outs, strict=True):

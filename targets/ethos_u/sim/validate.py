@@ -119,7 +119,7 @@ def compare_with_reference(
 ) -> NpuValidation:
     """Simulate ``vela_tflite`` and compare it with LiteRT on ``int8_tflite`` for the same inputs."""
     model = container.load(vela_tflite)
-    produced = run(model, inputs).outputs
+    produced = run(model, inputs, cpu_kernels=kernels).outputs
     reference = run_reference(int8_tflite, inputs, kernels=kernels)
     scales = {model.tensors[i].name: model.tensors[i].scale for i in model.outputs}
     details = {

@@ -20,6 +20,11 @@ unsigned scale, 6-bit shift (``weight_compressor.encode_bias``).
 
 from __future__ import annotations
 
+import atexit
+import struct
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -35,6 +40,75 @@ _SUBKERNEL_MAX = 8  # ArchitectureFeatures.SubKernelMax
 
 class WeightStreamError(BackendError):
     """A weight or scale stream does not decode to what the operation needs."""
+
+
+# The MLW decoder calls exit() on a truncated or corrupt stream ("bitbuf_getbit:
+# underrun"), which would take the host process with it.  Streams taken from a
+# command stream are untrusted by definition (detecting corruption is the point),
+# so they are decoded in a long-lived child process that only imports the codec;
+# if it dies, the stream was corrupt and the next call starts a new one.
+_WORKER_SOURCE = """
+import struct, sys
+import numpy as np
+from ethosu import mlw_codec
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    head = inp.read(4)
+    if len(head) < 4:
+        break
+    (n,) = struct.unpack("<I", head)
+    values = np.asarray(mlw_codec.decode(bytearray(inp.read(n))), dtype="<i2")
+    out.write(struct.pack("<I", values.size))
+    out.write(values.tobytes())
+    out.flush()
+"""
+
+
+class _DecoderProcess:
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait(timeout=10)
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_SOURCE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        return self._proc
+
+    def decode(self, stream: bytes) -> np.ndarray:
+        with self._lock:
+            proc = self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(struct.pack("<I", len(stream)) + stream)
+                proc.stdin.flush()
+                head = proc.stdout.read(4)
+                if len(head) == 4:
+                    (count,) = struct.unpack("<I", head)
+                    data = proc.stdout.read(2 * count)
+                    if len(data) == 2 * count:
+                        return np.frombuffer(data, dtype="<i2").astype(np.int32)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.wait(timeout=10)
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            self._proc = None
+            raise WeightStreamError(f"weight stream does not decode ({err or 'decoder exited'})")
+
+
+_DECODER = _DecoderProcess()
 
 
 @dataclass(frozen=True)
@@ -212,10 +286,7 @@ def stream_positions(layout: WeightLayout) -> np.ndarray:
 
 def decode_weights(stream: bytes, layout: WeightLayout) -> np.ndarray:
     """Decode one stream into an OHWI int32 array (I = 1 for depthwise)."""
-    try:
-        values = np.asarray(mlw_codec.decode(bytearray(stream)), dtype=np.int32)
-    except Exception as exc:  # the C codec raises plain ValueError/RuntimeError on garbage
-        raise WeightStreamError(f"weight stream does not decode: {exc}") from exc
+    values = _DECODER.decode(stream)
     positions = stream_positions(layout)
     if values.size != positions.size:
         raise WeightStreamError(f"weight stream decodes to {values.size} values, the operation needs {positions.size}")
