@@ -162,6 +162,9 @@ class Rule(ABC):
     name: ClassVar[str]
     exact: ClassVar[bool]
     ops: ClassVar[tuple[str, ...]]
+    rematch_own: ClassVar[bool] = True
+    """Whether a block this rule wrote in the current run may match it again (a merged conv may merge with
+    the next one; a regrouped conv's coarser groupings were all candidates of the original already)."""
 
     @abstractmethod
     def matches(self, graph: gs.Graph) -> Iterator[Match]:

@@ -38,6 +38,7 @@ class GroupedConvRule(Rule):
     name = "grouped"
     exact = True
     ops = ("Conv",)
+    rematch_own = False
 
     def matches(self, graph: gs.Graph) -> Iterator[Match]:
         for node in list(graph.nodes):

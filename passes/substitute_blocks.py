@@ -294,8 +294,6 @@ class SubstituteBlocksPass(Pass):
             sink.extend(d.to_json() for d in self.decisions)
             if self.summary:
                 sink.append({"pass": "substitute-blocks", "summary": dict(self.summary)})
-        if changed and any(isinstance(t, gs.Variable) and t.shape is None for t in model.graph.tensors().values()):
-            model.refresh_shapes()
         return changed
 
     # -- search ---------------------------------------------------------------------
@@ -311,6 +309,7 @@ class SubstituteBlocksPass(Pass):
         """Greedy: decide the first undecided match, apply it if it wins, re-match; until nothing is left."""
         seen: set[tuple[str, tuple[str, ...]]] = set()
         lossy_made: set[str] = set()
+        made_by: dict[str, set[str]] = {}
         changed = False
         for _ in range(_MAX_ROUNDS):
             applied = False
@@ -320,6 +319,8 @@ class SubstituteBlocksPass(Pass):
                         continue
                     if not rule.exact and lossy_made.intersection(match.nodes):
                         continue  # never re-substitute what a lossy rule just wrote (no fuse/unfuse ping-pong)
+                    if not rule.rematch_own and made_by.get(rule.name, set()).intersection(match.nodes):
+                        continue  # its candidates were costed already, as candidates of the original block
                     seen.add(match.key)
                     decision, chosen = self._decide(model, rule, match, judge, env, scope)
                     self.decisions.append(decision)
@@ -327,6 +328,9 @@ class SubstituteBlocksPass(Pass):
                         continue
                     created = chosen.build(model.graph, Namer(model.graph))
                     model.graph.cleanup().toposort()
+                    if _unshaped(model):
+                        model.refresh_shapes()  # later matches read shapes of the tensors just written
+                    made_by.setdefault(rule.name, set()).update(created)
                     if not rule.exact:
                         lossy_made.update(created)
                     if chosen.input_layout is not None:
@@ -444,6 +448,10 @@ class SubstituteBlocksPass(Pass):
 
     def _applied(self) -> list[str]:
         return [f"{d.rule}:{d.output}:{d.chosen}" for d in self.decisions if d.chosen is not None]
+
+
+def _unshaped(model: IRModel) -> bool:
+    return any(isinstance(t, gs.Variable) and t.shape is None for t in model.graph.tensors().values())
 
 
 def _improvement(before: CostLike, after: CostLike) -> str:

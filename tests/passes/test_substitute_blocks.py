@@ -241,3 +241,10 @@ def test_grouped_model_is_never_slower_on_the_whole_model(block_models: ModuleTy
     assert all(c.cost is not None for d in pass_.decisions for c in d.candidates)
     assert cost_key(estimate(after, TARGET)) <= cost_key(estimate(before, TARGET))
     assert_same_function(before, after, rtol=1e-4, atol=1e-4)
+
+
+def test_block_models_build_deterministically(block_models: ModuleType) -> None:
+    for name in block_models.MODELS:
+        first, second = block_models.build(name), block_models.build(name)
+        assert first.SerializeToString() == second.SerializeToString()
+        onnx.checker.check_model(first, full_check=True)
