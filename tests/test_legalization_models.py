@@ -162,6 +162,15 @@ LOWERINGS: dict[str, tuple[str, str, str, dict[str, str], dict[str, int]]] = {
     "channel-strided slice": (
         "y = Slice (x, starts, ends, axes, steps)", "1,10,4,4", "1,3,4,4",
         {"starts": "1", "ends": "10", "axes": "1", "steps": "3"}, {"STRIDED_SLICE": 1, "RESHAPE": 2}),
+    "log-softmax over channels": (
+        "y = LogSoftmax <axis = 1> (x)", "1,10,4,4", "1,10,4,4", {}, {"SOFTMAX": 1, "LOG": 1}),
+    "log-softmax of logits": ("y = LogSoftmax <axis = 1> (x)", "1,10", "1,10", {}, {"SOFTMAX": 1, "LOG": 1}),
+    "MatMul by a [1, K, N] weight": ("y = MatMul (x, w3)", "1,16,32", "1,16,8", {}, {"RESHAPE": 2,
+                                                                                  "FULLY_CONNECTED": 1}),
+    "Sigmoid, Tanh, HardSwish, LeakyReLU, SiLU, HardSigmoid": (
+        "a = Sigmoid (x) b = Tanh (a) c = HardSwish (b) d = LeakyRelu <alpha = 0.1> (c) s = Sigmoid (d) "
+        "e = Mul (d, s) y = HardSigmoid (e)", "1,8,4,4", "1,8,4,4", {},
+        {"LOGISTIC": 2, "MUL": 2, "TANH": 1, "HARD_SWISH": 1, "LEAKY_RELU": 1, "ADD": 1, "RELU_0_TO_1": 1}),
     "channel shuffle": (
         "r = Reshape (x, grouped) t = Transpose <perm = [0, 2, 1, 3, 4]> (r) y = Reshape (t, flat)", "1,8,4,4",
         "1,8,4,4", {"grouped": "1, 2, 4, 4, 4", "flat": "1, 8, 4, 4"}, {"RESHAPE": 2, "TRANSPOSE": 1}),
@@ -175,6 +184,9 @@ def _probe(body: str, x: str, y: str, ints: dict[str, str]) -> onnx.ModelProto:
     for key, value in FLOATS.items():
         if key in used:
             proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.float32), key))
+    if "w3" in used:
+        weight = (np.random.default_rng(5).standard_normal((1, 32, 8)) * 0.2).astype(np.float32)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w3"))
     for key, text in ints.items():
         values = np.array([int(v) for v in text.split(",")], np.int64)
         proto.graph.initializer.append(onnx.numpy_helper.from_array(values, key))

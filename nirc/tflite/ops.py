@@ -67,6 +67,7 @@ LOWERINGS: dict[str, OpRule] = {
     "HardSwish": OpRule(ops_act.lower_hard_swish),
     "HardSigmoid": OpRule(ops_act.lower_hard_sigmoid),
     "Softmax": OpRule(ops_act.lower_softmax, check=ops_act.check_softmax, fixed=_softmax_fixed),
+    "LogSoftmax": OpRule(ops_act.lower_log_softmax, check=ops_act.check_softmax),
     "Identity": OpRule(ops_act.lower_identity, ties=tie_input_outputs, alias=True),
     "Dropout": OpRule(ops_act.lower_identity, check=ops_act.check_dropout, ties=_dropout_ties, alias=True),
     "Reshape": _RESHAPE,

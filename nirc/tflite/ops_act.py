@@ -1,5 +1,5 @@
 """Activations and pass-throughs: Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSwish,
-HardSigmoid, Softmax, Identity, Dropout.
+HardSigmoid, Softmax, LogSoftmax, Identity, Dropout.
 
 Only activations that could not be fused into their producer reach these
 lowerings (see :mod:`nirc.tflite.fusion`).  Clip bounds that match a TFLite builtin
@@ -164,6 +164,26 @@ def lower_softmax(em: Emitter, node: onnx.NodeProto) -> None:
     moved = em.value(node.input[0], want)
     y = em.define(name, perm=want)
     em.op(Op.SOFTMAX, [moved.tensor], [y.tensor], opts)
+
+
+def lower_log_softmax(em: Emitter, node: onnx.NodeProto) -> None:
+    """LogSoftmax as SOFTMAX then LOG: Vela has no LOG_SOFTMAX on the NPU, but runs both of these.
+
+    ``log(softmax(x))`` is the definition, so in float32 it is exact up to rounding.  In
+    int8 SOFTMAX's output step is fixed at 1/256, so log-probabilities below about
+    ``log(1/512) = -6.2`` saturate: fine for the top classes, not for tiny ones.
+    """
+    name = node.output[0]
+    x = em.value(node.input[0])
+    rank = len(x.onnx_shape)
+    axis = attr_int(node, "axis", -1)
+    axis = axis + rank if axis < 0 else axis
+    perm = x.perm if stored_axis(axis, x.perm) == rank - 1 else (*(p for p in x.perm if p != axis), axis)
+    src = em.value(node.input[0], perm)
+    probs = em.new_tensor(f"{name}/softmax", src.stored_shape, SIGMOID_QPARAMS if em.int8 else None)
+    em.op(Op.SOFTMAX, [src.tensor], [probs], Options("SoftmaxOptions", (("Beta", 1.0),)))
+    y = em.define(name, perm=perm)
+    em.op(Op.LOG, [probs], [y.tensor])
 
 
 def lower_identity(em: Emitter, node: onnx.NodeProto) -> None:

@@ -40,7 +40,7 @@ def check_matmul(info: GraphInfo, node: onnx.NodeProto) -> str | None:
     b = info.consts.get(node.input[1]) if node.input[1] in info.consts else None
     if not info.is_const(node.input[1]):
         return "B is not a constant (only constant-weight MatMul maps to FULLY_CONNECTED)"
-    if b is not None and b.ndim > 2:
+    if b is not None and b.ndim > 2 and any(d != 1 for d in b.shape[:-2]):
         return "batched (>2-D) constant B is not supported"
     if not info.has_shape(node.input[0]):
         return "A shape unknown"
@@ -116,6 +116,8 @@ def lower_gemm(em: Emitter, node: onnx.NodeProto) -> None:
 
 def lower_matmul(em: Emitter, node: onnx.NodeProto) -> None:
     bmat = np.asarray(em.const(node.input[1]), np.float32)
+    if bmat.ndim > 2:  # [1, ..., 1, K, N]: one weight broadcast over every batch (check_matmul)
+        bmat = bmat.reshape(bmat.shape[-2:])
     weight = bmat.reshape(-1, 1).T if bmat.ndim == 1 else bmat.T
     units, depth = weight.shape
     act, out_name = em.activation(node)

@@ -204,11 +204,15 @@ def _predict_with_vela(data: bytes, target: Target, table: ConstraintTable) -> l
 
 
 def observed_placement(tflite: bytes | str | Path, cpu_op_list: Sequence[Any], target: Target) -> list[Placement]:
-    """Placement as a finished Vela compile reports it (``VelaResult.cpu_op_list``).
+    """Placement as a finished Vela compile reports it.
 
     Use it to put the compile nirc already ran into the same form as a prediction.
+    ``cpu_op_list`` is ``VelaResult.cpu_op_list`` or its JSON form (``report["vela"]["cpu_op_list"]``).
     """
-    cpu = {op.name: (op.op_type, [op.reason]) for op in cpu_op_list}
+    cpu: dict[str, tuple[str, list[str]]] = {}
+    for op in cpu_op_list:
+        row = op if isinstance(op, dict) else vars(op)
+        cpu[str(row["name"])] = (str(row["op_type"]), [str(row["reason"])])
     return _merge(_tflite_ops(_read(tflite)), cpu, constraint_table(target))
 
 
@@ -241,8 +245,9 @@ def _cpu(name: str, op_type: str, reasons: Sequence[str], table: ConstraintTable
 
 def _predict_with_python(data: bytes, table: ConstraintTable) -> list[Placement]:
     checks = {c.name: c for c in python_checks(data)}
+    ops = _tflite_ops(data)
     cpu: dict[str, tuple[str, list[str]]] = {}
-    for name, op_type in _tflite_ops(data):
+    for name, op_type in ops:
         check = checks.get(name)
         if not table.supported(op_type):
             cpu[name] = (op_type, [])
@@ -250,7 +255,7 @@ def _predict_with_python(data: bytes, table: ConstraintTable) -> list[Placement]
             cpu[name] = (op_type, [v.text() for v in check.violations])
         # An op type Regor supports but the Python checker does not know (GELU, BATCH_MATMUL, ...)
         # has no Python constraints to run: it is predicted on the NPU.
-    return _merge(_tflite_ops(data), cpu, table)
+    return _merge(ops, cpu, table)
 
 
 # --------------------------------------------------------------------------- comparison and report
@@ -295,11 +300,10 @@ def placement_report(
     entries: list[dict[str, Any]] = []
     for name in dict.fromkeys([*pred, *obs]):
         p, o = pred.get(name), obs.get(name)
-        if (p is None or p.on_npu) and (o is None or o.on_npu):
+        cpu = [x for x in (o, p) if x is not None and not x.on_npu]  # Vela's own words first
+        if not cpu:
             continue
-        source = o if o is not None and not o.on_npu else p
-        assert source is not None
-        entry = source.to_json()
+        entry = cpu[0].to_json()
         del entry["placement"]
         entry["predicted"] = None if p is None else ("NPU" if p.on_npu else "CPU")
         entry["observed"] = None if observed is None else ("NPU" if o is None or o.on_npu else "CPU")
@@ -312,3 +316,52 @@ def summary(placements: Sequence[Placement]) -> dict[str, int]:
     """Counts for a report header: ops, NPU ops, CPU ops."""
     npu = sum(1 for p in placements if p.on_npu)
     return {"ops": len(placements), "npu_ops": npu, "cpu_ops": len(placements) - npu}
+
+
+def placement_section(
+    tflite: bytes | str | Path,
+    target: Target,
+    cpu_op_list: Sequence[Any] | None = None,
+    *,
+    engine: Engine = "python",
+) -> dict[str, Any]:
+    """The ``placement`` section of ``report.json`` (and of ``nirc analyze --json``).
+
+    Args:
+        tflite: the int8 TFLite nirc emitted (what Vela compiles).
+        target: the Ethos-U target.
+        cpu_op_list: Vela's CPU ops when it compiled the model (``VelaResult.cpu_op_list`` or
+            ``report["vela"]["cpu_op_list"]``), or None before/without compiling.
+        engine: the prediction engine (see :func:`predict_placement`).
+
+    Returns:
+        ``{"engine", "architecture", "predicted": {ops, npu_ops, cpu_ops}, "observed": {...} | None,
+        "agree": bool | None, "cpu_ops": placement_report(...)}``.
+    """
+    data = _read(tflite)
+    predicted = predict_placement(data, target, engine=engine)
+    observed = observed_placement(data, cpu_op_list, target) if cpu_op_list is not None else None
+    return {
+        "engine": engine,
+        "architecture": constraint_table(target).architecture,
+        "predicted": summary(predicted),
+        "observed": summary(observed) if observed is not None else None,
+        "agree": None if observed is None else not compare(predicted, observed),
+        "cpu_ops": placement_report(predicted, observed),
+    }
+
+
+def model_placement(
+    proto: Any, target: Target, *, engine: Engine = "python", samples: int = 4
+) -> tuple[bytes, list[Placement]]:
+    """Emit an optimized ONNX model to int8 TFLite (synthetic calibration) and predict its placement.
+
+    For ``nirc analyze``: placement depends on shapes and operator choices, not on the
+    int8 ranges, so a few synthetic samples suffice.
+    """
+    from nirc.backend import emit, input_shapes
+    from nirc.quant import load_calibration
+
+    calib = load_calibration(None, input_shapes(proto), count=samples)
+    data = emit(proto, dtype="int8", calib=calib).tflite.data
+    return data, predict_placement(data, target, engine=engine)

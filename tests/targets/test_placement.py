@@ -9,8 +9,10 @@ import pytest
 from nirc.targets.ethos_u.placement import (
     Placement,
     compare,
+    model_placement,
     observed_placement,
     placement_report,
+    placement_section,
     predict_placement,
     suggest_fix,
     summary,
@@ -171,3 +173,23 @@ def test_bad_arguments(tmp_path: Path) -> None:
         predict_placement(tmp_path / "missing.tflite", U65)
     with pytest.raises(ValueError, match="engine"):
         predict_placement(b"", U65, engine="guess")  # type: ignore[arg-type]
+
+
+def test_report_section_with_and_without_a_compile(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
+    path, observed = probes["resize_x3"]
+    cpu_json = [{"name": p.op_name, "op_type": p.op_type, "reason": p.reasons[0]} for p in observed if not p.on_npu]
+    section = placement_section(path, U65, cpu_json)
+    assert section["architecture"] == "EthosU65" and section["engine"] == "python"
+    assert section["predicted"] == section["observed"] == {"ops": 1, "npu_ops": 0, "cpu_ops": 1}
+    assert section["agree"] is True and section["cpu_ops"][0]["observed"] == "CPU"
+    before = placement_section(path, U65)
+    assert before["observed"] is None and before["agree"] is None and before["cpu_ops"][0]["predicted"] == "CPU"
+
+
+def test_model_placement_emits_and_predicts() -> None:
+    proto = IRModel.load(
+        onnx.parser.parse_model(HEADER + "g (float[1,4,8,8] x) => (float[1,4,8,8] y) { y = HardSwish (x) }")
+    ).to_proto()
+    data, placements = model_placement(proto, U65)
+    assert data[4:8] == b"TFL3"
+    assert [(p.op_type, p.on_npu) for p in placements] == [("HARD_SWISH", True)]
