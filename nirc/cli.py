@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calib_args(p)
     p.add_argument("--io", choices=("int8", "float32"), default="int8", help="model input/output type")
     p.add_argument("--no-compile", action="store_true", help="stop after the int8 TFLite (skip Vela)")
+    p.add_argument(
+        "--validate",
+        choices=("sim", "fvp", "none"),
+        default="sim",
+        help="execute Vela's output: in nirc's NPU functional model (default), on a Corstone FVP "
+        "(falls back to sim when none is installed), or not at all",
+    )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     shown.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -150,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in cost_cli.COMMANDS.items():
         cost_cli.add_arguments(sub.add_parser(name, help=text), name)
+
+    p = sub.add_parser("validate", help="execute a Vela-compiled model and compare it with its int8 TFLite")
+    p.add_argument("vela_tflite", type=Path, help="MODEL_vela.tflite")
+    p.add_argument("int8_tflite", type=Path, help="the MODEL_int8.tflite Vela compiled")
+    p.add_argument("--method", choices=("sim", "fvp"), default="sim")
+    p.add_argument("--target", default="ethos-u65", help="for --method fvp: which FVP to use")
+    p.add_argument("--samples", type=int, default=3, help="random int8 inputs to compare on")
+    p.add_argument("--describe", action="store_true", help="print the decoded NPU command stream and stop")
 
     sub.add_parser("passes", help="list registered passes")
     sub.add_parser("targets", help="list registered targets")
@@ -291,6 +306,7 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
         calibration=_calibration(args),
         io_dtype=args.io,
         compile=not args.no_compile,
+        validate_npu=args.validate,
         require_fit=False,  # show the summary first, then fail
         registry=registry,
         progress=_progress if not (args.quiet or args.json) else lambda _message: None,
@@ -325,6 +341,10 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         for out in validation.get(key, []):
             top1 = f"   top-1 agreement {out['top1_agreement']:.0%}" if out["top1_agreement"] is not None else ""
             write(f"int8 vs {what} '{out['name']}': SNR {out['snr_db']} dB{top1}\n")
+    npu = validation.get("npu")
+    if npu and "bit_exact" in npu:
+        verdict = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']} LSB"
+        write(f"compiled NPU model ({npu['method']}) vs int8 TFLite: {verdict} on {npu['samples']} inputs\n")
     vela = report["vela"]
     if vela:
         write(
@@ -356,6 +376,41 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     tmp.replace(output)
     sys.stdout.write(f"wrote {output} ({len(result.tflite.data):,} bytes, {args.dtype})\n")
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
+    import numpy as np
+
+    from nirc.targets.ethos_u import sim
+
+    for path in (args.vela_tflite, args.int8_tflite):
+        if not path.is_file():
+            raise NircError(f"{path}: no such file")
+    if args.describe:
+        sys.stdout.write(sim.describe(args.vela_tflite) + "\n")
+        return 0
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(args.int8_tflite)).get_input_details()
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    exact = True
+    for _ in range(args.samples):
+        feed = {d["name"]: rng.integers(-128, 128, size=d["shape"], dtype=np.int8) for d in details}
+        if args.method == "fvp":
+            from nirc.targets.ethos_u.fvp import validate_fvp
+
+            target = registry.get_target(args.target)
+            result = validate_fvp(args.vela_tflite, args.int8_tflite, feed, target.name)
+        else:
+            result = sim.compare_with_reference(args.vela_tflite, args.int8_tflite, feed)
+        worst = max(worst, result.max_abs_diff_lsb)
+        exact = exact and result.bit_exact
+        where = f", first at {result.first_divergence}" if result.first_divergence else ""
+        verdict = f"bit-exact {result.bit_exact}, max diff {result.max_abs_diff_lsb} LSB{where}"
+        sys.stdout.write(f"{result.method}: {verdict}\n")
+    sys.stdout.write(f"{'bit-exact' if exact else f'max difference {worst} LSB'} on {args.samples} random inputs\n")
+    return 0 if worst <= 1 else 1
 
 
 def _cmd_passes(registry: Registry) -> int:
@@ -390,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_optimize(args, registry)
         if args.command == "convert":
             return _cmd_convert(args)
+        if args.command == "validate":
+            return _cmd_validate(args, registry)
         if args.command in cost_cli.COMMANDS:
             return cost_cli.run(args)
         if args.command == "passes":

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 
 ChannelRounding = Literal["off", "pad", "prune"]
+NPU_CHECK_SAMPLES = 2
+"""Inputs the compiled artifact is executed on: the functional model takes seconds per input."""
 
 
 def select_passes(
@@ -114,6 +116,7 @@ def optimize(
     calibration: CalibrationOptions | None = None,
     io_dtype: Literal["int8", "float32"] = "int8",
     compile: bool = True,
+    validate_npu: Literal["sim", "fvp", "none"] = "sim",
     require_fit: bool = True,
     registry: Registry | None = None,
     progress: Callable[[str], None] = lambda _message: None,
@@ -176,6 +179,15 @@ def optimize(
         if compile:
             progress(f"compiling with Vela for {tgt.name}")
             vela_json, fits = _compile(int8_path, tgt, staging, stem, after)
+            if validate_npu != "none":
+                from nirc.targets.ethos_u.npu_check import check_npu_artifact
+
+                progress(f"executing the compiled NPU model ({validate_npu}) against the int8 TFLite")
+                npu = check_npu_artifact(
+                    validate_npu, tgt, staging / f"{stem}_vela.tflite", int8_path, emitted.tflite,
+                    list(calib.samples[:NPU_CHECK_SAMPLES]), warnings,
+                )
+                validation["npu"] = npu
         report = build_report(
             source=label,
             target=tgt,

@@ -9,7 +9,9 @@ Schema (version 1), top-level keys:
   calibration {source, synthetic, samples, method},
   validation {samples, outputs [{name, snr_db, max_abs_error_steps, top1_agreement, low_snr}]
               (int8 vs the float model after the passes), outputs_vs_original [...] (only when a
-              lossy pass changed the model: int8 vs the float input model)},
+              lossy pass changed the model: int8 vs the float input model),
+              npu {method (sim|fvp), samples, bit_exact, bit_exact_samples, max_abs_diff_lsb,
+                   first_divergence, details} (Vela's output executed vs LiteRT on the int8 TFLite)},
   vela (null with --no-compile) {inference_time_ms, cycles_total, cycles_npu, sram_used_kib, dram_used_kib,
         dram_feature_map_read_bytes, dram_feature_map_write_bytes, dram_weight_bytes, nn_macs, npu_ops,
         cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},

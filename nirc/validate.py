@@ -21,7 +21,8 @@ SNR_WARN_DB = 20.0
 """Below this an int8 output is flagged: roughly 10% RMS error relative to the signal."""
 
 
-def _to_tflite(io: TensorIO, array: np.ndarray) -> np.ndarray:
+def to_tflite_layout(io: TensorIO, array: np.ndarray) -> np.ndarray:
+    """An ONNX-layout float array as the TFLite tensor expects it (transposed, quantized)."""
     data = array.reshape(io.onnx_shape)
     if io.perm is not None:
         data = data.transpose(io.perm)
@@ -59,7 +60,7 @@ def run_tflite(model: TFLiteModel, feeds: Sequence[dict[str, np.ndarray]]) -> li
     results = []
     for feed in feeds:
         for io, detail in zip(model.inputs, in_details, strict=True):
-            interpreter.set_tensor(detail["index"], _to_tflite(io, feed[io.name]))
+            interpreter.set_tensor(detail["index"], to_tflite_layout(io, feed[io.name]))
         interpreter.invoke()
         pairs = zip(model.outputs, out_details, strict=True)
         results.append([_from_tflite(io, interpreter.get_tensor(d["index"])) for io, d in pairs])

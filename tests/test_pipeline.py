@@ -181,3 +181,32 @@ def test_lossy_prune_is_measured_against_the_original(tmp_path: Path, capsys: py
     assert record["exact"] is False and record["changed"] is True and record["decisions"]
     assert report["validation"]["outputs_vs_original"][0]["snr_db"] < report["validation"]["outputs"][0]["snr_db"]
     assert main(["optimize", str(model), "-o", str(tmp_path / "p"), "--prune-ratio", "0.3"]) == 2
+
+
+def test_compiled_npu_model_is_executed(example_run: tuple[Path, dict[str, object]]) -> None:
+    """Vela's output runs in the functional model and matches LiteRT on the int8 TFLite."""
+    out, report = example_run
+    npu = report["validation"]["npu"]  # type: ignore[index]
+    assert npu["method"] == "sim" and npu["samples"] == 2
+    assert npu["max_abs_diff_lsb"] <= 1
+    vela, int8 = out / "tiny_cnn_vela.tflite", out / "tiny_cnn_int8.tflite"
+    assert main(["validate", str(vela), str(int8), "--samples", "2"]) == 0
+
+
+def test_validate_subcommand_detects_a_corrupted_artifact(
+    example_run: tuple[Path, dict[str, object]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = example_run
+    good = (out / "tiny_cnn_vela.tflite").read_bytes()
+    int8 = out / "tiny_cnn_int8.tflite"
+    # Flip bytes in the middle of the file (weights / command stream live in the custom op's buffers).
+    for offset in range(len(good) // 3, len(good) // 3 + 400, 7):
+        bad = bytearray(good)
+        bad[offset] ^= 0x5A
+        path = tmp_path / "bad_vela.tflite"
+        path.write_bytes(bytes(bad))
+        if main(["validate", str(path), str(int8), "--samples", "1"]) != 0:
+            break
+    else:
+        pytest.fail("no corruption among 58 flipped bytes was detected")
+    capsys.readouterr()
