@@ -14,10 +14,11 @@ silently.  Vela 5 ships two sources, and nirc uses both for what each is good at
   legacy core's): each constraint is a small function whose docstring is the reason
   shown to users.  :func:`python_checks` reads the TFLite file with Vela's own
   ``tflite_reader`` and runs those functions on the graph exactly as the legacy core
-  does, without compiling.  It is an approximation of Regor's decisions (the two
-  cores differ, e.g. Regor runs any int8 TRANSPOSE and 5-D shapes on the NPU but
-  rejects MEAN over depth unless H, W or C is 1); ``placement.py`` measures the
-  difference instead of hiding it.
+  does, without compiling.  It approximates Regor's decisions: the two cores differ
+  (Regor runs most int8 TRANSPOSEs and strides above 3 with VALID padding on the NPU),
+  so the legacy checks Regor words differently are replaced by small functions whose
+  docstring is Regor's own sentence (:data:`REGOR_RULES`, applied only where the
+  target's table carries that sentence); ``placement.py`` measures what remains.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from nirc.errors import BackendError
 from nirc.target import Target
@@ -182,13 +185,17 @@ class OpCheck:
         return not self.cpu_only and not self.violations
 
 
-def python_checks(tflite: bytes | str | Path) -> list[OpCheck]:
+def python_checks(tflite: bytes | str | Path, table: ConstraintTable | None = None) -> list[OpCheck]:
     """Run Vela's Python semantic and supported-operator checks on a TFLite model.
 
     The graph is read with Vela's own ``tflite_reader``, and the rewrites the legacy
     core applies before its check (quantize folding, Shape to constant, weight
     zero-point fix-up, pool-stride fix-up) run first, so each constraint function sees
     the op exactly as it would in ``vela --debug-force-legacy-core``.
+
+    With ``table`` (Regor's constraints for the target), each legacy check that Regor
+    words differently is replaced by the function stating Regor's rule (see
+    :data:`REGOR_RULES`), where that op's entry in the table carries the sentence.
     """
     from ethosu.vela import rewrite_graph, tflite_model_semantic, tflite_reader
     from ethosu.vela import tflite_graph_optimiser as optimiser
@@ -242,7 +249,7 @@ def python_checks(tflite: bytes | str | Path) -> list[OpCheck]:
                 if op.type not in TFLiteSupportedOperators.supported_operators:
                     results.append(OpCheck(name, op_type, tuple(violations), cpu_only=True))
                     continue
-                violations += _supported_violations(checker, op)
+                violations += _supported_violations(checker, op, _overrides(table, op_type))
                 results.append(OpCheck(name, op_type, tuple(violations)))
     return results
 
@@ -276,11 +283,74 @@ def _semantic_violations(semantic: Any, op: Any, op_enum: Any) -> list[Violation
     return [v for v in found if v is not None]
 
 
-def _supported_violations(checker: Any, op: Any) -> list[Violation]:
+def _supported_violations(checker: Any, op: Any, overrides: Mapping[str, _Check]) -> list[Violation]:
     """``TFLiteSupportedOperators.is_operator_supported``, collecting every failure."""
     exceptions = checker.generic_constraints_exceptions[op.type]
-    checks: Sequence[Callable[[Any], tuple[bool, Any]]] = [
-        c for c in checker.generic_constraints if c not in exceptions
-    ]
-    found = [_run(c, op) for c in (*checks, *checker.specific_constraints[op.type])]
-    return [v for v in found if v is not None]
+    checks: Sequence[_Check] = [c for c in checker.generic_constraints if c not in exceptions]
+    checks = [*checks, *checker.specific_constraints[op.type]]
+    found = [_run(overrides.get(c.__name__, c), op) for c in dict.fromkeys(checks)]
+    return [v for v in dict.fromkeys(found) if v is not None]
+
+
+# --------------------------------------------------------------------------- Regor's wording of legacy checks
+
+_Check = Callable[[Any], tuple[bool, Any]]
+_MAX_AXIS_PRODUCT = 2**16
+_NATIVE_STRIDE = 3
+
+
+def regor_stride(op: Any) -> tuple[bool, str]:
+    """Stride>3 is only supported IF (dilation = 1 AND padding = VALID)"""
+    stride_w, stride_h = op.get_kernel_stride()
+    if max(stride_w, stride_h) <= _NATIVE_STRIDE:
+        return True, ""
+    dilation_w, dilation_h = op.get_kernel_dilation()
+    padding = op.attrs.get("padding")
+    valid = dilation_w == dilation_h == 1 and (padding is None or getattr(padding, "name", "") == "VALID")
+    return valid, f"Op has stride {stride_w}x{stride_h}, dilation {dilation_w}x{dilation_h}, padding {padding}"
+
+
+# Regor names output layouts of an NHWC tensor; as permutations of its last three axes (H, W, C) = (0, 1, 2).
+_NAMED_LAYOUTS = {(1, 0, 2), (0, 2, 1), (2, 1, 0), (1, 2, 0), (2, 0, 1)}  # NWHC, NHCW, NCWH, NWCH, NCHW
+
+
+def regor_transpose(op: Any) -> tuple[bool, str]:
+    """Product of any N-2 axes in a rank N tensor must be less than or equal to 2^16."""
+    from ethosu.vela.data_type import DataType
+
+    shape = [int(d) for d in op.inputs[0].shape]
+    perm = [int(p) for p in op.inputs[1].values.reshape(-1)] if op.inputs[1].values is not None else []
+    detail = f"Op has ifm_shape: {shape} and permutation is: {perm}"
+    if op.inputs[0].dtype not in (DataType.int8, DataType.int16) or len(perm) != len(shape):
+        return False, detail  # only int8/int16 transposes are judged here; other types: the stricter legacy rule
+    rank = len(shape)
+    if perm == list(range(rank)):
+        return True, detail
+    outer = rank - 3
+    if rank >= 3 and perm[:outer] == list(range(outer)) and all(d == 1 for d in shape[:outer]):
+        last = tuple(p - outer for p in perm[outer:])
+        if last in _NAMED_LAYOUTS:
+            return all(d <= _MAX_AXIS_PRODUCT for d in shape[outer:]), detail
+    if rank <= 2:
+        return True, detail
+    from itertools import combinations
+
+    products = (int(np.prod(c)) for c in combinations(shape, rank - 2))
+    return all(p <= _MAX_AXIS_PRODUCT for p in products), detail
+
+
+#: Legacy check name -> the function stating Regor's rule for the same property.
+REGOR_RULES: dict[str, _Check] = {
+    "constraint_stride_range": regor_stride,
+    "constraint_stride_width_no_upper_limit": regor_stride,
+    "constraint_stride_range_no_padding": regor_stride,
+    "constraint_transpose": regor_transpose,
+}
+
+
+def _overrides(table: ConstraintTable | None, op_type: str) -> dict[str, _Check]:
+    """The Regor rules that apply to ``op_type``: those whose sentence its table entry carries."""
+    if table is None:
+        return {}
+    stated = _collapse(" ".join(table.constraints(op_type)))
+    return {name: rule for name, rule in REGOR_RULES.items() if _doc(rule) in stated}

@@ -6,6 +6,13 @@ from pathlib import Path
 
 import onnx.parser
 import pytest
+from nirc.targets.ethos_u.constraints import (
+    REGOR_RULES,
+    constraint_table,
+    python_checks,
+    regor_stride,
+    regor_transpose,
+)
 from nirc.targets.ethos_u.placement import (
     Placement,
     compare,
@@ -37,11 +44,13 @@ PROBES = {
     "mean_prime_width": (  # CPU: a reduced axis of 4099 (prime: no a x b view below 4096)
         "a = Constant <value = int64[2] {2, 3}> () y = ReduceMean <keepdims = 1> (x, a)", "1,2,1,4099", "1,2,1,1"),
     "maxpool_300": ("y = MaxPool <kernel_shape = [300, 300]> (x)", "1,2,300,300", "1,2,1,1"),  # CPU: kernel > 256
+    "maxpool_stride_4": (  # NPU (explicit PAD + VALID); the legacy rule wants strides <= 3
+        "y = MaxPool <kernel_shape = [3, 3], strides = [4, 4], pads = [1, 1, 0, 0]> (x)", "1,8,16,16", "1,8,4,4"),
     "conv_relu_gelu": (  # NPU: conv, GELU (exact, from the erf pattern)
         """c = Conv <kernel_shape = [1, 1]> (x, w)
            d = Div (c, sqrt2) e = Erf (d) a = Add (e, one) m = Mul (c, a) y = Mul (m, half)""",
         "1,8,4,4", "1,8,4,4"),
-    "shuffle": (  # NPU: the emitter's one 4-D TRANSPOSE (the Python checker disagrees)
+    "shuffle": (  # NPU: the emitter's one 4-D TRANSPOSE (legacy's own transpose rule would disagree)
         """r = Reshape (x, grouped) t = Transpose <perm = [0, 2, 1, 3, 4]> (r) y = Reshape (t, flat)""",
         "1,8,4,4", "1,8,4,4"),
 }  # fmt: skip
@@ -94,14 +103,18 @@ def test_vela_engine_prediction_equals_the_compile(probes: dict[str, tuple[Path,
 
 
 @pytest.mark.parametrize("name", sorted(PROBES))
-def test_python_engine_against_the_compile(probes: dict[str, tuple[Path, list[Placement]]], name: str) -> None:
-    """Vela's Python checker agrees with Regor except on TRANSPOSE permutations, which only Regor runs."""
+def test_python_engine_agrees_with_the_compile(probes: dict[str, tuple[Path, list[Placement]]], name: str) -> None:
+    """With Regor's wording of the stride and TRANSPOSE rules, the Python checker predicts U65 placement."""
     path, observed = probes[name]
-    mismatches = compare(predict_placement(path.read_bytes(), U65, engine="python"), observed)
-    if name == "shuffle":
-        assert [(m.op_type, m.predicted_npu, m.observed_npu) for m in mismatches] == [("TRANSPOSE", False, True)]
-    else:
-        assert mismatches == []
+    assert compare(predict_placement(path.read_bytes(), U65, engine="python"), observed) == []
+
+
+def test_legacy_transpose_rule_alone_would_mispredict(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
+    """Vela's legacy constraint_transpose rejects the shuffle's [1, H*W, g, C/g] swap that Regor runs."""
+    (check,) = [c for c in python_checks(probes["shuffle"][0]) if c.op_type == "TRANSPOSE"]
+    assert [v.check for v in check.violations] == ["constraint_transpose"]
+    (regor,) = [c for c in python_checks(probes["shuffle"][0], constraint_table(U65)) if c.op_type == "TRANSPOSE"]
+    assert regor.on_npu
 
 
 def test_cpu_op_names_vela_constraint_and_fix(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
@@ -132,16 +145,25 @@ def test_placement_report_lists_cpu_ops_with_both_sides(probes: dict[str, tuple[
     assert summary(npu_observed) == {"ops": len(npu_observed), "npu_ops": len(npu_observed), "cpu_ops": 0}
 
 
-def test_shuffle_disagreement_is_reported(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
-    path, observed = probes["shuffle"]
-    (entry,) = placement_report(predict_placement(path, U65, engine="python"), observed)
+def test_disagreement_is_reported(probes: dict[str, tuple[Path, list[Placement]]], tmp_path: Path) -> None:
+    """The Python checker is the U55/U65 legacy core's: on U85, where Regor resizes by 3, it is pessimistic."""
+    path, _ = probes["resize_x3"]
+    u85 = TARGETS["ethos-u85-256"]
+    observed = observed_placement(path, compile_with_vela(path, u85, tmp_path).cpu_op_list, u85)
+    assert all(p.on_npu for p in observed)
+    (entry,) = placement_report(predict_placement(path, u85, engine="python"), observed)
     assert (entry["op_type"], entry["predicted"], entry["observed"], entry["agree"]) == (
-        "TRANSPOSE",
-        "CPU",
-        "NPU",
-        False,
-    )
-    assert "permutations" in entry["reasons"][0]
+        "RESIZE_NEAREST_NEIGHBOR", "CPU", "NPU", False)  # fmt: skip
+    assert entry["reasons"][0].startswith("The width and height of the IFM and OFM must match")
+
+
+def test_regor_rules_are_worded_as_regor_states_them() -> None:
+    """Each replacement rule's docstring is a sentence of Regor's own table for the ops it judges."""
+    table = constraint_table(U65)
+    for op in ("CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        assert (regor_stride.__doc__ or "") in table.constraints(op)
+    assert (regor_transpose.__doc__ or "") in " ".join(" ".join(table.constraints("TRANSPOSE")).split())
+    assert set(REGOR_RULES.values()) == {regor_stride, regor_transpose}
 
 
 def test_gelu_is_one_npu_op(probes: dict[str, tuple[Path, list[Placement]]]) -> None:
