@@ -117,6 +117,39 @@ def run_config(
     return pass_, trial, time.perf_counter() - start
 
 
+NOTES = """## Notes
+
+* `pass s` is the pass's wall time with the oracle cache left by earlier runs; on a cold cache a configuration
+  costs one Vela compile of the block (or whole model) per candidate plus one for the block as it is: the
+  first run of this script took up to 22 s for one configuration (vgg19_224_10 `stem`: three whole-model
+  compiles of a 19.6 GMAC network), 40 s for mobilenetv2_224 `lossy` (least-squares fits and ORT runs on
+  224x224 activations for 16 blocks).
+* Decisions are costed on the whole model when at most 12 blocks match (`scope="auto"`), else on the block
+  cut out with its fused activation, followed by a whole-model check (the guard). Both matter: alone, the
+  RepVGG block `stage2.0` looks 4% *slower* re-parameterised (Vela streams the merged weights from DRAM
+  several times when the block is the whole network), inside the network it is 1.7% faster.
+* The stem: standalone, Vela puts the 224x224x3 -> 32 3x3/2 conv at 1.72 M cycles, 1.00 M with the input
+  padded to 8 channels and 1.32 M with space-to-depth (as in `/work/shared/notes/ethos-u-facts.md`). Inside
+  MobileNetV2 the same rewrite takes the stem layer from 1.73 M to 0.15 M cycles and halves the model's DRAM
+  traffic (10.9 -> 4.9 MB): Vela schedules the 8-channel stem together with its neighbours instead of
+  streaming a 3-channel image through it.
+  The rewrite changes the input the application feeds (last column of the table; the decision log says how
+  to build it), so it only runs when asked for.
+* Grouped convs: Vela prefers the grouped form (SPLIT + per-group CONV_2D + CONCATENATION) over a dense
+  block-diagonal conv at every size measured; regrouping helps only where groups are narrower than a
+  16-channel brick (resnext_tiny's 4-channel groups -> 8 groups of 8, -3% each). 128 channels in 32 groups
+  of 4 run 5.5x faster as 8 groups of 16 (`tests/passes/test_rules_grouped.py`).
+* Stride 4: `decompose-strided-conv` (canonical) rewrites a stride-4 conv as stride 2 + a strided Slice
+  (convnext_tiny_ln: 314,166 cycles); `large-kernel` also offers the space-to-depth form (same MACs) and
+  stride 2 + a 1x1 MaxPool, and Vela puts the space-to-depth form lowest (290,550; MaxPool form 318,590;
+  598,193 for the original 4x4/4 conv as Vela handles it).
+* Lossy (mobilenetv2_224): fusing an inverted bottleneck pays off only in `features.2` (112x112x16 in,
+  expand 96, stride 2: the fused 3x3/2 conv never writes the 112x112x96 expansion, -41% on the block); every
+  later block is 1.5-4.3x slower fused. The errors are those of least-squares refits on random weights and
+  synthetic inputs, a fit-quality measure only.
+"""
+
+
 def _fmt_cycles(value: int) -> str:
     return f"{value:,}"
 
@@ -205,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "| input layout change | pass s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    text = "\n".join([*header, *rows, "", "## Decisions", *details, ""])
+    text = "\n".join([*header, *rows, "", NOTES, "", "## Decisions", *details, ""])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(f"written {args.out}")

@@ -510,13 +510,7 @@ class _Env(RuleEnv):
 
     def _adapt(self, samples: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Samples in the current model's input layout (after any stem rewrite of this run)."""
-        out = []
-        for sample in samples:
-            feed = dict(sample)
-            for layout in self.layouts:
-                feed[layout.input] = layout.adapt(feed[layout.input])
-            out.append(feed)
-        return out
+        return [adapt_inputs(self.layouts, sample) for sample in samples]
 
     def activations(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         fit, _ = self._samples()
@@ -542,6 +536,19 @@ class _Env(RuleEnv):
             "output_rel_error": rel,
             "output_snr_db": float(-20.0 * np.log10(rel)) if rel > 0 else float("inf"),
         }
+
+
+def adapt_inputs(layouts: Sequence[InputLayout], feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An input feed for the original model, rewritten for the model after ``layouts`` (in order).
+
+    For callers that feed the rewritten model what they fed the original: ``--verify`` (compare the
+    model before the pass on ``feed`` with the model after it on ``adapt_inputs(pass_.input_layouts, feed)``)
+    and the calibration samples used to emit and validate the int8 model.
+    """
+    out = dict(feed)
+    for layout in layouts:
+        out[layout.input] = layout.adapt(np.asarray(out[layout.input]))
+    return out
 
 
 def run_tensors(

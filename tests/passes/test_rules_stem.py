@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from nirc.passes._rule_base import InputLayout
-from nirc.passes.substitute_blocks import SubstituteBlocksPass
+from nirc.passes.substitute_blocks import SubstituteBlocksPass, adapt_inputs
 from nirc_testing import ort_run, parse
 
 from nirc.ir import IRModel
@@ -44,7 +44,7 @@ def _same_with_layout(before: onnx.ModelProto, after: onnx.ModelProto, layout: I
     for _ in range(3):
         x = rng.standard_normal(layout.old_shape).astype(np.float32)
         (ref,) = ort_run(before, {layout.input: x})
-        (got,) = ort_run(after, {layout.input: layout.adapt(x)})
+        (got,) = ort_run(after, adapt_inputs([layout], {layout.input: x}))
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
