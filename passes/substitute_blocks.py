@@ -281,6 +281,10 @@ class SubstituteBlocksPass(Pass):
         changed = self._search(model, rules, judge, env, scope, None)
         if changed and self.guard and scope == "subgraph":
             changed = self._guard(model, original, rules, judge, env)
+        elif changed and scope == "model":
+            self._model_summary()
+        if self.summary:
+            self.summary["scope"] = scope
         ctx.count("oracle_calls", judge.calls)
         for decision in self.decisions:
             outcome = "applied" if decision.chosen else ("not_applicable" if not decision.candidates else "rejected")
@@ -445,6 +449,17 @@ class SubstituteBlocksPass(Pass):
         self.summary.update(after=_summary(final, final_error), applied=self._applied())
         self.summary["guard"] = "re-decided on the whole model"
         return changed
+
+    def _model_summary(self) -> None:
+        """Whole-model scope: the first decision's 'before' and the last applied candidate are whole-model costs."""
+        costed = [d for d in self.decisions if d.candidates]
+        applied = [d for d in costed if d.chosen is not None]
+        last = next(c for c in applied[-1].candidates if c.name == applied[-1].chosen)
+        self.summary.update(
+            before=_summary(costed[0].before, costed[0].before_error),
+            after=_summary(last.cost, last.error),
+            applied=self._applied(),
+        )
 
     def _applied(self) -> list[str]:
         return [f"{d.rule}:{d.output}:{d.chosen}" for d in self.decisions if d.chosen is not None]

@@ -93,8 +93,10 @@ def test_applies_cheaper_rewrites_and_logs_every_decision() -> None:
     assert_same_function(proto, model.to_proto(), rtol=1e-5, atol=1e-5)
     assert [d.rule for d in pass_.decisions] == ["reparam", "reparam"]
     assert ctx.stats["reparam.applied"] == 2 and ctx.stats["oracle_calls"] == 4
-    logged = [d for d in ctx.decisions if d.get("pass") == "substitute-blocks"]
+    logged = [d for d in ctx.decisions if d.get("pass") == "substitute-blocks" and "summary" not in d]
     assert len(logged) == 2
+    (summary,) = [d["summary"] for d in ctx.decisions if "summary" in d]
+    assert summary["scope"] == "model" and summary["after"]["cycles"] < summary["before"]["cycles"]
     json.dumps(ctx.decisions)  # report.json-ready
     for record in logged:
         assert record["chosen"] == "reparameterised" and record["scope"] == "model"
