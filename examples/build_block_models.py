@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -56,7 +57,10 @@ def _load_build_models() -> ModuleType:
 
 
 _bm = _load_build_models()
-GraphBuilder = _bm.GraphBuilder
+if TYPE_CHECKING:
+    from build_models import GraphBuilder
+else:
+    GraphBuilder = _bm.GraphBuilder
 RELU_GAIN: float = _bm._RELU_GAIN
 
 
@@ -154,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = build(name)
         path = out_dir / f"{name}.onnx"
         path.write_bytes(model.SerializeToString())
-        macs, params = _bm.count_macs_params(model)
+        macs, params = _bm.count_macs_params(model)  # (int, int)
         print(f"{name:<14} {macs / 1e6:>8.1f} M MACs {params / 1e6:>7.3f} M params -> {path}")
     return 0
 
