@@ -165,6 +165,27 @@ class _Judge:
     target: Target
     calls: int = 0
 
+    jobs: int = 1
+    parallel: bool = False
+
+    def cost_all(self, protos: Sequence[onnx.ModelProto]) -> list[tuple[CostLike | None, str | None]]:
+        """Answers for several trials: through the oracle's process pool when ``parallel``, else one by one.
+
+        The pool answers all or nothing (it raises the first failure), so a failure there falls back to
+        one-by-one costing, which records which trial failed and why (most are cache hits by then).
+        """
+        if self.parallel and self.jobs > 1 and len(protos) > 1:
+            from nirc.cost import evaluate_many
+
+            try:
+                costs = evaluate_many(protos, self.target, jobs=self.jobs, labels=["substitute-blocks"] * len(protos))
+            except NircError:
+                pass
+            else:
+                self.calls += len(protos)
+                return [(c, None) for c in costs]
+        return [self.cost(p) for p in protos]
+
     def cost(self, proto: onnx.ModelProto) -> tuple[CostLike | None, str | None]:
         self.calls += 1
         try:
@@ -199,8 +220,10 @@ class SubstituteBlocksPass(Pass):
     oracle -- ``scope="subgraph"`` cuts out the block (plus the activation
     Vela fuses after it) as a standalone model, ``scope="model"`` costs the
     whole model, ``scope="auto"`` picks ``model`` when at most
-    ``AUTO_MODEL_SCOPE_MAX`` blocks match -- and the cheapest candidate by (CPU ops, cycles, weight
-    bytes) is applied only when it beats the block. With ``guard`` (default)
+    ``AUTO_MODEL_SCOPE_MAX`` blocks match; ``jobs > 1`` costs a block's
+    candidates in parallel (:func:`nirc.cost.evaluate_many`) -- and the
+    cheapest candidate by (CPU ops, cycles, weight bytes) is applied only
+    when it beats the block. With ``guard`` (default)
     the whole model is costed before and after; if the subgraph decisions do
     not pay off together, the model is restored and the accepted rewrites are
     re-decided one by one on the whole model. ``decisions`` holds one
@@ -218,6 +241,7 @@ class SubstituteBlocksPass(Pass):
     guard: bool = True
     max_error: float = 0.05
     samples: int = 16
+    jobs: int = 1
     cost_fn: CostFn | None = field(default=None, compare=False, repr=False)
     decisions: list[BlockDecision] = field(default_factory=list, compare=False, repr=False)
     input_layouts: list[InputLayout] = field(default_factory=list, compare=False, repr=False)
@@ -236,8 +260,8 @@ class SubstituteBlocksPass(Pass):
             raise ValueError(f"substitute-blocks: rule(s) {lossy} are lossy and need allow_lossy=True")
         if self.scope not in ("auto", "subgraph", "model"):
             raise ValueError(f"substitute-blocks: scope must be auto, subgraph or model, got {self.scope!r}")
-        if self.max_error < 0 or self.samples < 2:
-            raise ValueError("substitute-blocks: max_error must be >= 0 and samples >= 2")
+        if self.max_error < 0 or self.samples < 2 or self.jobs < 1:
+            raise ValueError("substitute-blocks: max_error must be >= 0, samples >= 2 and jobs >= 1")
 
     @property
     def is_exact(self) -> bool:
@@ -271,7 +295,7 @@ class SubstituteBlocksPass(Pass):
         if target is None:
             logger.info("substitute-blocks: no target, nothing to cost against")
             return False
-        judge = _Judge(self.cost_fn or oracle_cost, target)
+        judge = _Judge(self.cost_fn or oracle_cost, target, jobs=self.jobs, parallel=self.cost_fn is None)
         original = model.to_proto(check=False)
         env = _Env(model, original, getattr(ctx, "calibration", None), self.samples, self.input_layouts)
         scope = self.scope
@@ -398,19 +422,25 @@ class SubstituteBlocksPass(Pass):
             base = extract_subgraph(current, region)
         else:
             base = current
-        before, before_error = judge.cost(base)
-        results: list[CandidateResult] = []
-        best: tuple[Candidate, CostLike] | None = None
+        rejected: dict[str, str] = {}
         for cand in candidates:
-            rejected = None
             if not cand.exact:
                 error = (cand.accuracy or {}).get("output_rel_error")
                 if error is None or not np.isfinite(error) or error > self.max_error:
-                    rejected = f"model-output relative error {error} exceeds max_error {self.max_error}"
-            if rejected is not None:
-                results.append(CandidateResult(cand.name, cand.note, cand.exact, None, None, cand.accuracy, rejected))
+                    rejected[cand.name] = f"model-output relative error {error} exceeds max_error {self.max_error}"
+        costed = [c for c in candidates if c.name not in rejected]
+        answers = judge.cost_all([base, *(_trial(base, c.build) for c in costed)])
+        before, before_error = answers[0]
+        by_name = {c.name: answer for c, answer in zip(costed, answers[1:], strict=True)}
+        results: list[CandidateResult] = []
+        best: tuple[Candidate, CostLike] | None = None
+        for cand in candidates:
+            if cand.name in rejected:
+                results.append(
+                    CandidateResult(cand.name, cand.note, cand.exact, None, None, cand.accuracy, rejected[cand.name])
+                )
                 continue
-            cost, error_text = judge.cost(_trial(base, cand.build))
+            cost, error_text = by_name[cand.name]
             results.append(CandidateResult(cand.name, cand.note, cand.exact, cost, error_text, cand.accuracy))
             if cost is not None and (best is None or cost_key(cost) < cost_key(best[1])):
                 best = (cand, cost)

@@ -250,3 +250,18 @@ def test_block_models_build_deterministically(block_models: ModuleType) -> None:
         first, second = block_models.build(name), block_models.build(name)
         assert first.SerializeToString() == second.SerializeToString()
         onnx.checker.check_model(first, full_check=True)
+
+
+def test_parallel_costing_decides_the_same() -> None:
+    w = np.random.default_rng(0).standard_normal((64, 4, 3, 3)) / 6.0
+    proto = parse(
+        HEADER + "g (float[1,64,8,8] x) => (float[1,64,8,8] y) { y = Conv <pads = [1, 1, 1, 1], group = 16> (x, w) }",
+        w=w.astype(np.float32),
+    )
+    answers = []
+    for jobs in (2, 1):
+        pass_ = SubstituteBlocksPass(rules=("grouped",), jobs=jobs)
+        pass_.run(IRModel.load(proto), PassContext(target=TARGET))
+        (decision,) = pass_.decisions
+        answers.append((decision.chosen, [(c.name, c.cost.cycles if c.cost else None) for c in decision.candidates]))
+    assert answers[0] == answers[1]
