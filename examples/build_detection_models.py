@@ -8,7 +8,8 @@ Reshape->Transpose->Reshape (ShuffleNet), and NHWC permutes around LayerNorm / L
 nirc's legalization tests compile them end to end and check that nothing falls back to the CPU, so they
 are kept small (64x64 inputs, <= 128 channels) to compile in seconds.
 
-Determinism follows ``build_models.py`` (whose :class:`GraphBuilder` is reused): every initializer is
+Determinism follows ``build_models.py`` (whose :class:`GraphBuilder` is reused; run this file as a script,
+or import it with ``examples/`` on the path as nirc's tests do): every initializer is
 drawn from its own generator seeded with ``crc32("<model>/<tensor>")``, the IR version and producer are
 pinned, and nothing host- or time-dependent is stored, so two builds are byte-identical.
 
@@ -46,40 +47,22 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import onnx
+from build_models import _RELU_GAIN, IR_VERSION, OPSET, PRODUCER, GraphBuilder  # examples/ is the script's dir
 from onnx import helper
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "models"
 _SILU_GAIN = 1.55  # just below the gain where SiLU stacks blow up (1.6 already grows ~4x over the net)
-
-
-def _load_build_models() -> ModuleType:
-    """The sibling ``build_models.py`` (``examples/`` is not a package), loaded once under a private name."""
-    name = "_nirc_examples_build_models"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("build_models.py"))
-    if spec is None or spec.loader is None:
-        raise ImportError("examples/build_models.py not found next to build_detection_models.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_bm = _load_build_models()
 Shape = tuple[int, ...]
 
 
-class Builder(_bm.GraphBuilder):  # type: ignore[misc,name-defined]
+class Builder(GraphBuilder):
     """:class:`build_models.GraphBuilder` plus the ops these architectures need, with shapes tracked."""
 
     def _add_init(self, name: str, array: np.ndarray) -> str:
@@ -231,9 +214,9 @@ class Builder(_bm.GraphBuilder):  # type: ignore[misc,name-defined]
         )
         return helper.make_model(
             graph,
-            opset_imports=[helper.make_opsetid("", _bm.OPSET)],
-            ir_version=_bm.IR_VERSION,
-            producer_name=_bm.PRODUCER,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            ir_version=IR_VERSION,
+            producer_name=PRODUCER,
             producer_version="1",
             doc_string=f"{self.model_name}: random seeded weights, see examples/build_detection_models.py",
         )
@@ -303,7 +286,7 @@ def yolo_tiny() -> onnx.ModelProto:
 
 def _conv_bn(b: Builder, x: str, name: str, cout: int, kernel: int, stride: int = 1, groups: int = 1,
              relu: bool = True) -> str:  # fmt: skip
-    gain = _bm._RELU_GAIN if relu else 1.0
+    gain = _RELU_GAIN if relu else 1.0
     y = b.bn(b.conv(x, f"{name}.conv", cout, kernel, stride, groups, gain), f"{name}.bn")
     return b.relu(y, f"{name}.relu") if relu else y
 
