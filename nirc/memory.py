@@ -183,16 +183,9 @@ def layouts(model: IRModel, *, brick: int = BRICK_CHANNELS) -> dict[str, str]:
             if node.op in MEMORY_ONLY_OPS or node.op in ("Transpose", "Gemm", "MatMul", "Softmax"):
                 linear = True
             if node.op == "Concat" and not _concat_channel_offsets_aligned(node, brick):
+                linear = True  # a write (or read) at a channel offset inside a brick
+            if node.op == "Slice" and node is not g.producer.get(name) and not _slice_keeps_bricks(node, brick):
                 linear = True
-            if node.op == "Concat" and name in g.producer and g.producer[name] is not node:
-                pass
-        for reader in g.readers.get(name, []):
-            if reader.op == "Slice" and not _slice_keeps_bricks(reader, brick):
-                linear = True
-        if name in g.producer:
-            for reader in g.readers.get(name, []):
-                if reader.op == "Concat" and not _concat_channel_offsets_aligned(reader, brick):
-                    linear = True
         result[name] = "NHWC" if linear else "NHCWB16"
     return result
 
@@ -342,6 +335,17 @@ def profile(
     return MemoryProfile(order=tuple(n.name for n in steps), live=tuple(live), buffers=tuple(buffers))
 
 
+def _writes_in_place(g: _Graph, name: str) -> bool:
+    src = g.producer.get(name)
+    return (
+        src is not None
+        and src.op not in MEMORY_ONLY_OPS
+        and len(g.readers.get(name, [])) == 1
+        and name not in g.outputs
+        and name not in g.inputs
+    )
+
+
 def vela_order(model: IRModel, *, flipped: Iterable[str] = ()) -> list[gs.Node]:
     """The order Vela runs the nodes in, whatever the order of the TFLite file.
 
@@ -369,7 +373,14 @@ def vela_order(model: IRModel, *, flipped: Iterable[str] = ()) -> list[gs.Node]:
 
     def entered(node: gs.Node) -> list[gs.Tensor]:
         ins = _Graph.variable_inputs(node)
-        if node.op == "Concat" or (node.name in flips and len(ins) == 2):
+        if node.op == "Concat":
+            # An input only the Concat reads is written in place by its producer; any other is copied
+            # by an op of its own. Vela enters the copies first (in input order), then the in-place
+            # writers last to first.
+            copied = [t for t in ins if not _writes_in_place(g, t.name)]
+            direct = [t for t in ins if _writes_in_place(g, t.name)]
+            return copied + list(reversed(direct))
+        if node.name in flips and len(ins) == 2:
             return list(reversed(ins))
         return ins
 
