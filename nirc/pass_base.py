@@ -57,6 +57,9 @@ class Pass(ABC):
 
     name: ClassVar[str]
     exact: ClassVar[bool]
+    legalizes: ClassVar[frozenset[str]] = frozenset()
+    """ONNX op types this pass rewrites away (e.g. LayerNormalization): a model holding them is
+    not rejected as unsupported up front when the pass is in the pipeline."""
 
     @classmethod
     def description(cls) -> str:

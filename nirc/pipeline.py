@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import onnx
 from nirc import __version__
 from nirc.analysis import Analysis, analyze, live_bytes_timeline
 from nirc.backend import SYNTHETIC_WARNING, CalibrationOptions, emit, load_samples, validate
-from nirc.errors import PassError, TargetError
+from nirc.errors import PassError, TargetError, UnsupportedOperatorError
 from nirc.html_report import render as render_html
 from nirc.ir import IRModel
 from nirc.outdir import staged_outdir
@@ -30,7 +31,7 @@ from nirc.plugin import Registry, load_registry
 from nirc.quant import CalibrationSet
 from nirc.report import build_report, fits_summary, write_json
 from nirc.target import Target
-from nirc.tflite import check_supported
+from nirc.tflite import check_supported, format_unsupported, unsupported_ops
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def optimize(
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"
     outdir = outdir or Path(f"{stem}_nirc")
-    check_supported(model.to_proto(), label)
+    _check_ops_before_work(model.to_proto(), label, pass_list)
     calib = load_samples(model.to_proto(), calibration or CalibrationOptions())
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
@@ -156,6 +157,7 @@ def optimize(
         proto = model.to_proto()
     except Exception as exc:  # a pass left the model invalid in a way the manager did not see
         raise PassError(f"final model is invalid: {exc}") from exc
+    check_supported(proto, label)  # what the passes did not legalize, with attribute-level reasons
 
     options = calibration or CalibrationOptions()
     with staged_outdir(outdir) as staging:
@@ -221,6 +223,14 @@ def check_fit(report: dict[str, Any], label: str, outdir: Path) -> None:
     platform = report["fits"]["platform"]
     if platform["fits"] is False:
         raise TargetError(f"{label}: {platform['message']} (artifacts and report in {outdir})")
+
+
+def _check_ops_before_work(proto: onnx.ModelProto, label: str, pass_list: Sequence[Pass]) -> None:
+    """Reject ops nothing can lower before any work: neither the emitter nor a pass in the pipeline."""
+    legalized = frozenset().union(*(type(p).legalizes for p in pass_list))
+    left = Counter({op: n for op, n in unsupported_ops(proto).items() if op not in legalized})
+    if left:
+        raise UnsupportedOperatorError(f"{label}: {format_unsupported(left)}")
 
 
 def _lossy_pass_warnings(records: Sequence[PassRecord]) -> list[str]:

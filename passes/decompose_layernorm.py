@@ -55,6 +55,7 @@ class DecomposeLayernormPass(Pass):
 
     name = "decompose-layernorm"
     exact = True
+    legalizes = frozenset({"LayerNormalization", "InstanceNormalization"})
 
     def run(self, model: IRModel, ctx: PassContext) -> bool:
         graph = model.graph

@@ -38,6 +38,7 @@ class LegalizeChannelShufflePass(Pass):
 
     name = "legalize-channel-shuffle"
     exact = True
+    legalizes = frozenset({"Gather"})
 
     def run(self, model: IRModel, ctx: PassContext) -> bool:
         graph = model.graph

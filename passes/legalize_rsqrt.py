@@ -32,6 +32,7 @@ class LegalizeRsqrtPass(Pass):
 
     name = "legalize-rsqrt"
     exact = True
+    legalizes = frozenset({"Sqrt", "Reciprocal"})
 
     def run(self, model: IRModel, ctx: PassContext) -> bool:
         graph = model.graph

@@ -210,3 +210,21 @@ def test_validate_subcommand_detects_a_corrupted_artifact(
     else:
         pytest.fail("no corruption among 58 flipped bytes was detected")
     capsys.readouterr()
+
+
+def test_ops_a_pass_legalizes_pass_the_front_door(tmp_path: Path) -> None:
+    text = """
+    <ir_version: 9, opset_import: ["" : 18]>
+    g (float[1,8,4,4] x) => (float[1,8,4,4] y) {
+        y = LayerNormalization <axis = 1> (x, scale, bias)
+    }
+    """
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ln.onnx"
+    onnx.save(parse(text, scale=rng.uniform(0.5, 1.5, (8, 4, 4)).astype(np.float32),
+                    bias=rng.standard_normal((8, 4, 4)).astype(np.float32)), str(path))
+    result = optimize(path, outdir=tmp_path / "o", compile=False)
+    assert any(p.name == "decompose-layernorm" and p.changed for p in result.records)
+    with pytest.raises(UnsupportedOperatorError, match="LayerNormalization x1"):
+        optimize(path, outdir=tmp_path / "o2", skip=["decompose-layernorm"])
+    assert not (tmp_path / "o2").exists()

@@ -21,7 +21,15 @@ Pipeline (one module each):
 
 from __future__ import annotations
 
-from nirc.tflite.emit import check_supported, emit_tflite, supported_ops
+from nirc.tflite.emit import check_supported, emit_tflite, format_unsupported, supported_ops, unsupported_ops
 from nirc.tflite.model import TensorIO, TFLiteModel
 
-__all__ = ["TFLiteModel", "TensorIO", "check_supported", "emit_tflite", "supported_ops"]
+__all__ = [
+    "TFLiteModel",
+    "TensorIO",
+    "check_supported",
+    "emit_tflite",
+    "format_unsupported",
+    "supported_ops",
+    "unsupported_ops",
+]

@@ -28,17 +28,16 @@ def supported_ops() -> frozenset[str]:
     return frozenset(LOWERINGS)
 
 
-def check_supported(model: onnx.ModelProto, source: str) -> None:
-    """Raise UnsupportedOperatorError naming every unsupported op type (with counts)
-    and every node whose attributes cannot be lowered exactly.
+def unsupported_ops(model: onnx.ModelProto) -> Counter[str]:
+    """Op types (``domain.Op`` outside the default domain) the emitter has no lowering for, with counts.
 
-    Nodes that only compute constants (shape arithmetic) are exempt: they are folded.
-    So are nodes absorbed into a multi-node pattern (see :mod:`~nirc.tflite.patterns`).
+    Constant-only nodes and nodes absorbed into a multi-node pattern are exempt, as in
+    :func:`check_supported`; callers use this to decide before any work whether the
+    passes they will run can remove what is left.
     """
     info = GraphInfo.build(model, evaluate=False)
     patterns = _patterns(model)
     unsupported: Counter[str] = Counter()
-    problems: list[str] = []
     for idx, node in info.live_nodes():
         if idx in patterns.skipped:
             continue
@@ -46,6 +45,24 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
         if rule is None:
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             unsupported[key] += 1
+    return unsupported
+
+
+def format_unsupported(unsupported: Counter[str]) -> str:
+    ranked = sorted(unsupported.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "unsupported ops: " + ", ".join(f"{op} x{n}" for op, n in ranked)
+
+
+def check_supported(model: onnx.ModelProto, source: str) -> None:
+    """Raise UnsupportedOperatorError naming every unsupported op type (with counts)
+    and every node whose attributes cannot be lowered exactly.
+
+    Nodes that only compute constants (shape arithmetic) are exempt: they are folded.
+    So are nodes absorbed into a multi-node pattern (see :mod:`~nirc.tflite.patterns`).
+    """
+    unsupported = unsupported_ops(model)
+    patterns = _patterns(model)
+    problems: list[str] = []
     if not unsupported:
         info = GraphInfo.build(model)
         for idx, node in info.live_nodes():
@@ -59,8 +76,7 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
                 problems.append(f"{describe(node, idx)}: {reason}")
     parts = []
     if unsupported:
-        ranked = sorted(unsupported.items(), key=lambda kv: (-kv[1], kv[0]))
-        parts.append("unsupported ops: " + ", ".join(f"{op} x{n}" for op, n in ranked))
+        parts.append(format_unsupported(unsupported))
     if problems:
         parts.append("unsupported attributes: " + "; ".join(problems))
     if parts:
