@@ -82,18 +82,12 @@ def with_layer_costs(analysis: Analysis, model: IRModel, target: Target) -> Anal
     """
     from nirc.cost import per_layer_costs
     from nirc.errors import NircError
-    from nirc.pass_base import PassContext
-    from nirc.pass_manager import PassManager
-    from nirc.plugin import load_registry
+    from nirc.pipeline import lower_canonical
 
     # Cost the model as nirc would emit it: unfolded BatchNormalization alone would
     # cost more than the convs. Folded nodes' cycles land on the surviving producer.
-    registry = load_registry()
-    lowered = model.copy()
-    canonical = [registry.get_pass(n)() for n in target.default_pipeline if n not in target.hw_passes]
     try:
-        PassManager(canonical).run(lowered, PassContext(target=target))
-        costs = per_layer_costs(lowered, target)
+        costs = per_layer_costs(lower_canonical(model, target), target)
     except NircError as exc:
         return replace(analysis, notes=[*analysis.notes, f"no per-layer cycles: {exc}"])
     layers = [

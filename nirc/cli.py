@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="cost what padding / trimming each misaligned channel group would change (2 Vela runs per group)",
     )
     p.add_argument("--align", type=int, help="alignment for --alignment (default: the target's brick)")
+    p.add_argument(
+        "--placement",
+        action="store_true",
+        help="predict which ops Vela places on the CPU, with the constraint and the rewrite that fixes it",
+    )
 
     p = sub.add_parser("optimize", help="run the target's pipeline and write artifacts + report.json")
     _add_model_args(p)
@@ -221,31 +226,54 @@ def _cmd_analyze(args: argparse.Namespace, registry: Registry) -> int:
     if not args.no_cycles:
         analysis = with_layer_costs(analysis, model, target)
     alignment = _alignment_rows(model, target, args.align) if args.alignment else None
+    placement = _placement(model, target) if args.placement else None
     if args.json:
         data = analysis.to_json()
         if alignment is not None:
             data["alignment"] = [row.to_json() for row in alignment]
+        if placement is not None:
+            data["placement"] = placement
         sys.stdout.write(json.dumps(data, indent=1) + "\n")
     else:
         print_analysis(analysis)
         if alignment is not None:
             print_alignment(alignment)
+        if placement is not None:
+            print_placement(placement)
     return 0
+
+
+def _placement(model: IRModel, target: Target) -> dict[str, Any]:
+    """Placement of the model as nirc lowers it (canonical passes, int8 emission), predicted without compiling."""
+    from nirc.targets.ethos_u.placement import model_placement, placement_section
+
+    data, _ = model_placement(_lowered(model, target).to_proto(), target)
+    section: dict[str, Any] = placement_section(data, target)
+    return section
+
+
+def print_placement(section: dict[str, Any]) -> None:
+    predicted = section["predicted"]
+    sys.stdout.write(
+        f"\nplacement ({section['architecture']}): {predicted['npu_ops']} of {predicted['ops']} TFLite ops on the NPU\n"
+    )
+    for entry in section["cpu_ops"]:
+        fix = f"; fix: {entry['fix']}" if entry.get("fix") else ""
+        sys.stdout.write(f"  CPU: {entry['op']} ({entry['op_type']}): {entry['constraint']}{fix}\n")
 
 
 def _alignment_rows(model: IRModel, target: Target, align: int | None) -> list[LayerAlignment]:
     """Channel alignment of the model as nirc lowers it (after the canonical passes)."""
-    from nirc.pass_base import PassContext
-    from nirc.pass_manager import PassManager
     from nirc.passes.pad_channels import channel_alignment
-    from nirc.plugin import load_registry
 
-    registry = load_registry()
-    lowered = model.copy()
-    canonical = [registry.get_pass(n)() for n in target.default_pipeline if n not in target.hw_passes]
-    PassManager(canonical).run(lowered, PassContext(target=target))
-    rows: list[LayerAlignment] = channel_alignment(lowered, target, align=align)
+    rows: list[LayerAlignment] = channel_alignment(_lowered(model, target), target, align=align)
     return rows
+
+
+def _lowered(model: IRModel, target: Target) -> IRModel:
+    from nirc.pipeline import lower_canonical
+
+    return lower_canonical(model, target)
 
 
 def print_alignment(rows: Sequence[LayerAlignment]) -> None:
@@ -352,8 +380,10 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
             f"SRAM {vela['sram_used_kib']:.1f} KiB, DRAM {vela['dram_used_kib']:.1f} KiB, "
             f"NPU ops {vela['npu_ops']}, CPU ops {vela['cpu_ops']}\n"
         )
+        fixes = {e["op"]: e.get("fix") for e in (report.get("placement") or {}).get("cpu_ops", [])}
         for op in vela["cpu_op_list"]:
-            write(f"  on CPU: {op['name']} ({op['op_type']}): {op['reason']}\n")
+            fix = f" -> fix: {fixes[op['name']]}" if fixes.get(op["name"]) else ""
+            write(f"  on CPU: {op['name']} ({op['op_type']}): {op['reason']}{fix}\n")
     write(f"platform: {report['fits']['platform']['message']}\n")
     for warning in report["warnings"]:
         write(f"warning: {warning}\n")

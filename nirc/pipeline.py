@@ -88,6 +88,19 @@ class OptimizeResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def lower_canonical(model: IRModel, target: Target, registry: Registry | None = None) -> IRModel:
+    """A copy of ``model`` after the target's canonical (non-hardware) passes: what the emitter sees.
+
+    Analyses that cost or place layers use it, since e.g. an unfolded BatchNormalization
+    would cost more than the conv it folds into.
+    """
+    registry = registry or load_registry()
+    lowered = model.copy()
+    canonical = select_passes(registry, target, no_hw_passes=True)
+    PassManager(canonical).run(lowered, PassContext(target=target))
+    return lowered
+
+
 def run_passes(
     model: IRModel,
     target: Target,
@@ -208,6 +221,7 @@ def optimize(
             fits=fits,
             warnings=warnings,
         )
+        report["placement"] = _placement(int8_path, tgt, vela_json)
         report["memory_timeline"] = [
             {"step": step, "live_bytes": live} for step, live in live_bytes_timeline(model)
         ]
@@ -231,6 +245,14 @@ def _check_ops_before_work(proto: onnx.ModelProto, label: str, pass_list: Sequen
     left = Counter({op: n for op, n in unsupported_ops(proto).items() if op not in legalized})
     if left:
         raise UnsupportedOperatorError(f"{label}: {format_unsupported(left)}")
+
+
+def _placement(int8_path: Path, target: Target, vela: dict[str, Any] | None) -> dict[str, Any]:
+    """Predicted (and, after Vela, observed) NPU/CPU placement with each CPU op's constraint and fix."""
+    from nirc.targets.ethos_u.placement import placement_section
+
+    section: dict[str, Any] = placement_section(int8_path, target, vela["cpu_op_list"] if vela else None)
+    return section
 
 
 def _lossy_pass_warnings(records: Sequence[PassRecord]) -> list[str]:

@@ -17,6 +17,9 @@ Schema (version 1), top-level keys:
         cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},
   fits {sram {peak_activation_bytes, arena_cache_bytes, fits},
         platform {required_bytes, limit_bytes, platform, fits (true/false/null), message}},
+  placement {engine, architecture, predicted {ops, npu_ops, cpu_ops}, observed {...} | null, agree,
+             cpu_ops [{op, op_type, constraint, reasons, fix, predicted, observed, agree}]}
+             (Vela's constraint for each op off the NPU and the nirc rewrite that would fix it),
   warnings [str],
   memory_timeline [{step, live_bytes}] (int8 activation bytes alive at each node of the schedule).
 Only ``seconds`` values vary between identical runs; everything else is byte-stable.

@@ -144,3 +144,10 @@ def test_analyze_alignment_costs_misaligned_groups(capsys: pytest.CaptureFixture
     assert by_name["down1.conv"]["pad_cycles_delta"] is not None
     assert main(["analyze", str(EXAMPLE), "--no-cycles", "--alignment"]) == 0
     assert "channel alignment:" in capsys.readouterr().out
+
+
+def test_analyze_predicts_placement(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(EXAMPLE), "--no-cycles", "--placement", "--json"]) == 0
+    placement = json.loads(capsys.readouterr().out)["placement"]
+    assert placement["predicted"]["cpu_ops"] == 0 and placement["predicted"]["npu_ops"] > 0
+    assert placement["cpu_ops"] == []

@@ -50,9 +50,10 @@ def test_artifacts_and_report(example_run: tuple[Path, dict[str, object]]) -> No
     ]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    for key in ("target", "passes", "model", "vela", "validation", "fits", "calibration"):
+    for key in ("target", "passes", "model", "vela", "validation", "fits", "calibration", "placement"):
         assert key in on_disk
     assert on_disk["calibration"]["synthetic"] is False and on_disk["calibration"]["samples"] == 8
+    assert on_disk["placement"]["agree"] is True and on_disk["placement"]["observed"]["cpu_ops"] == 0
 
 
 def test_int8_model_is_transpose_free_and_all_npu(example_run: tuple[Path, dict[str, object]]) -> None:
