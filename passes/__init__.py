@@ -25,7 +25,9 @@ from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
 from nirc.passes.pad_channels import PadChannelsPass
 from nirc.passes.propagate_transposes import PropagateTransposesPass
 from nirc.passes.prune_channels import PruneChannelsPass
+from nirc.passes.schedule_memory import ScheduleMemoryPass
 from nirc.passes.substitute_blocks import SubstituteBlocksPass
+from nirc.passes.tile_activations import TileActivationsPass
 
 from nirc.hookspecs import hookimpl
 from nirc.plugin import PassRegistry
@@ -55,6 +57,8 @@ BUILTIN_PASSES = (
     ApproximateGeluPass,
     DecomposeStridedConvPass,
     SubstituteBlocksPass,
+    TileActivationsPass,
+    ScheduleMemoryPass,
 )
 
 
