@@ -149,11 +149,17 @@ def op_windows(node: gs.Node) -> tuple[Window, Window] | None:
 def why_not_tileable(node: gs.Node) -> str | None:
     """None when the node can be computed tile by tile (see the module docstring); else the reason."""
     outs = node.outputs
-    if len(outs) != 1:
+    if len(outs) != 1 and node.op != "Split":
         return "more than one output"
     out_shape = shape_of(outs[0])
-    if len(out_shape) != 4 or out_shape[0] != 1:
+    if any(len(shape_of(o)) != 4 or shape_of(o)[0] != 1 for o in outs):
         return "output is not a batch-1 NCHW feature map"
+    if node.op == "Split":
+        axis = int(node.attrs.get("axis", 0))
+        if axis not in (1, -3):
+            return "splits along a spatial axis"
+        sizes = node.inputs[1:]
+        return None if all(isinstance(t, gs.Constant) or not t.name for t in sizes) else "non-constant split sizes"
     if node.op == "Conv":
         if str(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID"):
             return "auto_pad SAME"
@@ -248,15 +254,19 @@ def plan_axis(region: Region, axis: int, pieces: dict[str, Interval]) -> AxisPla
     reads: dict[tuple[str, int], Interval] = {}
     for node in reversed(region.nodes):
         out = node.outputs[0]
-        want = need.get(out.name, EMPTY)
+        want = EMPTY
+        for tensor in node.outputs:  # a Split computes all its parts over one interval
+            want = want.hull(need.get(tensor.name, EMPTY))
         if want.empty:
             continue
+        for tensor in node.outputs:
+            need[tensor.name] = want
         window = op_windows(node)
         assert window is not None
         for slot, tensor in enumerate(node.inputs):
             if isinstance(tensor, gs.Constant) or not tensor.name:
                 continue
-            if node.op == "Conv" and slot > 0:
+            if (node.op == "Conv" and slot > 0) or (node.op == "Split" and slot > 0):
                 continue
             size = shape_of(tensor)[axis] if len(shape_of(tensor)) == 4 else 1
             broadcast = size == 1 and shape_of(out)[axis] != 1  # e.g. an SE gate: read whole
@@ -425,7 +435,7 @@ class _Builder:
             inputs: list[gs.Tensor] = []
             for slot, tensor in enumerate(node.inputs):
                 if isinstance(tensor, gs.Constant):
-                    is_param = node.op == "Conv" and slot > 0
+                    is_param = node.op in ("Conv", "Split") and slot > 0
                     inputs.append(tensor if is_param else self.constant_tile(tensor, (r_out, c_out), shape_of(out)))
                     continue
                 if not tensor.name or tensor.name not in have:
@@ -443,13 +453,14 @@ class _Builder:
                 left, right = windows[1].tile_pads(c_out, src_shape[3])
                 attrs["pads"] = [top, left, bottom, right]
                 attrs.pop("auto_pad", None)
-            shape = shape_of(out)
-            shape[2], shape[3] = r_out.size, c_out.size
-            new_out = self.variable(f"{out.name}/{tag}", out, shape)
-            self.new_nodes.append(
-                gs.Node(node.op, self.namer.fresh(f"{node.name}/{tag}"), attrs=attrs, inputs=inputs, outputs=[new_out])
-            )
-            have[out.name] = (new_out, (r_out, c_out))
+            new_outs = []
+            for tensor in node.outputs:
+                shape = shape_of(tensor)
+                shape[2], shape[3] = r_out.size, c_out.size
+                new_outs.append(self.variable(f"{tensor.name}/{tag}", tensor, shape))
+                have[tensor.name] = (new_outs[-1], (r_out, c_out))
+            name = self.namer.fresh(f"{node.name}/{tag}")
+            self.new_nodes.append(gs.Node(node.op, name, attrs=attrs, inputs=inputs, outputs=new_outs))
         return have
 
     def build(self) -> None:

@@ -159,6 +159,30 @@ g (float[1,4,24,24] x) => (float[1,8,12,12] y, float[1,8,24,24] s) {
         assert_same_function(before, after, rtol=1e-4, atol=1e-4)
 
 
+def test_c2f_split_bottleneck_concat() -> None:
+    """A YOLOv8 C2f block: channel Split, a residual bottleneck on one half, Concat of all parts."""
+    text = (
+        HEADER
+        + """
+g (float[1,8,20,20] x) => (float[1,8,10,10] y) {
+  a = Conv (x, w0)
+  p0, p1 = Split <axis=1, num_outputs=2> (a)
+  m = Conv <pads=[1,1,1,1]> (p1, w1)
+  m1 = Sigmoid (m)
+  m2 = Mul (m, m1)
+  r = Add (p1, m2)
+  c = Concat <axis=1> (p0, p1, r)
+  y = Conv <strides=[2,2], pads=[1,1,1,1]> (c, w2)
+}
+"""
+    )
+    before = parse(text, w0=_w(8, 8, 1, 1, seed=1), w1=_w(4, 4, 3, 3, seed=2), w2=_w(8, 12, 3, 3, seed=3))
+    for spec in (TileSpec(2, 1), TileSpec(3, 2)):
+        after = _tile_all(before, spec)
+        assert ops(after)["Split"] == spec.count
+        assert_same_function(before, after, rtol=1e-4, atol=1e-4)
+
+
 def test_broadcast_gate_from_outside_and_spatial_constant() -> None:
     text = (
         HEADER
