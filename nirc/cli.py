@@ -137,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", type=int, help="channel alignment for pad/prune (default: the target's brick)")
     p.add_argument("--prune-ratio", type=float, help="with --channel-rounding prune: also cut this share of channels")
     p.add_argument("--prune-criterion", choices=("l2", "geometric-median"), help="which channels prune removes")
+    p.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="let substitute-blocks use lossy rules (fitted on --calib; the accuracy cost is reported)",
+    )
+    p.add_argument("--max-error", type=float, help="with --allow-lossy: reject replacements above this output error")
+    p.add_argument(
+        "--stem",
+        choices=("none", "pad-channels", "space-to-depth", "auto"),
+        default="none",
+        help="re-lay out the model input for a faster first conv (changes the input you feed; reported)",
+    )
     p.add_argument("--verify", action="store_true", help="check every exact pass numerically with ORT")
     p.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the ONNX after each pass")
     _add_calib_args(p)
@@ -306,6 +318,15 @@ def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         prune["ratio"] = args.prune_ratio
     if args.prune_criterion is not None:
         prune["criterion"] = args.prune_criterion
+    blocks: dict[str, Any] = {}
+    if args.allow_lossy:
+        blocks["allow_lossy"] = True
+    if args.max_error is not None:
+        blocks["max_error"] = args.max_error
+    if args.stem != "none":
+        blocks["stem"] = args.stem
+    if blocks:
+        options["substitute-blocks"] = blocks
     if prune:
         if args.channel_rounding != "prune" and set(prune) != {"align"}:
             raise argparse.ArgumentTypeError("--prune-ratio/--prune-criterion need --channel-rounding prune")

@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 if TYPE_CHECKING:
     from nirc.ir import IRModel
     from nirc.quant import CalibrationSet
@@ -65,6 +67,19 @@ class Pass(ABC):
     def description(cls) -> str:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+    @property
+    def is_exact(self) -> bool:
+        """Whether this configured instance is exact; options may make a pass lossy (``allow_lossy``)."""
+        return self.exact
+
+    def adapt_inputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feed for the model after this pass, given one for the model before it.
+
+        Identity unless the pass changed the model's input layout (an explicit, reported
+        option such as a stem space-to-depth); verification and calibration go through it.
+        """
+        return feed
 
     @abstractmethod
     def run(self, model: IRModel, ctx: PassContext) -> bool:

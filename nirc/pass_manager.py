@@ -94,20 +94,22 @@ class PassManager:
         seconds = time.perf_counter() - start
         if not changed and not self.verify:
             logger.info("pass %s: unchanged in %.3fs", pass_.name, seconds)
-            return PassRecord(pass_.name, pass_.exact, False, seconds, dict(ctx.stats), False, ctx.decisions)
+            return PassRecord(pass_.name, pass_.is_exact, False, seconds, dict(ctx.stats), False, ctx.decisions)
         try:
             after = model.to_proto(check=True)
         except ModelLoadError as exc:
             raise PassError(f"pass {pass_.name} produced an invalid model: {exc}") from exc
         verified = False
         if self.verify and changed:
-            if pass_.exact and state.proto is not None:
+            if pass_.is_exact and state.proto is not None:
                 verified = self._verify(pass_, state, after)
             else:
                 state.outputs = None  # an inexact pass moved the reference
+                if state.feeds is not None:
+                    state.feeds = [pass_.adapt_inputs(feed) for feed in state.feeds]
             state.proto = after
         logger.info("pass %s: changed=%s in %.3fs %s", pass_.name, changed, seconds, dict(ctx.stats))
-        return PassRecord(pass_.name, pass_.exact, changed, seconds, dict(ctx.stats), verified, ctx.decisions)
+        return PassRecord(pass_.name, pass_.is_exact, changed, seconds, dict(ctx.stats), verified, ctx.decisions)
 
     def _verify(self, pass_: Pass, state: _Snapshot, after: onnx.ModelProto) -> bool:
         assert state.proto is not None
@@ -115,6 +117,8 @@ class PassManager:
             state.feeds = numeric.random_inputs(state.proto, self.verify_inputs)
         if state.outputs is None:
             state.outputs = numeric.run_onnx(state.proto, state.feeds)
+        # A pass that re-lays out an input (an explicit option) says how to feed its result.
+        state.feeds = [pass_.adapt_inputs(feed) for feed in state.feeds]
         new_outputs = numeric.run_onnx(after, state.feeds)
         mismatch = numeric.compare_outputs(
             state.proto, after, state.feeds, rtol=self.rtol, atol=self.atol,

@@ -12,7 +12,7 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,6 +166,15 @@ def optimize(
     records = run_passes(model, tgt, pass_list, verify=verify, dump_ir=dump_ir, calibration=calib)
     after = analyze(model, tgt)
     warnings.extend(_lossy_pass_warnings(records))
+    layout_changes = _input_layout_changes(pass_list)
+    if layout_changes:
+        # The compiled model takes differently laid-out inputs: calibrate and validate with those.
+        samples = list(calib.samples)
+        for pass_ in pass_list:
+            samples = [pass_.adapt_inputs(dict(sample)) for sample in samples]
+        calib = replace(calib, samples=tuple(samples))
+        feeds = "; ".join(str(change["feed"]) for change in layout_changes)
+        warnings.append(f"the compiled model's inputs differ from the ONNX model's: {feeds}")
     try:
         proto = model.to_proto()
     except Exception as exc:  # a pass left the model invalid in a way the manager did not see
@@ -222,6 +231,7 @@ def optimize(
             warnings=warnings,
         )
         report["placement"] = _placement(int8_path, tgt, vela_json)
+        report["input_layout_changes"] = layout_changes
         report["memory_timeline"] = [
             {"step": step, "live_bytes": live} for step, live in live_bytes_timeline(model)
         ]
@@ -253,6 +263,15 @@ def _placement(int8_path: Path, target: Target, vela: dict[str, Any] | None) -> 
 
     section: dict[str, Any] = placement_section(int8_path, target, vela["cpu_op_list"] if vela else None)
     return section
+
+
+def _input_layout_changes(pass_list: Sequence[Pass]) -> list[dict[str, Any]]:
+    """Explicit input re-layouts made by passes (e.g. a stem space-to-depth), with how to feed them."""
+    changes: list[dict[str, Any]] = []
+    for pass_ in pass_list:
+        for layout in getattr(pass_, "input_layouts", ()):
+            changes.append({"pass": pass_.name, **layout.to_json()})
+    return changes
 
 
 def _lossy_pass_warnings(records: Sequence[PassRecord]) -> list[str]:

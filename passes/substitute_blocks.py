@@ -268,6 +268,10 @@ class SubstituteBlocksPass(Pass):
         """Whether this configuration only applies exact rules (the class-level ``exact`` assumes defaults)."""
         return not any(r.name in LOSSY_RULES for r in self.active_rules())
 
+    def adapt_inputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feed for the rewritten model (stem rules may re-lay out an input)."""
+        return adapt_inputs(self.input_layouts, feed) if self.input_layouts else feed
+
     @property
     def changes_inputs(self) -> bool:
         """Whether this configuration may change the model's input shapes (see ``input_layouts``)."""

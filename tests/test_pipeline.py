@@ -229,3 +229,29 @@ def test_ops_a_pass_legalizes_pass_the_front_door(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedOperatorError, match="LayerNormalization x1"):
         optimize(path, outdir=tmp_path / "o2", skip=["decompose-layernorm"])
     assert not (tmp_path / "o2").exists()
+
+
+def test_stem_relayout_is_fed_consistently(tmp_path: Path) -> None:
+    """--stem changes the compiled model's input: calibration, validation and --verify all use the new feed."""
+    text = """
+    <ir_version: 9, opset_import: ["" : 18]>
+    g (float[1,3,96,96] x) => (float[1,16,48,48] y) {
+        c = Conv <pads = [1,1,1,1], strides = [2,2]> (x, w, b)
+        y = Relu (c)
+    }
+    """
+    rng = np.random.default_rng(0)
+    path = tmp_path / "stem.onnx"
+    weights = {"w": (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32),
+               "b": rng.standard_normal(16).astype(np.float32)}
+    onnx.save(parse(text, **weights), str(path))
+    stem = {"substitute-blocks": {"stem": "pad-channels"}}
+    result = optimize(path, outdir=tmp_path / "o", verify=True, pass_options=stem)
+    changes = result.report["input_layout_changes"]
+    assert changes and changes[0]["new_shape"] == [1, 8, 96, 96]
+    assert any("inputs differ" in w for w in result.warnings)
+    record = next(r for r in result.records if r.name == "substitute-blocks")
+    assert record.changed and record.verified
+    (output,) = result.report["validation"]["outputs"]
+    assert output["snr_db"] > 30
+    assert result.report["validation"]["npu"]["max_abs_diff_lsb"] <= 1

@@ -36,6 +36,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "decompose-strided-conv",  # after fuse-affine: a Slice between conv and affine would block folding
 )
 HW_PIPELINE: tuple[str, ...] = (
+    "substitute-blocks",  # rewrites a block only when Vela says its replacement is faster
     "pad-channels",  # costs each candidate with Vela: keeps only paddings that lower the estimate
     "tile-activations",  # only where live activations exceed the arena; kept only if Vela's estimate drops
     "schedule-memory",  # last: orders the final graph (tiles included) for the lowest peak
