@@ -11,13 +11,12 @@ calibration uses 16 standard-normal samples, so SNR measures the backend, not a 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -37,27 +36,15 @@ SEED_MS = {
 }
 
 
-def _load(path: Path) -> ModuleType | None:
-    if not path.exists():
-        return None
-    spec = importlib.util.spec_from_file_location(path.stem + "_bench", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+EXAMPLE_MODULES = ("build_models", "build_detection_models", "build_block_models", "build_tiling_models")
 
 
 def model_builders() -> dict[str, Callable[[], onnx.ModelProto]]:
+    """Every model the examples/ builders define, in module order."""
+    sys.path.insert(0, str(ROOT / "examples"))
     builders: dict[str, Callable[[], onnx.ModelProto]] = {}
-    examples = _load(ROOT / "examples" / "build_models.py")
-    if examples is not None:
-        builders.update(examples.MODELS)
-    extra = _load(ROOT / "examples" / "build_detection_models.py")
-    if extra is not None:
-        for name in ("yolo_tiny", "shufflenet_tiny", "convnext_tiny_ln"):
-            if hasattr(extra, name):
-                builders[name] = getattr(extra, name)
+    for name in EXAMPLE_MODULES:
+        builders.update(importlib.import_module(name).MODELS)
     return builders
 
 
