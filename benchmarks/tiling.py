@@ -1,8 +1,9 @@
-"""Regenerate benchmarks/results/tiling.md: activation tiling and memory-aware scheduling on three networks.
+"""Regenerate benchmarks/results/tiling.md: activation tiling and memory-aware scheduling on four models.
 
 Usage: python benchmarks/tiling.py [--target ethos-u65-256] [--budget-model mobilenetv2_224] [models...]
 
-Each model (MobileNetV2-224, ResNet-18-224, a YOLOv8n-style detector at 320) is lowered with nirc's
+Each model (MobileNetV2-224, ResNet-18-224, a YOLOv8n-style detector at 320, and branchy_56, four
+asymmetric two-branch blocks where the branch order matters) is lowered with nirc's
 canonical passes (the baseline) and then rewritten four ways: ``schedule-memory``; ``tile-activations``
 (latency mode: keeps a tiling only when Vela's estimate drops); both; and ``tile-activations`` in budget
 mode (``arena_size`` = the 384 KiB arena cache) for the first model. Every variant is costed by Vela 5.2
@@ -42,7 +43,7 @@ import build_detection_models  # noqa: E402
 import build_models  # noqa: E402
 import build_tiling_models  # noqa: E402
 
-MODELS = ("mobilenetv2_224", "resnet18_224", "yolo_320")
+MODELS = ("mobilenetv2_224", "resnet18_224", "yolo_320", "branchy_56")
 CHECK_MODELS = ("tiny_cnn", "mobilenetv1_cifar100", "resnet50_cifar100", "shufflenet_tiny", "yolo_tiny")
 
 

@@ -12,6 +12,8 @@ seeded per tensor from ``crc32("<model>/<tensor>")``, reusing that module's :cla
     torchvision ``resnet18()``: 7x7/2 stem + BN + ReLU, 3x3/2 max-pool, four stages of two basic blocks
     (64, 128, 256, 512 channels; 1x1/2 conv + BN projection shortcuts), global pool, Linear(512, 1000).
     1.81 G MACs, 11.69 M params (torchvision: 1.82 G / 11.69 M).
+``branchy_56``
+    Four asymmetric two-branch blocks (Add joins) at 56x56: where the order of branches changes the peak.
 ``yolo_320``
     YOLOv8n-style detector at 320x320 (widths 16..256): Conv+BN+SiLU, C2f blocks (Split -> bottlenecks
     -> Concat), SPPF, a PAN neck with nearest x2 upsampling, three 1x1 heads (4 box + 80 class channels)
@@ -108,7 +110,32 @@ def yolo_320() -> onnx.ModelProto:
     return b.finish_multi(heads, doc)  # type: ignore[no-any-return]
 
 
-MODELS: dict[str, Callable[[], onnx.ModelProto]] = {"resnet18_224": resnet18_224, "yolo_320": yolo_320}
+def branchy_56() -> onnx.ModelProto:
+    """Four two-branch blocks at 56x56 whose Adds list the branches in the memory-unfriendly order.
+
+    Branch ``a`` has a small intermediate and a big output, branch ``b`` a big intermediate: running ``b``
+    first keeps less alive. Vela runs an Add's second input first, so ``Add(b, a)`` -- the order an
+    exporter may well produce -- makes it run ``a`` first. A schedule-memory benchmark, not a real network.
+    """
+    b = _bm.GraphBuilder("branchy_56", (1, 16, 56, 56))
+    x = b.input_name
+    for i in range(4):
+        p = f"block{i}"
+        a = b.conv_bn_act(x, (f"{p}.a.0", f"{p}.a.0.bn", f"{p}.a.0.relu"), 16, 1)
+        a = b.conv_bn_act(a, (f"{p}.a.1", f"{p}.a.1.bn", None), 64, 3, gain=1.0)
+        c = b.conv_bn_act(x, (f"{p}.b.0", f"{p}.b.0.bn", f"{p}.b.0.relu"), 128, 1)
+        c = b.conv_bn_act(c, (f"{p}.b.1", f"{p}.b.1.bn", None), 64, 1, gain=1.0)
+        y = b.relu(b.add(c, a, f"{p}.add"), f"{p}.relu")
+        x = b.conv_bn_act(y, (f"{p}.proj", f"{p}.proj.bn", None), 16, 1, gain=1.0)
+    out = b.classifier_head(x, 10, fc="fc")
+    return b.finish(out, "four asymmetric two-branch blocks at 56x56 (schedule-memory benchmark)")  # type: ignore[no-any-return]
+
+
+MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "resnet18_224": resnet18_224,
+    "yolo_320": yolo_320,
+    "branchy_56": branchy_56,
+}
 
 
 def build(name: str) -> onnx.ModelProto:

@@ -264,14 +264,14 @@ def commutative_nodes(model: IRModel) -> list[gs.Node]:
     return found
 
 
-def score(prof: memory.MemoryProfile) -> tuple[int, int]:
-    """What an order is judged by: its peak, then the sum of live bytes over its steps.
+def score(prof: memory.MemoryProfile) -> tuple[int, ...]:
+    """What an order is judged by: its live bytes per step, largest first, compared lexicographically.
 
-    The second key rewards lowering the other segments' peaks too: on a CNN the
-    global peak usually sits in the stem, where no order helps, while a
-    detection neck can still be ordered to keep more of it on chip.
+    So the peak decides first, then the next-highest step, and so on: on a CNN the
+    global peak usually sits in the stem, where no order helps, while later
+    blocks can still be ordered to keep less alive (more of them in SRAM).
     """
-    return prof.peak, sum(prof.live)
+    return tuple(sorted(prof.live, reverse=True))
 
 
 def vela_peak(model: IRModel, flipped: Sequence[str] = ()) -> int:
@@ -279,7 +279,7 @@ def vela_peak(model: IRModel, flipped: Sequence[str] = ()) -> int:
     return memory.profile(model, memory.vela_order(model, flipped=flipped)).peak
 
 
-def _vela_score(model: IRModel, flipped: Sequence[str] = ()) -> tuple[int, int]:
+def _vela_score(model: IRModel, flipped: Sequence[str] = ()) -> tuple[int, ...]:
     return score(memory.profile(model, memory.vela_order(model, flipped=flipped)))
 
 
@@ -315,7 +315,7 @@ class ScheduleMemoryPass(Pass):
     kernels, which rescale both operands symmetrically.
 
     Kept: the model's own order when the search finds nothing strictly better
-    (by :func:`score`: the peak, then the sum of live bytes over the steps);
+    (by :func:`score`: the peak, then the next-highest step, ...);
     swaps that do not improve that score for Vela's order, or (with a target) that raise Vela's
     estimated cycles. The decision log has the peaks of the model order, the
     optimal order and Vela's order before and after, and Vela's SRAM and
