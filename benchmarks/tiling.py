@@ -3,11 +3,11 @@
 Usage: python benchmarks/tiling.py [--target ethos-u65-256] [--budget-model mobilenetv2_224] [models...]
 
 Each model (MobileNetV2-224, ResNet-18-224, a YOLOv8n-style detector at 320, and branchy_56, four
-asymmetric two-branch blocks where the branch order matters) is lowered with nirc's
-canonical passes (the baseline) and then rewritten four ways: ``schedule-memory``; ``tile-activations``
-(latency mode: keeps a tiling only when Vela's estimate drops); both; and ``tile-activations`` in budget
-mode (``arena_size`` = the 384 KiB arena cache) for the first model. Every variant is costed by Vela 5.2
-(cost oracle, on-disk cache) and its tiled graph is checked against the baseline with ONNX Runtime.
+asymmetric two-branch blocks where the branch order matters) is lowered with nirc's canonical passes (the
+baseline) and then rewritten four ways: ``schedule-memory``; ``tile-activations`` (latency mode: keeps a
+tiling only when Vela's estimate drops); both, in the HW pipeline's order; and ``tile-activations`` in
+budget mode (``arena_size`` = the 384 KiB arena cache) for the first model. Every variant is costed by
+Vela 5.2 (cost oracle, on-disk cache) and checked against the baseline with ONNX Runtime.
 
 A second table checks the memory model (:mod:`nirc.memory`) against Vela's own allocation: Vela is run
 with ``--memory-mode Shared_Sram --disable-cascading --verbose-allocation`` (every tensor allocated whole
@@ -117,7 +117,7 @@ def bench_model(name: str, target: Target, budget_mode: bool) -> tuple[list[dict
     plans: list[tuple[str, list[Pass]]] = [
         ("schedule-memory", [ScheduleMemoryPass()]),
         ("tile-activations", [TileActivationsPass()]),
-        ("tile + schedule", [TileActivationsPass(), ScheduleMemoryPass()]),
+        ("schedule, then tile (HW pipeline order)", [ScheduleMemoryPass(), TileActivationsPass()]),
     ]
     if budget_mode and target.arena_cache_bytes:
         plans.append(
@@ -136,6 +136,25 @@ def bench_model(name: str, target: Target, budget_mode: bool) -> tuple[list[dict
         decisions += [{"variant": label, **d} for d in ctx.decisions]
         print(f"  {name} {label}: {rows[-1]}", flush=True)
     return rows, decisions
+
+
+def input_read_floor(name: str, target: Target) -> int:
+    """DRAM feature-map bytes Vela counts for reading the model's input once (an identity 1x1 MaxPool).
+
+    Any op reading a graph input in DRAM pays this at least; with 3 channels in NHWC Vela counts ~16x
+    the tensor's size (partial bricks), which bounds how far tiling can cut the DRAM traffic.
+    """
+    proto = build(name)
+    value = proto.graph.input[0]
+    shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[1, 1])],
+        "input_read",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+    )
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=9)
+    return int(estimate(probe, target, label="input-read").dram_fm_read_bytes)
 
 
 def check_memory_model(name: str, target: Target) -> dict[str, Any]:
@@ -174,6 +193,30 @@ def check_memory_model(name: str, target: Target) -> dict[str, Any]:
     }
 
 
+FINDINGS = [
+    "## What the numbers say",
+    "",
+    "- Tiling pays where Vela's own cascade is expensive: the stem of every network (the 3-channel input is "
+    "re-read from DRAM for each stripe of the cascade). Two to six tiles of the stem region, with the input "
+    "slice staged through an on-chip copy, cut DRAM feature-map reads by 32-56% and latency by 11-20%. Deeper "
+    "regions (56x56 residual stages) were costed and rejected: halo recompute, weights re-read per tile and "
+    "lost cascades cost more than the DRAM traffic they save.",
+    "- The MobileNetV2 goal of <= 25% of the baseline's DRAM feature-map reads is not reached (51%): Vela "
+    "counts a read of a 3-channel NHWC tensor in DRAM at ~16.6x its size (partial 16-channel bricks), so "
+    "reading the 224x224x3 input once is already 35% of the baseline (see the floor under each table). Only "
+    "changing the model's input (channel padding, space-to-depth) could go lower; that is not exact.",
+    "- Latency mode optimises Vela's cycles, not the arena: the whole-tensor peak can grow (tile buffers, "
+    "staging copies, and tiles that Vela's walk interleaves). Budget mode brings MobileNetV2 under 384 KiB "
+    "with 16 tiles over the first 21 nodes at +86% halo recompute and +25% latency: it trades speed for fit.",
+    "- Vela ignores the op order of the TFLite file (it walks the graph back from its outputs), so reordering "
+    "graph.nodes only serves CPU runtimes and nirc's own reports; what moves Vela is the input order of "
+    "commutative ops. On branchy_56, swapping the four Adds makes Vela run the big-intermediate branch first: "
+    "-10% latency and -27% DRAM feature-map reads. The classifiers and the detector have no such choice at "
+    "their peak (their peak is the stem, which no order changes).",
+    "",
+]
+
+
 def _kib(n: int) -> str:
     return f"{n / 1024:.0f}"
 
@@ -183,6 +226,7 @@ def to_markdown(
     results: dict[str, list[dict[str, Any]]],
     decisions: dict[str, list[dict[str, Any]]],
     checks: list[dict[str, Any]],
+    floors: dict[str, int],
     seconds: float,
 ) -> str:
     lines = [
@@ -215,10 +259,19 @@ def to_markdown(
                 f"| {r['weights'] / 1e6:.2f} | {r['ms']:.3f} | {r['ms'] / base['ms'] - 1:+.1%} "
                 f"| {r['error']:.1e} | {r['seconds']:.0f} |"
             )
+        floor = floors.get(name)
+        if floor is not None:
+            lines += [
+                "",
+                f"Reading the input once from DRAM (an identity op) already counts {floor / 1e6:.2f} MB of DRAM "
+                f"feature-map reads in Vela's model, {floor / base['fm_read']:.0%} of this baseline: no rewrite "
+                "that keeps the model's input can go below that.",
+            ]
         lines += ["", "Decisions:", ""]
         for d in decisions.get(name, []):
             lines.append(f"- {d['variant']}: " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "variant"))
         lines.append("")
+    lines += FINDINGS
     lines += [
         "## Memory model vs Vela's allocation",
         "",
@@ -251,15 +304,17 @@ def main() -> int:
     start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
     decisions: dict[str, list[dict[str, Any]]] = {}
+    floors: dict[str, int] = {}
     for name in args.models:
         print(f"{name} ...", flush=True)
         results[name], decisions[name] = bench_model(name, target, name == args.budget_model)
+        floors[name] = input_read_floor(name, target)
     checks: list[dict[str, Any]] = []
     if not args.no_check:
         for name in (*args.models, *CHECK_MODELS):
             checks.append(check_memory_model(name, target))
             print(f"  check {checks[-1]}", flush=True)
-    text = to_markdown(target, results, decisions, checks, time.perf_counter() - start)
+    text = to_markdown(target, results, decisions, checks, floors, time.perf_counter() - start)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
     return 0

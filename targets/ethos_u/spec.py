@@ -38,8 +38,8 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
 HW_PIPELINE: tuple[str, ...] = (
     "substitute-blocks",  # rewrites a block only when Vela says its replacement is faster
     "pad-channels",  # costs each candidate with Vela: keeps only paddings that lower the estimate
+    "schedule-memory",  # branch order (Vela follows swapped Add inputs) before tiling is costed on it
     "tile-activations",  # only where live activations exceed the arena; kept only if Vela's estimate drops
-    "schedule-memory",  # last: orders the final graph (tiles included) for the lowest peak
 )
 
 # ofm micro-block depth per MAC count (Vela ArchitectureConfig.ofm_ublock.depth).
