@@ -245,12 +245,15 @@ class TileActivationsPass(Pass):
 
     Search (latency mode, the default): the memory model (:mod:`nirc.memory`,
     in the order Vela runs the graph) finds the steps whose live bytes exceed
-    the arena (``target.arena_cache_bytes``); regions covering them are costed
-    with Vela tiled 2x1, the best few get every tile grid up to ``max_tiles``
-    along height, width or both, with and without staging the graph input
-    through an on-chip copy; the cheapest plan is kept only if Vela's
-    estimated cycles drop, otherwise the model is left unchanged. At most
-    ``max_trials`` oracle calls per round and ``max_rounds`` rounds.
+    the arena (``target.arena_cache_bytes``). Candidate regions start at one of
+    the two single-tensor cuts before the first such span and end inside it or
+    at one of the three cuts after it; a third of ``max_trials`` costs them
+    tiled 2x1 with Vela, the two cheapest then get every tile grid up to
+    ``max_tiles`` along height, width or both, with and without staging the
+    graph input through an on-chip copy (a 1x1 MaxPool: the identity, so the
+    tile reads the copy instead of re-reading DRAM). The cheapest plan is kept
+    only if Vela's estimated cycles drop, otherwise the model is left
+    unchanged; then the next span, for at most ``max_rounds`` rounds.
 
     Budget mode (``arena_size`` set): plans are chosen to bring the memory
     model's peak under ``arena_size`` bytes, cheapest by Vela when a target is
