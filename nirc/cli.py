@@ -149,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="re-lay out the model input for a faster first conv (changes the input you feed; reported)",
     )
+    p.add_argument(
+        "--arena-size",
+        type=int,
+        metavar="BYTES",
+        help="activation budget: tile until the peak fits or fail naming the op (default: speed only)",
+    )
+    p.add_argument(
+        "--pass-option",
+        action="append",
+        default=[],
+        metavar="PASS.KEY=VALUE",
+        help="set a pass option, e.g. tile-activations.max_trials=40 (repeatable)",
+    )
     p.add_argument("--verify", action="store_true", help="check every exact pass numerically with ORT")
     p.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the ONNX after each pass")
     _add_calib_args(p)
@@ -306,11 +319,19 @@ def print_alignment(rows: Sequence[LayerAlignment]) -> None:
         )
 
 
+def _option_value(raw: str) -> Any:
+    """Pass option values from the command line: JSON when it parses (numbers, true, lists), else a string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """CLI flags that configure individual passes, as constructor options per pass name."""
     options: dict[str, dict[str, Any]] = {}
     if args.align is not None:
-        options["pad-channels"] = {"align": args.align}
+        options.setdefault("pad-channels", {})["align"] = args.align
     prune: dict[str, Any] = {}
     if args.align is not None:
         prune["align"] = args.align
@@ -318,6 +339,14 @@ def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         prune["ratio"] = args.prune_ratio
     if args.prune_criterion is not None:
         prune["criterion"] = args.prune_criterion
+    if args.arena_size is not None:
+        options.setdefault("tile-activations", {})["arena_size"] = args.arena_size
+    for item in args.pass_option:
+        key, sep, raw = item.partition("=")
+        name, dot, option = key.rpartition(".")
+        if not (sep and dot and name and option):
+            raise argparse.ArgumentTypeError(f"--pass-option expects PASS.KEY=VALUE, got '{item}'")
+        options.setdefault(name, {})[option] = _option_value(raw)
     blocks: dict[str, Any] = {}
     if args.allow_lossy:
         blocks["allow_lossy"] = True
@@ -326,12 +355,12 @@ def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.stem != "none":
         blocks["stem"] = args.stem
     if blocks:
-        options["substitute-blocks"] = blocks
+        options.setdefault("substitute-blocks", {}).update(blocks)
     if prune:
         if args.channel_rounding != "prune" and set(prune) != {"align"}:
             raise argparse.ArgumentTypeError("--prune-ratio/--prune-criterion need --channel-rounding prune")
         if args.channel_rounding == "prune":
-            options["prune-channels"] = prune
+            options.setdefault("prune-channels", {}).update(prune)
     return options
 
 

@@ -151,3 +151,14 @@ def test_analyze_predicts_placement(capsys: pytest.CaptureFixture[str]) -> None:
     placement = json.loads(capsys.readouterr().out)["placement"]
     assert placement["predicted"]["cpu_ops"] == 0 and placement["predicted"]["npu_ops"] > 0
     assert placement["cpu_ops"] == []
+
+
+def test_pass_options_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    argv = ["optimize", str(EXAMPLE), "-o", str(out), "--no-compile", "--json",
+            "--pass-option", "tile-activations.max_trials=3", "--pass-option", "pad-channels.scope=model"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["optimize", str(EXAMPLE), "-o", str(out), "--pass-option", "fuse-batchnorm.nope=1"]) == 5
+    assert "pass fuse-batchnorm: bad options" in capsys.readouterr().err
+    assert main(["optimize", str(EXAMPLE), "-o", str(out), "--pass-option", "oops"]) == 2
