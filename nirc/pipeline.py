@@ -19,7 +19,7 @@ from typing import Any, Literal
 import onnx
 
 from nirc import __version__
-from nirc.analysis import Analysis, analyze, live_bytes_timeline
+from nirc.analysis import Analysis, analyze
 from nirc.backend import SYNTHETIC_WARNING, CalibrationOptions, emit, load_samples, validate
 from nirc.errors import PassError, TargetError, UnsupportedOperatorError
 from nirc.html_report import render as render_html
@@ -232,9 +232,7 @@ def optimize(
         )
         report["placement"] = _placement(int8_path, tgt, vela_json)
         report["input_layout_changes"] = layout_changes
-        report["memory_timeline"] = [
-            {"step": step, "live_bytes": live} for step, live in live_bytes_timeline(model)
-        ]
+        report["memory"], report["memory_timeline"] = _memory(model, tgt)
         write_json(staging / "report.json", report)
         (staging / "report.html").write_text(render_html(report), encoding="utf-8")
     if require_fit:
@@ -263,6 +261,22 @@ def _placement(int8_path: Path, target: Target, vela: dict[str, Any] | None) -> 
 
     section: dict[str, Any] = placement_section(int8_path, target, vela["cpu_op_list"] if vela else None)
     return section
+
+
+def _memory(model: IRModel, target: Target) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Live activation bytes in the order Vela runs the graph, with 16-channel brick storage."""
+    from nirc.memory import profile, vela_order
+
+    prof = profile(model, vela_order(model))
+    arena = target.arena_cache_bytes
+    summary = {
+        "peak_bytes": prof.peak,
+        "peak_step": prof.order[prof.peak_step] if prof.order else None,
+        "arena_bytes": arena,
+        "over_arena_steps": len(prof.over(arena)) if arena else None,
+    }
+    timeline = [{"step": step, "live_bytes": live} for step, live in zip(prof.order, prof.live, strict=True)]
+    return summary, timeline
 
 
 def _input_layout_changes(pass_list: Sequence[Pass]) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ Schema (version 1), top-level keys:
              cpu_ops [{op, op_type, constraint, reasons, fix, predicted, observed, agree}]}
              (Vela's constraint for each op off the NPU and the nirc rewrite that would fix it),
   warnings [str],
-  memory_timeline [{step, live_bytes}] (int8 activation bytes alive at each node of the schedule).
+  memory {peak_bytes, peak_step, arena_bytes, over_arena_steps} and memory_timeline [{step, live_bytes}]:
+  int8 activation bytes alive at each step, in the order Vela runs the graph, with 16-channel brick
+  storage (nirc.memory; checked against Vela's allocation log).
 Only ``seconds`` values vary between identical runs; everything else is byte-stable.
 """
 

@@ -54,6 +54,9 @@ def test_artifacts_and_report(example_run: tuple[Path, dict[str, object]]) -> No
         assert key in on_disk
     assert on_disk["calibration"]["synthetic"] is False and on_disk["calibration"]["samples"] == 8
     assert on_disk["placement"]["agree"] is True and on_disk["placement"]["observed"]["cpu_ops"] == 0
+    memory = on_disk["memory"]
+    assert memory["peak_bytes"] == max(t["live_bytes"] for t in on_disk["memory_timeline"]) > 0
+    assert memory["over_arena_steps"] == 0  # tiny_cnn fits the 384 KiB arena
 
 
 def test_int8_model_is_transpose_free_and_all_npu(example_run: tuple[Path, dict[str, object]]) -> None:
