@@ -7,7 +7,7 @@ conv weights) changes results at the level of float32 rounding, not more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,3 +98,31 @@ def compare_outputs(
             if np.any(err > atol * scale + rtol * np.abs(ref64)):
                 return Mismatch(name, float(err.max()), scale)
     return None
+
+
+def run_tensors(
+    proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Values of any tensors ``names`` on every sample, concatenated along axis 0.
+
+    Passes that fit weights to activations (pruning, lossy block rules) read
+    intermediate tensors this way: each named tensor becomes an extra graph output
+    of a copy, run with ORT's optimisations off.
+    """
+    wanted = list(dict.fromkeys(names))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    existing = {o.name for o in probe.graph.output}
+    for name in wanted:
+        if name not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    results: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+    for sample in samples:
+        for name, value in zip(wanted, session.run(wanted, dict(sample)), strict=True):
+            results[name].append(np.asarray(value))
+    return {n: np.concatenate(v, axis=0) for n, v in results.items()}
+

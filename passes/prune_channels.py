@@ -25,6 +25,7 @@ from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
 from nirc.quant import CalibrationSet
+from nirc.verify import run_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class PruneChannelsPass(Pass):
             logger.warning("prune-channels: %s", SYNTHETIC_NOTE)
             ctx.count("synthetic_calibration")
         readers = [r for s, _ in todo for r in self._readers(spaces, s)]
-        ref_acts = _run_tensors(reference, fit, [_only_output(spaces.nodes[r]) for r in readers]) if self.refit else {}
+        ref_acts = run_tensors(reference, fit, [_only_output(spaces.nodes[r]) for r in readers]) if self.refit else {}
         layouts: dict[str, Layout] = {}
         for space, keep in todo:
             current = ChannelSpaces(model.graph)
@@ -275,7 +276,7 @@ class PruneChannelsPass(Pass):
         spaces = ChannelSpaces(model.graph)
         readers = [spaces.nodes[name] for name in self._readers(spaces, spaces.by_key()[space.key])]
         proto = model.to_proto(check=False)
-        acts = _run_tensors(proto, fit, [r.inputs[0].name for r in readers] + [_only_output(r) for r in readers])
+        acts = run_tensors(proto, fit, [r.inputs[0].name for r in readers] + [_only_output(r) for r in readers])
         namer = Namer(model.graph)
         num_before = num_after = den = 0.0
         for reader in readers:
@@ -306,8 +307,8 @@ class PruneChannelsPass(Pass):
         from nirc.quant import snr_db, top1_agreement
 
         names = [o.name for o in before.graph.output]
-        ref = _run_tensors(before, samples, names)
-        got = _run_tensors(after, samples, names)
+        ref = run_tensors(before, samples, names)
+        got = run_tensors(after, samples, names)
         snr = {n: round(snr_db(ref[n], got[n]), 2) for n in names}
         top1 = {n: top1_agreement(ref[n], got[n]) for n in names if ref[n].ndim == 2 and ref[n].shape[1] > 1}
         return {"snr_db": snr, "top1_agreement": top1}
@@ -340,31 +341,6 @@ def _weight_count(proto: onnx.ModelProto) -> int:
 
 def _only_output(node: gs.Node) -> str:
     return str(node.outputs[0].name)
-
-
-def _run_tensors(
-    proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Values of tensors ``names`` on every sample, concatenated along the batch axis."""
-    import onnxruntime as ort
-
-    wanted = list(dict.fromkeys(names))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    results: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
-    for sample in samples:
-        values = session.run(wanted, dict(sample))
-        for name, value in zip(wanted, values, strict=True):
-            results[name].append(np.asarray(value))
-    return {n: np.concatenate(v, axis=0) for n, v in results.items()}
 
 
 def _conv_geometry(node: gs.Node, weight_shape: Sequence[int]) -> tuple[list[int], list[int], list[int], list[int]]:

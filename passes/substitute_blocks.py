@@ -24,6 +24,7 @@ from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
 from nirc.target import Target
+from nirc.verify import run_tensors
 
 from ._rewrite import Namer, has_any_op
 from ._rule_base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, fused_activation
@@ -600,25 +601,3 @@ def adapt_inputs(layouts: Sequence[InputLayout], feed: Mapping[str, np.ndarray])
     return out
 
 
-def run_tensors(
-    proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Values of tensors ``names`` on every sample (ONNX Runtime, optimisations off), stacked along axis 0."""
-    import onnxruntime as ort
-
-    wanted = list(dict.fromkeys(names))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    results: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
-    for sample in samples:
-        for name, value in zip(wanted, session.run(wanted, dict(sample)), strict=True):
-            results[name].append(np.asarray(value))
-    return {n: np.concatenate(v, axis=0) for n, v in results.items()}

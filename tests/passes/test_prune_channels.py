@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from nirc.passes._channels import ChannelSpaces
-from nirc.passes.prune_channels import PruneChannelsPass, _run_tensors, channel_scores, keep_count
+from nirc.passes.prune_channels import PruneChannelsPass, channel_scores, keep_count
 from nirc_testing import ort_run, parse
 
 from nirc.backend import input_shapes
@@ -18,6 +18,7 @@ from nirc.pass_base import PassContext
 from nirc.pass_manager import PassManager
 from nirc.plugin import load_registry
 from nirc.quant import CalibrationSet, load_calibration
+from nirc.verify import run_tensors
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 F32 = np.float32
@@ -240,8 +241,8 @@ def test_digits_cnn_keeps_its_accuracy_and_gets_faster_on_vela() -> None:
     feeds = [{"input": val["input"][i : i + 1]} for i in range(0, len(val["labels"]), 2)]
     labels = val["labels"][::2]
     out = before.graph.output[0].name
-    acc_before = np.mean(_run_tensors(before, feeds, [out])[out].argmax(1) == labels)
-    acc_after = np.mean(_run_tensors(after, feeds, [out])[out].argmax(1) == labels)
+    acc_before = np.mean(run_tensors(before, feeds, [out])[out].argmax(1) == labels)
+    acc_after = np.mean(run_tensors(after, feeds, [out])[out].argmax(1) == labels)
     assert acc_before > 0.99 and acc_after > 0.95
     cycles_before, cycles_after = pass_.report["cycles"]
     assert cycles_after < 0.85 * cycles_before
