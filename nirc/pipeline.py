@@ -80,12 +80,30 @@ def _construct(registry: Registry, name: str, options: Mapping[str, Any]) -> Pas
 
 @dataclass(frozen=True)
 class OptimizeResult:
+    """What :func:`optimize` produced, in memory and on disk.
+
+    Attributes:
+        outdir: where the artifacts were written.
+        report: the report.json content.
+        records: one per pass run.
+        before, after: static analysis of the model before and after the passes.
+        warnings: the report's warnings.
+        model: the optimized float ONNX model.
+        int8_tflite: the emitted int8 TFLite (what Vela compiles), as bytes.
+        vela_tflite: the Vela-compiled TFLite as bytes, or None without compilation.
+        artifacts: artifact name -> path in ``outdir``.
+    """
+
     outdir: Path
     report: dict[str, Any]
     records: list[PassRecord]
     before: Analysis
     after: Analysis
     warnings: list[str] = field(default_factory=list)
+    model: onnx.ModelProto | None = None
+    int8_tflite: bytes = b""
+    vela_tflite: bytes | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
 
 
 def lower_canonical(model: IRModel, target: Target, registry: Registry | None = None) -> IRModel:
@@ -237,7 +255,20 @@ def optimize(
         (staging / "report.html").write_text(render_html(report), encoding="utf-8")
     if require_fit:
         check_fit(report, label, outdir)
-    return OptimizeResult(outdir, report, records, before, after, warnings)
+    artifacts = {p.name: outdir / p.name for p in sorted(outdir.iterdir()) if p.is_file()}
+    vela_path = outdir / f"{stem}_vela.tflite"
+    return OptimizeResult(
+        outdir,
+        report,
+        records,
+        before,
+        after,
+        warnings,
+        model=proto,
+        int8_tflite=emitted.tflite.data,
+        vela_tflite=vela_path.read_bytes() if compile else None,
+        artifacts=artifacts,
+    )
 
 
 def check_fit(report: dict[str, Any], label: str, outdir: Path) -> None:

@@ -85,8 +85,11 @@ def test_fits_the_reference_platform(example_run: tuple[Path, dict[str, object]]
 
 
 def test_outputs_are_byte_identical(tmp_path: Path) -> None:
-    for name in ("a", "b"):
-        optimize(EXAMPLE, "ethos-u65", outdir=tmp_path / name)
+    results = [optimize(EXAMPLE, "ethos-u65", outdir=tmp_path / name) for name in ("a", "b")]
+    first = results[0]
+    assert first.int8_tflite == (tmp_path / "a" / "tiny_cnn_int8.tflite").read_bytes() == results[1].int8_tflite
+    assert first.vela_tflite == (tmp_path / "a" / "tiny_cnn_vela.tflite").read_bytes()
+    assert first.artifacts["report.json"] == tmp_path / "a" / "report.json"
     for artifact in ("tiny_cnn_int8.tflite", "tiny_cnn_vela.tflite", "tiny_cnn_opt.onnx"):
         assert (tmp_path / "a" / artifact).read_bytes() == (tmp_path / "b" / artifact).read_bytes(), artifact
 
