@@ -208,6 +208,26 @@ def _specs(height: int, width: int, max_tiles: int, directions: Sequence[str]) -
     return sorted(specs, key=lambda s: (s.count, s.cols))
 
 
+FIT_MARGIN = 0.95
+"""Share of the platform memory above which a plan may not grow the DRAM footprint."""
+
+
+def _endangers_fit(baseline: CostLike, cost: CostLike, target: Target) -> str | None:
+    """Why a faster plan is refused because it could make the model stop fitting its platform.
+
+    Tiles can re-stream weights and grow the arena; a model that fitted must keep
+    fitting (measured: VGG19-224 went from 31.7 to 32.9 MiB, past Corstone-300's 32 MiB).
+    The DRAM footprint Vela reports (arena and weights) stands for the platform need;
+    within ``FIT_MARGIN`` of the limit any growth is refused.
+    """
+    limit = target.platform_memory_bytes
+    before = getattr(baseline, "dram_used_bytes", 0)
+    after = getattr(cost, "dram_used_bytes", 0)
+    if limit is None or after <= before or after <= FIT_MARGIN * limit:
+        return None
+    return f"plan grows the DRAM footprint {before} -> {after} B, near the {limit} B platform limit: backing off"
+
+
 @dataclass
 class _Judge:
     """Costs trials with one oracle, counting calls; a trial the oracle cannot cost is None."""
@@ -339,6 +359,8 @@ class TileActivationsPass(Pass):
                 if ok
                 else f"best plan {cand.label(names)} costs {cost.cycles} >= {baseline.cycles} cycles: backing off"
             )
+            if ok and (why := _endangers_fit(baseline, cost, judge.target)):
+                ok, reason = False, why
             self._log(model, cand, prof.peak, peak_after, baseline, cost, judge, ok, reason, halo)
             if ok:
                 before = {n.name for n in model.graph.nodes}

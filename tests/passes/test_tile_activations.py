@@ -253,6 +253,28 @@ def test_latency_mode_backs_off_when_the_oracle_says_no() -> None:
     assert "backing off" in ctx.decisions[0]["reason"]
 
 
+@dataclass(frozen=True)
+class FootprintCost(FakeCost):
+    dram_used_bytes: int = 0
+
+
+def test_latency_mode_refuses_a_faster_plan_that_breaks_the_platform_fit() -> None:
+    """Tiles may re-stream weights and grow the arena: a model that fitted must keep fitting."""
+    limit = TARGET.platform_memory_bytes
+    assert limit is not None
+
+    def faster_but_bigger(proto: onnx.ModelProto, target: object) -> FootprintCost:
+        slices = sum(n.op_type == "Slice" for n in proto.graph.node)
+        return FootprintCost(10_000 - 10 * slices, dram_used_bytes=int(limit * 0.97) + slices)
+
+    _, changed, ctx = _run(big(), cost_fn=faster_but_bigger, max_trials=6)
+    assert not changed
+    assert "near the" in ctx.decisions[0]["reason"] and "platform limit" in ctx.decisions[0]["reason"]
+    # Far from the limit, the same speed-up is taken.
+    _, changed, _ = _run(big(), cost_fn=likes_tiles, max_trials=6)
+    assert changed
+
+
 def test_nothing_to_do_without_arena_or_under_budget() -> None:
     assert not _run(big(), target=None)[1]
     small = parse(HEADER + "\ng (float[1,4,8,8] x) => (float[1,4,8,8] y) {\n  y = Conv <pads=[1,1,1,1]> (x, w)\n}\n",
