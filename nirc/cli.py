@@ -405,10 +405,14 @@ def _progress(message: str) -> None:
 
 def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
     write = sys.stdout.write
-    for record in report["passes"]:
-        mark = "changed" if record["changed"] else "-"
+    changed = [r for r in report["passes"] if r["changed"]]
+    seconds = sum(r["seconds"] for r in report["passes"])
+    write(f"passes: {len(changed)} of {len(report['passes'])} changed the model ({seconds:.1f} s)\n")
+    for record in changed:
         checked = " verified" if record["verified"] else ""
-        write(f"  {record['name']:28s} {mark:8s} {record['seconds'] * 1000:8.1f} ms{checked}\n")
+        kind = "" if record["exact"] else " LOSSY"
+        stats = ", ".join(f"{k}={v}" for k, v in record["stats"].items())
+        write(f"  {record['name']:28s} {record['seconds'] * 1000:8.1f} ms{checked}{kind}  {stats}\n")
     b, a = report["model"]["before"], report["model"]["after"]
     write(
         f"nodes {b['nodes']} -> {a['nodes']}   MACs {b['macs']:,} -> {a['macs']:,}   "
