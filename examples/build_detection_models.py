@@ -46,7 +46,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -54,7 +53,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from build_models import _RELU_GAIN, IR_VERSION, OPSET, PRODUCER, GraphBuilder  # examples/ is the script's dir
+from build_models import (  # examples/ is the script's dir
+    _RELU_GAIN,
+    IR_VERSION,
+    OPSET,
+    PRODUCER,
+    GraphBuilder,
+    parse_model_args,
+    pick,
+)
 from onnx import helper
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "models"
@@ -367,24 +374,11 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
 
 def build(name: str) -> onnx.ModelProto:
     """Build model ``name`` (a key of :data:`MODELS`); the result is identical on every call."""
-    try:
-        factory = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
-    return factory()
+    return pick(MODELS, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("-o", "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
-    parser.add_argument("names", nargs="*", metavar="name", help=f"models (default: all): {', '.join(MODELS)}")
-    args = parser.parse_args(argv)
-    names: list[str] = args.names or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    names, out_dir = parse_model_args(__doc__, MODELS, argv)
     for name in names:
         model = build(name)
         onnx.checker.check_model(model, full_check=True)

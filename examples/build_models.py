@@ -83,7 +83,7 @@ import argparse
 import math
 import sys
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -459,18 +459,35 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
 }
 
 
-def build(name: str) -> onnx.ModelProto:
-    """Build model ``name`` (a key of :data:`MODELS`); the result is identical on every call."""
+def pick(models: Mapping[str, Callable[[], onnx.ModelProto]], name: str) -> onnx.ModelProto:
+    """Build ``models[name]``; shared by every builder script in examples/."""
     try:
-        factory = MODELS[name]
+        factory = models[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(models)}") from None
     return factory()
 
 
-# ---------------------------------------------------------------------------------------------------
-# Accounting
-# ---------------------------------------------------------------------------------------------------
+def build(name: str) -> onnx.ModelProto:
+    """Build model ``name`` (a key of :data:`MODELS`); the result is identical on every call."""
+    return pick(MODELS, name)
+
+
+def parse_model_args(
+    doc: str | None, models: Mapping[str, Callable[[], onnx.ModelProto]], argv: Sequence[str] | None
+) -> tuple[list[str], Path]:
+    """The command line every builder script shares: ``[-o DIR] [names...]``; creates DIR."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("-o", "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
+    parser.add_argument("names", nargs="*", metavar="name", help=f"models (default: all): {', '.join(models)}")
+    args = parser.parse_args(argv)
+    names: list[str] = args.names or list(models)
+    unknown = [n for n in names if n not in models]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(models)}")
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return names, out_dir
 
 
 def count_macs_params(model: onnx.ModelProto) -> tuple[int, int]:
@@ -516,18 +533,7 @@ def _fmt_ref(value: int | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("-o", "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
-    parser.add_argument(
-        "names", nargs="*", metavar="name", help=f"models (default: all): {', '.join(MODELS)}"
-    )
-    args = parser.parse_args(argv)
-    names: list[str] = args.names or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    names, out_dir = parse_model_args(__doc__, MODELS, argv)
 
     header = f"{'model':<22} {'MACs (M)':>10} {'ref':>8} {'params (M)':>11} {'ref':>6} {'file':>10}"
     print(header)

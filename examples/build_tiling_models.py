@@ -26,7 +26,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import sys
@@ -142,24 +141,11 @@ def build(name: str) -> onnx.ModelProto:
     """Build model ``name`` (a key of :data:`MODELS`, or ``mobilenetv2_224`` from ``build_models.py``)."""
     if name == "mobilenetv2_224":
         return _bm.build(name)  # type: ignore[no-any-return]
-    try:
-        factory = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
-    return factory()
+    return _bm.pick(MODELS, name)  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("-o", "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
-    parser.add_argument("names", nargs="*", metavar="name", help=f"models (default: all): {', '.join(MODELS)}")
-    args = parser.parse_args(argv)
-    names: list[str] = args.names or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    names, out_dir = _bm.parse_model_args(__doc__, MODELS, argv)
     for name in names:
         model = build(name)
         onnx.checker.check_model(model, full_check=True)
