@@ -7,13 +7,12 @@ compiling, and so the validation measures exactly the file that Vela compiles.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import onnx
 
+from nirc.options import CalibrationOptions as CalibrationOptions  # where it lived before nirc.options
 from nirc.quant import CalibrationSet, RangeMethod, collect_ranges, load_calibration
 from nirc.tflite import TFLiteModel, check_supported, emit_tflite
 from nirc.validate import OutputCheck, compare
@@ -24,24 +23,6 @@ DEFAULT_RANGE_METHOD: RangeMethod = "minmax"
 SYNTHETIC_WARNING = (
     "no --calib data: int8 ranges come from synthetic random inputs; accuracy numbers are not meaningful"
 )
-
-
-@dataclass(frozen=True)
-class CalibrationOptions:
-    """How to obtain int8 activation ranges.
-
-    Attributes:
-        path: ``.npy``/``.npz``/image folder, or None for synthetic data (with a warning).
-        mean, std: per-channel normalisation for image folders.
-        method: ``minmax`` | ``percentile`` | ``mse``.
-        count: at most this many samples are used.
-    """
-
-    path: Path | None = None
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    method: RangeMethod = DEFAULT_RANGE_METHOD
-    count: int = 16
 
 
 def input_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:

@@ -10,9 +10,13 @@ error; 8 backend (emission/Vela) error; 70 internal error (a bug: rerun with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +24,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze, with_layer_costs
-from nirc.backend import CalibrationOptions
 from nirc.cost import cli as cost_cli
 from nirc.errors import NircError
 from nirc.ir import IRModel
+from nirc.options import DEFAULT_TARGET, DEFAULT_TARGET_TEXT, TARGET_HELP, CalibrationOptions, OptimizeOptions
 from nirc.plugin import Registry, load_registry
 from nirc.target import Target
 
@@ -68,13 +72,14 @@ def _resolve_unnamed_shape(shapes: dict[str, list[int]], model_path: str) -> dic
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX model file")
-    p.add_argument("--target", default="ethos-u65", help="target name (see `nirc targets`)")
+    p.add_argument("--target", default=DEFAULT_TARGET, help=TARGET_HELP)
     p.add_argument(
         "--input-shape",
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="fix an input's dims (repeatable); required when the model has dynamic dims",
+        help="fix an input's dynamic dims (repeatable; static dims must keep their size); "
+        "required when the model has dynamic dims",
     )
 
 
@@ -89,7 +94,13 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=Path, metavar="PATH", help=".npy, .npz (by input name) or a folder of images")
     p.add_argument("--calib-mean", type=_floats, metavar="M0,M1,M2", help="per-channel mean for image folders")
     p.add_argument("--calib-std", type=_floats, metavar="S0,S1,S2", help="per-channel std for image folders")
-    p.add_argument("--calib-method", choices=("minmax", "percentile", "mse"), default="minmax")
+    p.add_argument(
+        "--calib-method",
+        choices=("minmax", "percentile", "mse"),
+        default="minmax",
+        help="how int8 activation ranges are chosen from the calibration data: minmax (default; the "
+        "observed range), percentile (clips rare outliers), mse (minimises quantization error)",
+    )
     p.add_argument("--calib-count", type=int, default=16, help="use at most this many samples")
 
 
@@ -99,11 +110,38 @@ def _calibration(args: argparse.Namespace) -> CalibrationOptions:
     )
 
 
+EXIT_CODES_TEXT = (
+    "Exit codes: 0 ok, 1 error, 2 bad model/input/output location/usage, 3 unsupported operator, "
+    "4 unknown target or model does not fit, 5 pass error, 6 --verify failure, 7 plugin error, "
+    "8 backend (emission/Vela) error, 70 internal error, 128+N killed by signal N (130 Ctrl-C, 143 SIGTERM)."
+)
+
+
+def _global_options(default: Any) -> argparse.ArgumentParser:
+    """Options valid on both sides of the subcommand (``nirc -q optimize`` = ``nirc optimize ... -q``).
+
+    The subcommands' copies default to SUPPRESS so that they only set what was given after
+    the subcommand and do not reset what was given before it.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks and debug logging"
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="print nothing but errors and requested data"
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nirc", description="Hardware-aware compiler for Arm Ethos-U NPUs.")
+    parser = argparse.ArgumentParser(
+        prog="nirc",
+        description="Hardware-aware compiler for Arm Ethos-U NPUs.",
+        parents=[_global_options(False)],
+        epilog=f"Default target: {DEFAULT_TARGET_TEXT}. {EXIT_CODES_TEXT}",
+    )
     parser.add_argument("--version", action="version", version=f"nirc {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = _SubcommandAdder(parser.add_subparsers(dest="command", required=True), _global_options(argparse.SUPPRESS))
 
     p = sub.add_parser("analyze", help="MACs, parameters, activation memory and channel alignment per layer")
     _add_model_args(p)
@@ -174,14 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="execute Vela's output: in nirc's NPU functional model (default), on a Corstone FVP "
         "(falls back to sim when none is installed), or not at all",
     )
-    shown = p.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
-    shown.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
 
     p = sub.add_parser("convert", help="emit TFLite (float32 or int8) without Vela")
     _add_model_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="output .tflite file")
-    p.add_argument("--dtype", choices=("float32", "int8"), default="int8")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "int8"),
+        default="int8",
+        help="int8 (default: calibrated, what Vela compiles) or float32 (no calibration; runs on the CPU only)",
+    )
     p.add_argument("--io", choices=("int8", "float32"), default="int8", help="int8 model input/output type")
     _add_calib_args(p)
 
@@ -191,14 +232,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="execute a Vela-compiled model and compare it with its int8 TFLite")
     p.add_argument("vela_tflite", type=Path, help="MODEL_vela.tflite")
     p.add_argument("int8_tflite", type=Path, help="the MODEL_int8.tflite Vela compiled")
-    p.add_argument("--method", choices=("sim", "fvp"), default="sim")
-    p.add_argument("--target", default="ethos-u65", help="for --method fvp: which FVP to use")
+    p.add_argument(
+        "--method",
+        choices=("sim", "fvp"),
+        default="sim",
+        help="sim (default): nirc's NPU functional model; fvp: a Corstone FVP (needs one installed)",
+    )
+    p.add_argument("--target", default=DEFAULT_TARGET, help=f"for --method fvp: which FVP to use; {TARGET_HELP}")
     p.add_argument("--samples", type=int, default=3, help="random int8 inputs to compare on")
     p.add_argument("--describe", action="store_true", help="print the decoded NPU command stream and stop")
 
     sub.add_parser("passes", help="list registered passes")
     sub.add_parser("targets", help="list registered targets")
     return parser
+
+
+class _SubcommandAdder:
+    """``add_parser`` that gives every subcommand the global options."""
+
+    def __init__(self, sub: Any, common: argparse.ArgumentParser) -> None:
+        self._sub = sub
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, parents=[self._common], **kwargs)
+        return parser
 
 
 def _fmt_int(value: int) -> str:
@@ -364,17 +422,14 @@ def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return options
 
 
-def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
-    from nirc.pipeline import check_fit, optimize
-
+def optimize_options(args: argparse.Namespace) -> OptimizeOptions:
+    """The command line as the library's options object: the CLI adds nothing the API lacks."""
     shapes = _resolve_unnamed_shape(_parse_input_shapes(args.input_shape), args.model)
-    passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
-    result = optimize(
-        args.model,
-        args.target,
-        outdir=args.outdir,
+    passes = tuple(p.strip() for p in args.passes.split(",") if p.strip()) if args.passes else None
+    return OptimizeOptions(
+        target=args.target,
         passes=passes,
-        skip=args.skip_pass,
+        skip=tuple(args.skip_pass),
         no_hw_passes=args.no_hw_passes,
         channel_rounding=args.channel_rounding,
         pass_options=_pass_options(args),
@@ -386,14 +441,25 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
         compile=not args.no_compile,
         validate_npu=args.validate,
         require_fit=False,  # show the summary first, then fail
+    )
+
+
+def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
+    from nirc.pipeline import check_fit, optimize
+
+    outdir: Path = args.outdir or Path(f"{Path(args.model).stem}_nirc")
+    result = optimize(
+        args.model,
+        options=optimize_options(args),
+        outdir=outdir,
         registry=registry,
         progress=_progress if not (args.quiet or args.json) else lambda _message: None,
     )
     if args.json:
         sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
     elif not args.quiet:
-        print_optimize_summary(result.report, result.outdir)
-    check_fit(result.report, args.model, result.outdir)
+        print_optimize_summary(result.report, outdir)
+    check_fit(result.report, args.model, outdir)
     return 0
 
 
@@ -467,9 +533,7 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
 
     from nirc.targets.ethos_u import sim
 
-    for path in (args.vela_tflite, args.int8_tflite):
-        if not path.is_file():
-            raise NircError(f"{path}: no such file")
+    _check_validate_files(args.vela_tflite, args.int8_tflite)
     if args.describe:
         sys.stdout.write(sim.describe(args.vela_tflite) + "\n")
         return 0
@@ -497,6 +561,26 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
     return 0 if worst <= 1 else 1
 
 
+def _check_validate_files(vela: Path, int8: Path) -> None:
+    """VELA must hold the NPU command stream and INT8 must not: say so rather than fail inside LiteRT."""
+    from nirc.errors import ModelLoadError
+    from nirc.targets.ethos_u.vela_driver import npu_op_count
+
+    for path in (vela, int8):
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such file")
+    vela_ops = npu_op_count(vela.read_bytes(), str(vela))
+    int8_ops = npu_op_count(int8.read_bytes(), str(int8))
+    if not vela_ops and int8_ops:
+        raise ModelLoadError(
+            f"{vela} and {int8} look swapped: the Vela-compiled file comes first (nirc validate VELA INT8)"
+        )
+    if not vela_ops:
+        raise ModelLoadError(f"{vela}: has no ethos-u operator, not a Vela-compiled model")
+    if int8_ops:
+        raise ModelLoadError(f"{int8}: is Vela-compiled; the second file is the int8 TFLite Vela read")
+
+
 def _cmd_passes(registry: Registry) -> int:
     width = max((len(name) for name in registry.passes), default=0)
     for name in sorted(registry.passes):
@@ -515,27 +599,67 @@ def _cmd_targets(registry: Registry) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP as an exception, so every ``finally`` (staging and scratch cleanup) runs.
+
+    A BaseException like KeyboardInterrupt, so ``except Exception`` in a pass cannot swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # main() called from a worker thread (embedding): leave signals to the host
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _terminate)
+
+
+def _quiet_stdout_after_broken_pipe() -> None:
+    """``nirc passes | head -3``: the reader left; stop quietly, and let the final flush go nowhere."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _run(args: argparse.Namespace) -> int:
+    registry = load_registry()
+    if args.command == "analyze":
+        return _cmd_analyze(args, registry)
+    if args.command == "optimize":
+        return _cmd_optimize(args, registry)
+    if args.command == "convert":
+        return _cmd_convert(args)
+    if args.command == "validate":
+        return _cmd_validate(args, registry)
+    if args.command in cost_cli.COMMANDS:
+        return cost_cli.run(args)
+    if args.command == "passes":
+        return _cmd_passes(registry)
+    return _cmd_targets(registry)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    _install_signal_handlers()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        registry = load_registry()
-        if args.command == "analyze":
-            return _cmd_analyze(args, registry)
-        if args.command == "optimize":
-            return _cmd_optimize(args, registry)
-        if args.command == "convert":
-            return _cmd_convert(args)
-        if args.command == "validate":
-            return _cmd_validate(args, registry)
-        if args.command in cost_cli.COMMANDS:
-            return cost_cli.run(args)
-        if args.command == "passes":
-            return _cmd_passes(registry)
-        return _cmd_targets(registry)
+        if args.quiet and not debug:
+            logging.getLogger("nirc").setLevel(logging.ERROR)
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except NircError as exc:
         if debug:
             traceback.print_exc()
@@ -544,9 +668,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         sys.stderr.write(f"nirc: error: {exc}\n")
         return 2
+    except BrokenPipeError:
+        _quiet_stdout_after_broken_pipe()
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("nirc: interrupted\n")
         return 130
+    except Terminated as exc:
+        sys.stderr.write(f"nirc: stopped by {exc}; no output written\n")
+        return 128 + exc.signum
     except Exception as exc:
         if debug:
             traceback.print_exc()

@@ -61,6 +61,12 @@ class CalibrationError(NircError):
     exit_code = 2
 
 
+class OutputError(NircError):
+    """The output location cannot take the artifacts: a file where a directory goes, no write access."""
+
+    exit_code = 2
+
+
 class BackendError(NircError):
     """Emission or Vela compilation failed."""
 

@@ -14,29 +14,29 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import onnx
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze
-from nirc.backend import SYNTHETIC_WARNING, CalibrationOptions, emit, load_samples, validate
+from nirc.backend import SYNTHETIC_WARNING, emit, load_samples, validate
 from nirc.errors import PassError, TargetError, UnsupportedOperatorError
 from nirc.html_report import render as render_html
 from nirc.ir import IRModel
-from nirc.outdir import staged_outdir
+from nirc.options import OPTION_NAMES, CalibrationOptions, ChannelRounding, OptimizeOptions
+from nirc.outdir import check_outdir, scratch_dir, staged_outdir
 from nirc.pass_base import Pass, PassContext
 from nirc.pass_manager import PassManager, PassRecord
 from nirc.plugin import Registry, load_registry
 from nirc.quant import CalibrationSet
-from nirc.report import build_report, fits_summary, write_json
+from nirc.report import build_report, fits_summary, report_json_bytes
 from nirc.target import Target
 from nirc.tflite import check_supported, format_unsupported, unsupported_ops
 
 logger = logging.getLogger(__name__)
 
 
-ChannelRounding = Literal["off", "pad", "prune"]
 NPU_CHECK_SAMPLES = 2
 """Inputs the compiled artifact is executed on: the functional model takes seconds per input."""
 
@@ -80,10 +80,9 @@ def _construct(registry: Registry, name: str, options: Mapping[str, Any]) -> Pas
 
 @dataclass(frozen=True)
 class OptimizeResult:
-    """What :func:`optimize` produced, in memory and on disk.
+    """What :func:`optimize` produced, in memory (and on disk when asked).
 
     Attributes:
-        outdir: where the artifacts were written.
         report: the report.json content.
         records: one per pass run.
         before, after: static analysis of the model before and after the passes.
@@ -91,10 +90,12 @@ class OptimizeResult:
         model: the optimized float ONNX model.
         int8_tflite: the emitted int8 TFLite (what Vela compiles), as bytes.
         vela_tflite: the Vela-compiled TFLite as bytes, or None without compilation.
-        artifacts: artifact name -> path in ``outdir``.
+        vela_files: Vela's summary, per-layer table and log: path under OUTDIR -> bytes.
+        stem: the artifacts' file-name stem (the model file's, or ``model``).
+        outdir: where the artifacts were written, or None when nothing was.
+        artifacts: artifact name -> path in ``outdir`` (empty when nothing was written).
     """
 
-    outdir: Path
     report: dict[str, Any]
     records: list[PassRecord]
     before: Analysis
@@ -103,7 +104,34 @@ class OptimizeResult:
     model: onnx.ModelProto | None = None
     int8_tflite: bytes = b""
     vela_tflite: bytes | None = None
+    vela_files: dict[str, bytes] = field(default_factory=dict)
+    stem: str = "model"
+    outdir: Path | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
+
+    def files(self) -> dict[str, bytes]:
+        """Every artifact as OUTDIR would hold it: relative path -> bytes (byte-identical to a written run)."""
+        out: dict[str, bytes] = {}
+        if self.model is not None:
+            out[f"{self.stem}_opt.onnx"] = self.model.SerializeToString()
+        out[f"{self.stem}_int8.tflite"] = self.int8_tflite
+        if self.vela_tflite is not None:
+            out[f"{self.stem}_vela.tflite"] = self.vela_tflite
+        out.update(self.vela_files)
+        out["report.json"] = report_json_bytes(self.report)
+        out["report.html"] = render_html(self.report).encode("utf-8")
+        return out
+
+    def write(self, outdir: Path) -> OptimizeResult:
+        """Write every artifact into ``outdir``, all or nothing; return the result with its paths."""
+        files = self.files()
+        with staged_outdir(outdir) as staging:
+            for name, data in files.items():
+                path = staging / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        artifacts = {name: outdir / name for name in sorted(files) if "/" not in name}
+        return replace(self, outdir=outdir, artifacts=artifacts)
 
 
 def lower_canonical(model: IRModel, target: Target, registry: Registry | None = None) -> IRModel:
@@ -132,56 +160,78 @@ def run_passes(
     return manager.run(model, PassContext(target=target, calibration=calibration))
 
 
+def _quiet(_message: str) -> None:
+    pass
+
+
+def resolve_options(
+    options: OptimizeOptions | None, target: str | Target | None, overrides: Mapping[str, Any]
+) -> OptimizeOptions:
+    """``options`` with keyword overrides applied; unknown names fail like a misspelled keyword."""
+    unknown = sorted(set(overrides) - OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"optimize() got unexpected keyword arguments {unknown}; options: {sorted(OPTION_NAMES)}")
+    changes = dict(overrides)
+    if target is not None:
+        changes["target"] = target
+    if "calibration" in changes and changes["calibration"] is None:
+        changes["calibration"] = CalibrationOptions()
+    for key in ("passes", "skip"):
+        if changes.get(key) is not None:
+            changes[key] = tuple(changes[key])
+    return replace(options or OptimizeOptions(), **changes)
+
+
 def optimize(
-    source: str | Path | onnx.ModelProto,
-    target: str | Target = "ethos-u65",
+    source: str | Path | bytes | onnx.ModelProto,
+    target: str | Target | None = None,
     *,
+    options: OptimizeOptions | None = None,
     outdir: Path | None = None,
-    passes: Sequence[str] | None = None,
-    skip: Sequence[str] = (),
-    no_hw_passes: bool = False,
-    channel_rounding: ChannelRounding = "pad",
-    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
-    verify: bool = False,
-    dump_ir: Path | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    calibration: CalibrationOptions | None = None,
-    io_dtype: Literal["int8", "float32"] = "int8",
-    compile: bool = True,
-    validate_npu: Literal["sim", "fvp", "none"] = "sim",
-    require_fit: bool = True,
     registry: Registry | None = None,
-    progress: Callable[[str], None] = lambda _message: None,
+    progress: Callable[[str], None] = _quiet,
+    **overrides: Any,
 ) -> OptimizeResult:
-    """Compile ``source`` for ``target`` into ``outdir``.
+    """Compile ``source`` (a path, ONNX bytes or a ModelProto) for a target; write files only when asked.
+
+    Options come from ``options`` (an :class:`~nirc.options.OptimizeOptions`), with any of its
+    fields also accepted as keywords (``passes=[...]``, ``verify=True``, ...) and ``target`` as
+    the second argument. Without ``outdir`` nothing is written (Vela works in a private
+    temporary directory that is removed), and the artifacts are in the result; with it, they
+    are written all-or-nothing, and an unusable ``outdir`` fails before any work. The
+    caller's ModelProto is not modified, and concurrent calls from several threads are safe
+    (Vela itself runs one compilation at a time).
 
     Raises:
+        NircError: a subclass with a one-line message for anything the caller can fix.
         TargetError: with ``require_fit``, after writing every artifact, when the compiled
             model does not fit the target platform's memory (the report says by how much).
     """
+    opts = resolve_options(options, target, overrides)
     registry = registry or load_registry()
-    tgt = registry.get_target(target) if isinstance(target, str) else target
+    tgt = registry.get_target(opts.target) if isinstance(opts.target, str) else opts.target
     pass_list = select_passes(
         registry,
         tgt,
-        passes=passes,
-        skip=skip,
-        no_hw_passes=no_hw_passes,
-        channel_rounding=channel_rounding,
-        pass_options=pass_options,
+        passes=opts.passes,
+        skip=opts.skip,
+        no_hw_passes=opts.no_hw_passes,
+        channel_rounding=opts.channel_rounding,
+        pass_options=opts.pass_options,
     )
-    model = IRModel.load(source, input_shapes)
+    if outdir is not None:
+        check_outdir(outdir)
+    model = IRModel.load(source, opts.input_shapes)
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"
-    outdir = outdir or Path(f"{stem}_nirc")
     _check_ops_before_work(model.to_proto(), label, pass_list)
-    calib = load_samples(model.to_proto(), calibration or CalibrationOptions())
+    calib = load_samples(model.to_proto(), opts.calibration)
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
     before = analyze(model, tgt)
     original = model.to_proto()
     progress(f"running {len(pass_list)} passes")
-    records = run_passes(model, tgt, pass_list, verify=verify, dump_ir=dump_ir, calibration=calib)
+    records = run_passes(model, tgt, pass_list, verify=opts.verify, dump_ir=opts.dump_ir, calibration=calib)
     after = analyze(model, tgt)
     warnings.extend(_lossy_pass_warnings(records))
     layout_changes = _input_layout_changes(pass_list)
@@ -199,34 +249,42 @@ def optimize(
         raise PassError(f"final model is invalid: {exc}") from exc
     check_supported(proto, label)  # what the passes did not legalize, with attribute-level reasons
 
-    options = calibration or CalibrationOptions()
-    with staged_outdir(outdir) as staging:
-        onnx.save(proto, str(staging / f"{stem}_opt.onnx"))
-        progress(f"calibrating ({len(calib)} samples, {options.method}) and emitting int8 TFLite")
-        emitted = emit(proto, dtype="int8", calib=calib, method=options.method, io_dtype=io_dtype, label=label)
-        int8_path = staging / f"{stem}_int8.tflite"
+    method = opts.calibration.method
+    progress(f"calibrating ({len(calib)} samples, {method}) and emitting int8 TFLite")
+    emitted = emit(proto, dtype="int8", calib=calib, method=method, io_dtype=opts.io_dtype, label=label)
+    progress("validating int8 against float (LiteRT vs ONNX Runtime)")
+    checks = validate(proto, emitted.tflite, calib)
+    for check in checks:
+        if check.low_snr:
+            warnings.append(f"output '{check.name}' int8 SNR {check.snr_db:.1f} dB is low")
+    validation: dict[str, Any] = {"samples": len(calib), "outputs": [c.to_json() for c in checks]}
+    if any(not r.exact and r.changed for r in records):
+        # A lossy pass moved the float reference too: also measure against the input model.
+        vs_original = validate(original, emitted.tflite, calib)
+        validation["outputs_vs_original"] = [c.to_json() for c in vs_original]
+    vela_json: dict[str, Any] | None = None
+    fits: dict[str, Any] = fits_summary(tgt, after, None, None)
+    vela_tflite: bytes | None = None
+    vela_files: dict[str, bytes] = {}
+    with scratch_dir() as work:
+        int8_path = work / f"{stem}_int8.tflite"
         int8_path.write_bytes(emitted.tflite.data)
-        progress("validating int8 against float (LiteRT vs ONNX Runtime)")
-        checks = validate(proto, emitted.tflite, calib)
-        for check in checks:
-            if check.low_snr:
-                warnings.append(f"output '{check.name}' int8 SNR {check.snr_db:.1f} dB is low")
-        validation: dict[str, Any] = {"samples": len(calib), "outputs": [c.to_json() for c in checks]}
-        if any(not r.exact and r.changed for r in records):
-            # A lossy pass moved the float reference too: also measure against the input model.
-            vs_original = validate(original, emitted.tflite, calib)
-            validation["outputs_vs_original"] = [c.to_json() for c in vs_original]
-        vela_json: dict[str, Any] | None = None
-        fits: dict[str, Any] = fits_summary(tgt, after, None, None)
-        if compile:
+        if opts.compile:
             progress(f"compiling with Vela for {tgt.name}")
-            vela_json, fits = _compile(int8_path, tgt, staging, stem, after)
-            if validate_npu != "none":
+            vela_json, fits = _compile(int8_path, tgt, work, stem, after)
+            vela_path = work / f"{stem}_vela.tflite"
+            vela_tflite = vela_path.read_bytes()
+            vela_files = {
+                p.relative_to(work).as_posix(): p.read_bytes()
+                for p in sorted((work / "vela").rglob("*"))
+                if p.is_file()
+            }
+            if opts.validate_npu != "none":
                 from nirc.targets.ethos_u.npu_check import check_npu_artifact
 
-                progress(f"executing the compiled NPU model ({validate_npu}) against the int8 TFLite")
+                progress(f"executing the compiled NPU model ({opts.validate_npu}) against the int8 TFLite")
                 npu = check_npu_artifact(
-                    validate_npu, tgt, staging / f"{stem}_vela.tflite", int8_path, emitted.tflite,
+                    opts.validate_npu, tgt, vela_path, int8_path, emitted.tflite,
                     list(calib.samples[:NPU_CHECK_SAMPLES]), warnings,
                 )
                 validation["npu"] = npu
@@ -241,7 +299,7 @@ def optimize(
                 "source": calib.source,
                 "synthetic": calib.synthetic,
                 "samples": len(calib),
-                "method": options.method,
+                "method": method,
             },
             validation=validation,
             vela=vela_json,
@@ -249,16 +307,9 @@ def optimize(
             warnings=warnings,
         )
         report["placement"] = _placement(int8_path, tgt, vela_json)
-        report["input_layout_changes"] = layout_changes
-        report["memory"], report["memory_timeline"] = _memory(model, tgt)
-        write_json(staging / "report.json", report)
-        (staging / "report.html").write_text(render_html(report), encoding="utf-8")
-    if require_fit:
-        check_fit(report, label, outdir)
-    artifacts = {p.name: outdir / p.name for p in sorted(outdir.iterdir()) if p.is_file()}
-    vela_path = outdir / f"{stem}_vela.tflite"
-    return OptimizeResult(
-        outdir,
+    report["input_layout_changes"] = layout_changes
+    report["memory"], report["memory_timeline"] = _memory(model, tgt)
+    result = OptimizeResult(
         report,
         records,
         before,
@@ -266,16 +317,23 @@ def optimize(
         warnings,
         model=proto,
         int8_tflite=emitted.tflite.data,
-        vela_tflite=vela_path.read_bytes() if compile else None,
-        artifacts=artifacts,
+        vela_tflite=vela_tflite,
+        vela_files=vela_files,
+        stem=stem,
     )
+    if outdir is not None:
+        result = result.write(outdir)
+    if opts.require_fit:
+        check_fit(report, label, outdir)
+    return result
 
 
-def check_fit(report: dict[str, Any], label: str, outdir: Path) -> None:
+def check_fit(report: dict[str, Any], label: str, outdir: Path | None) -> None:
     """Raise TargetError when the report says the model does not fit its platform."""
     platform = report["fits"]["platform"]
     if platform["fits"] is False:
-        raise TargetError(f"{label}: {platform['message']} (artifacts and report in {outdir})")
+        where = f" (artifacts and report in {outdir})" if outdir is not None else ""
+        raise TargetError(f"{label}: {platform['message']}{where}")
 
 
 def _check_ops_before_work(proto: onnx.ModelProto, label: str, pass_list: Sequence[Pass]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
@@ -96,8 +97,15 @@ class Registry:
         try:
             return self.targets[key]
         except KeyError:
-            known = ", ".join(sorted(self.targets))
+            aliases = self.target_registry.aliases
+            names = sorted([*self.targets, *aliases], key=_natural_key)
+            known = ", ".join(f"{n} (= {aliases[n]})" if n in aliases else n for n in names)
             raise TargetError(f"unknown target '{name}' (known: {known})") from None
+
+
+def _natural_key(name: str) -> list[tuple[int, int | str]]:
+    """``ethos-u85-128`` before ``ethos-u85-1024``: digit runs compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
 def _entry_point_plugins(disabled: set[str]) -> list[tuple[str, ModuleType | object]]:

@@ -156,3 +156,8 @@ def fits_summary(
 
 def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def report_json_bytes(data: object) -> bytes:
+    """report.json's exact bytes, for writing and for the in-memory result alike."""
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8")

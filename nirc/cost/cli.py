@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from nirc.cost.blocks import BLOCK_KINDS
+from nirc.options import DEFAULT_TARGET, TARGET_HELP
 
 COMMANDS: dict[str, str] = {
     "profile-blocks": "characterize conv types and building blocks over feature-map sizes with Vela",
@@ -29,7 +30,7 @@ COMMANDS: dict[str, str] = {
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """Add the options of ``command`` (a key of :data:`COMMANDS`) to its subparser."""
     if command == "profile-blocks":
-        parser.add_argument("--target", default="ethos-u65", help="target name (see `nirc targets`)")
+        parser.add_argument("--target", default=DEFAULT_TARGET, help=TARGET_HELP)
         parser.add_argument("-o", "--outdir", type=Path, default=Path("profile_blocks"), help="output directory")
         parser.add_argument("-j", "--jobs", type=int, default=1, help="parallel Vela processes")
         parser.add_argument("--quick", action="store_true", help="a small sweep (H=W in 7,14; C in 16,32)")

@@ -28,10 +28,18 @@ ONNX Runtime and the version converter handle well."""
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def read_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+def read_model(source: str | Path | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Parse the input; return the proto and a label to name it in messages."""
     if isinstance(source, onnx.ModelProto):
         return source, "<model>"
+    if isinstance(source, bytes | bytearray):
+        try:
+            parsed = onnx.load_from_string(bytes(source))
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            raise ModelLoadError(f"<bytes>: not a valid ONNX model ({_one_line(exc)})") from exc
+        if not parsed.graph.node and not parsed.graph.output:
+            raise ModelLoadError("<bytes>: not a valid ONNX model (empty graph)")
+        return parsed, "<model>"
     path = Path(source)
     label = str(path)
     if not path.exists():
@@ -39,13 +47,32 @@ def read_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, s
     if not path.is_file():
         raise ModelLoadError(f"{label}: not a file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{label}: not a valid ONNX model ({_one_line(exc)})") from exc
+    _load_external_data(model, path, label)
     if not model.graph.node and not model.graph.output:
         # An arbitrary file often parses as an empty ModelProto.
         raise ModelLoadError(f"{label}: not a valid ONNX model (empty graph)")
     return model, label
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path, label: str) -> None:
+    """Weights stored beside the model (large exports): a missing or short file is the user's to fix."""
+    from onnx import external_data_helper
+
+    tensors = [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
+    for tensor in tensors:
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not (path.parent / location).is_file():
+            raise ModelLoadError(
+                f"{label}: external data file '{location}' (tensor '{tensor.name}') not found next to the model"
+            )
+    if tensors:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # onnx raises ValidationError, OSError or ValueError variants
+            raise ModelLoadError(f"{label}: cannot read external data ({_one_line(exc)})") from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -98,11 +125,30 @@ def fix_input_shapes(
                 f"{label}: --input-shape {name} has rank {len(shape)}, "
                 f"the model's input has rank {len(tensor_type.shape.dim)}"
             )
+        if tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+            _check_static_dims_kept(name, dims, shape, label)
         del tensor_type.shape.dim[:]
         for size in shape:
             if size <= 0:
                 raise ModelLoadError(f"{label}: --input-shape {name} has a non-positive dim {size}")
             tensor_type.shape.dim.add().dim_value = int(size)
+
+
+def _check_static_dims_kept(name: str, dims: Sequence[int | None], shape: Sequence[int], label: str) -> None:
+    """--input-shape fixes dynamic dims; changing a static one would compile a different model silently.
+
+    A model exported at 32x32 may hold constants (Reshape targets, pooling windows) that only
+    fit 32x32, so a static dim is the exporter's decision: re-export with dynamic axes to change it.
+    """
+    changed = [(i, d, s) for i, (d, s) in enumerate(zip(dims, shape, strict=True)) if d is not None and d != s]
+    if changed:
+        i, old, new = changed[0]
+        static = ",".join("?" if d is None else str(d) for d in dims)
+        raise ModelLoadError(
+            f"{label}: --input-shape {name}={','.join(map(str, shape))} changes static dim {i} from {old} to {new} "
+            f"(the input is [{static}]); only dynamic dims can be set: re-export the model with dynamic axes"
+        )
 
 
 def _static_dims(value: onnx.ValueInfoProto) -> list[int] | None:
@@ -217,12 +263,48 @@ def check_model(model: onnx.ModelProto, label: str) -> None:
         raise ModelLoadError(f"{label}: ONNX checker failed: {_one_line(exc)}") from exc
 
 
+def check_finite_weights(model: onnx.ModelProto, label: str) -> None:
+    """NaN or infinite weights make every later number meaningless: name the first such tensor now.
+
+    Left to calibration, the NaN surfaces as a non-finite activation range on some
+    downstream tensor, which blames the calibration data and the wrong tensor.
+    """
+    from onnx import numpy_helper
+
+    constants = [(t.name, t) for t in model.graph.initializer]
+    constants += [
+        (node.output[0], attr.t)
+        for node in model.graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.name == "value"
+    ]
+    for name, tensor in constants:
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        values = numpy_helper.to_array(tensor)
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ModelLoadError(
+                f"{label}: weight tensor '{name}' has {bad} NaN or infinite value(s) of {values.size}; "
+                "the model itself is broken (e.g. a diverged training run), not the calibration data"
+            )
+
+
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
+
+
 def canonicalize(
-    source: str | Path | onnx.ModelProto,
+    source: str | Path | bytes | onnx.ModelProto,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[onnx.ModelProto, str]:
     """The whole front door: parse, check, inline functions, one opset, static shapes."""
     model, label = read_model(source)
+    if model is source and input_shapes:
+        model = onnx.ModelProto()  # fixing the input dims must not edit the caller's proto
+        model.CopyFrom(source)
     check_model(model, label)
     if model.functions:
         from onnx import inliner
@@ -233,4 +315,5 @@ def canonicalize(
     if input_shapes:
         fix_input_shapes(model, input_shapes, label)
     check_static_inputs(model, label)
+    check_finite_weights(model, label)
     return infer_static_shapes(model, label), label

@@ -33,7 +33,7 @@ class IRModel:
     @classmethod
     def load(
         cls,
-        source: str | Path | onnx.ModelProto,
+        source: str | Path | bytes | onnx.ModelProto,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> IRModel:
         """Load a file or proto, converting and checking it (see :mod:`nirc.ir.load`)."""

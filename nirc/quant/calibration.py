@@ -126,6 +126,30 @@ def _synthetic(shapes: Mapping[str, tuple[int, ...]], count: int, seed: int) -> 
     return CalibrationSet(samples=samples, synthetic=True, source=f"synthetic N(0,1), seed {seed}")
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_magic(path: Path, magic: bytes, kind: str, writer: str) -> None:
+    """Name the real problem for a file that only carries the suffix (a text file, a CSV, a PNG)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(magic))
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
+    if head != magic:
+        raise CalibrationError(
+            f"{path}: not an {kind} file (it does not start with {kind}'s header); write one with {writer}"
+        )
+
+
+def _npy_problem(exc: Exception) -> str:
+    """NumPy's pickle message advises ``allow_pickle=True``, i.e. running code from the file: never relay that."""
+    if "pickle" in str(exc).lower() or "python objects" in str(exc).lower():
+        return "holds Python objects (pickled data), which nirc does not load; save a numeric array with numpy.save"
+    return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
 def _from_npy(path: Path, shapes: Mapping[str, tuple[int, ...]], count: int) -> CalibrationSet:
     if len(shapes) != 1:
         raise CalibrationError(
@@ -133,10 +157,11 @@ def _from_npy(path: Path, shapes: Mapping[str, tuple[int, ...]], count: int) -> 
             "use an .npz keyed by input name"
         )
     ((name, shape),) = shapes.items()
+    _check_magic(path, _NPY_MAGIC, ".npy", "numpy.save")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise CalibrationError(f"{path}: not a readable .npy file ({exc})") from None
+        raise CalibrationError(f"{path}: {_npy_problem(exc)}") from None
     arrays = _split_samples(array, shape, count, f"{path}")
     return CalibrationSet(
         samples=tuple({name: a} for a in arrays), synthetic=False, source=_describe(path, len(arrays), len(array))
@@ -144,10 +169,11 @@ def _from_npy(path: Path, shapes: Mapping[str, tuple[int, ...]], count: int) -> 
 
 
 def _from_npz(path: Path, shapes: Mapping[str, tuple[int, ...]], count: int) -> CalibrationSet:
+    _check_magic(path, _ZIP_MAGIC, ".npz", "numpy.savez")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise CalibrationError(f"{path}: not a readable .npz file ({exc})") from None
+        raise CalibrationError(f"{path}: {_npy_problem(exc)}") from None
     with archive:
         missing = [name for name in shapes if name not in archive.files]
         if missing:

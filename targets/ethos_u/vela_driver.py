@@ -43,7 +43,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from nirc.errors import BackendError
+from nirc.errors import BackendError, ModelLoadError
 from nirc.target import Target
 
 NPU_CUSTOM_CODE = "ethos-u"
@@ -609,6 +609,29 @@ def _builtin_names() -> dict[int, str]:
     from tflite.BuiltinOperator import BuiltinOperator
 
     return {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def npu_op_count(data: bytes, label: str) -> int:
+    """How many Vela-compiled NPU subgraphs (``ethos-u`` custom ops) a TFLite file holds.
+
+    Tells a Vela output (at least one) from the int8 TFLite Vela read (none), so commands
+    that take both can say when they were swapped instead of failing inside LiteRT.
+    """
+    import tflite
+
+    if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
+        raise ModelLoadError(f"{label}: not a TFLite file")
+    try:
+        model = tflite.Model.GetRootAs(data, 0)
+        count = 0
+        for s in range(model.SubgraphsLength()):
+            sg = model.Subgraphs(s)
+            for o in range(sg.OperatorsLength()):
+                custom = model.OperatorCodes(sg.Operators(o).OpcodeIndex()).CustomCode()
+                count += custom is not None and custom.decode() == NPU_CUSTOM_CODE
+    except Exception as exc:
+        raise ModelLoadError(f"{label}: unreadable TFLite file ({type(exc).__name__}: {exc})") from None
+    return count
 
 
 def _cpu_ops(vela_tflite: Path, reasons: dict[str, str]) -> tuple[CpuOp, ...]:

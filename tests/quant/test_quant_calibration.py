@@ -141,7 +141,7 @@ def test_empty_and_non_finite_arrays(tmp_path: Path) -> None:
 def test_unreadable_npy(tmp_path: Path) -> None:
     path = tmp_path / "broken.npy"
     path.write_bytes(b"not numpy at all")
-    with pytest.raises(CalibrationError, match=r"broken\.npy: not a readable \.npy"):
+    with pytest.raises(CalibrationError, match=r"broken\.npy: not an \.npy file"):
         load_calibration(path, IMG)
 
 

@@ -1,0 +1,85 @@
+"""What a compilation is asked to do, as one value shared by the CLI and the library.
+
+Why one object: ``nirc optimize``'s flags and :func:`nirc.optimize`'s keywords
+used to be two parallel lists of 18 names that drifted apart; an embedding
+compiler also wants to build the request once, keep it, and reuse it across
+models and threads. Both front ends fill these dataclasses, and the pipeline
+reads only them. The module imports nothing heavy, so building options is cheap.
+
+Adding an option: one field here (with its default and a line in the
+docstring), one CLI flag that sets it, and the code that reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from nirc.target import Target
+
+ChannelRounding = Literal["off", "pad", "prune"]
+RangeMethodName = Literal["minmax", "percentile", "mse"]
+DEFAULT_TARGET = "ethos-u65"
+"""``ethos-u65-256`` on ``Ethos_U65_High_End`` + ``Dedicated_Sram_384KB``: the reference platform."""
+DEFAULT_TARGET_TEXT = f"{DEFAULT_TARGET} = ethos-u65-256 on Ethos_U65_High_End with Dedicated_Sram_384KB"
+TARGET_HELP = f"target name or alias (default: {DEFAULT_TARGET_TEXT}; list: nirc targets)"
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How to obtain int8 activation ranges.
+
+    Attributes:
+        path: ``.npy``/``.npz``/image folder, or None for synthetic data (with a warning).
+        mean, std: per-channel normalisation for image folders.
+        method: ``minmax`` | ``percentile`` | ``mse``.
+        count: at most this many samples are used.
+    """
+
+    path: Path | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    method: RangeMethodName = "minmax"
+    count: int = 16
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Everything :func:`nirc.optimize` and ``nirc optimize`` can be told, with the CLI's defaults.
+
+    Attributes:
+        target: target name or alias (see ``nirc targets``) or a :class:`~nirc.target.Target`.
+        passes: an explicit pass list instead of the target's pipeline.
+        skip: pass names dropped from the pipeline.
+        no_hw_passes: drop the target's hardware passes (the baseline).
+        channel_rounding: ``pad`` (exact, default), ``prune`` (lossy, opt-in) or ``off``.
+        pass_options: pass name -> keyword options of its constructor.
+        verify: check every exact pass against ONNX Runtime.
+        dump_ir: write the ONNX after each pass into this directory (the only file output besides ``outdir``).
+        input_shapes: input name -> dims, for inputs with dynamic dims.
+        calibration: where int8 ranges come from.
+        io_dtype: the TFLite model's input/output type.
+        compile: run Vela (False stops after the int8 TFLite).
+        validate_npu: execute Vela's output in the functional model (``sim``), on an FVP, or not.
+        require_fit: raise :class:`~nirc.errors.TargetError` when the compiled model does not fit.
+    """
+
+    target: str | Target = DEFAULT_TARGET
+    passes: Sequence[str] | None = None
+    skip: Sequence[str] = ()
+    no_hw_passes: bool = False
+    channel_rounding: ChannelRounding = "pad"
+    pass_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    verify: bool = False
+    dump_ir: Path | None = None
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    io_dtype: Literal["int8", "float32"] = "int8"
+    compile: bool = True
+    validate_npu: Literal["sim", "fvp", "none"] = "sim"
+    require_fit: bool = True
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(OptimizeOptions))
