@@ -472,6 +472,7 @@ def _progress(message: str) -> None:
 def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
     write = sys.stdout.write
     changed = [r for r in report["passes"] if r["changed"]]
+    unchanged = [r for r in report["passes"] if not r["changed"]]
     seconds = sum(r["seconds"] for r in report["passes"])
     write(f"passes: {len(changed)} of {len(report['passes'])} changed the model ({seconds:.1f} s)\n")
     for record in changed:
@@ -479,11 +480,19 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         kind = "" if record["exact"] else " LOSSY"
         stats = ", ".join(f"{k}={v}" for k, v in record["stats"].items())
         write(f"  {record['name']:28s} {record['seconds'] * 1000:8.1f} ms{checked}{kind}  {stats}\n")
+    if unchanged:
+        # Listed as one line so the times above add up to the total.
+        idle = sum(r["seconds"] for r in unchanged) * 1000
+        write(f"  {f'{len(unchanged)} passes changed nothing':28s} {idle:8.1f} ms\n")
     b, a = report["model"]["before"], report["model"]["after"]
-    write(
-        f"nodes {b['nodes']} -> {a['nodes']}   MACs {b['macs']:,} -> {a['macs']:,}   "
-        f"peak activations {b['peak_activation_bytes']:,} -> {a['peak_activation_bytes']:,} B\n"
-    )
+    memory = report.get("memory") or {}
+    peak = ""
+    if memory.get("peak_bytes") is not None and memory.get("peak_bytes_before") is not None:
+        peak = (
+            f"   peak activations {memory['peak_bytes_before']:,} -> {memory['peak_bytes']:,} B"
+            " (Vela's order and layout)"
+        )
+    write(f"nodes {b['nodes']} -> {a['nodes']}   MACs {b['macs']:,} -> {a['macs']:,}{peak}\n")
     validation = report["validation"]
     for key, what in (("outputs", "float"), ("outputs_vs_original", "original float")):
         for out in validation.get(key, []):

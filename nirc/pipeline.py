@@ -229,6 +229,7 @@ def optimize(
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
     before = analyze(model, tgt)
+    memory_before, _ = _memory(model, tgt)
     original = model.to_proto()
     progress(f"running {len(pass_list)} passes")
     records = run_passes(model, tgt, pass_list, verify=opts.verify, dump_ir=opts.dump_ir, calibration=calib)
@@ -309,6 +310,7 @@ def optimize(
         report["placement"] = _placement(int8_path, tgt, vela_json)
     report["input_layout_changes"] = layout_changes
     report["memory"], report["memory_timeline"] = _memory(model, tgt)
+    report["memory"]["peak_bytes_before"] = memory_before["peak_bytes"]
     result = OptimizeResult(
         report,
         records,

@@ -5,7 +5,9 @@ Schema (version 1), top-level keys:
   target {name, accelerator_config, system_config, memory_mode, arena_cache_bytes,
           platform, platform_memory_bytes},
   passes [{name, exact, changed, seconds, stats, verified}],
-  model {before, after}: each {macs, params, weight_bytes, peak_activation_bytes, nodes}.
+  model {before, after}: each {macs, params, weight_bytes, peak_activation_bytes, nodes}
+        (peak_activation_bytes: logical int8 elements in topological order, what a CPU runtime
+        needs; the NPU figure is memory.peak_bytes).
   calibration {source, synthetic, samples, method},
   validation {samples, outputs [{name, snr_db, max_abs_error_steps, top1_agreement, low_snr}]
               (int8 vs the float model after the passes), outputs_vs_original [...] (only when a
@@ -21,9 +23,11 @@ Schema (version 1), top-level keys:
              cpu_ops [{op, op_type, constraint, reasons, fix, predicted, observed, agree}]}
              (Vela's constraint for each op off the NPU and the nirc rewrite that would fix it),
   warnings [str],
-  memory {peak_bytes, peak_step, arena_bytes, over_arena_steps} and memory_timeline [{step, live_bytes}]:
+  memory {peak_bytes, peak_bytes_before, peak_step, arena_bytes, over_arena_steps} and
+  memory_timeline [{step, live_bytes}]:
   int8 activation bytes alive at each step, in the order Vela runs the graph, with 16-channel brick
-  storage (nirc.memory; checked against Vela's allocation log).
+  storage (nirc.memory; checked against Vela's allocation log); peak_bytes_before is the same
+  measure on the model before the passes.
 Only ``seconds`` values vary between identical runs; everything else is byte-stable.
 """
 

@@ -251,3 +251,24 @@ def test_license_is_an_spdx_string() -> None:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0"
+
+
+# -- item 9: the summary's numbers add up and say what they measure -------------------------------
+
+
+def test_summary_peak_is_the_npu_figure_and_pass_times_add_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    assert main(["optimize", str(EXAMPLE), "-o", str(out), "--no-compile"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    memory = report["memory"]
+    assert f"peak activations {memory['peak_bytes_before']:,} -> {memory['peak_bytes']:,} B (Vela's" in text
+    assert memory["peak_bytes_before"] != memory["peak_bytes"]  # fuse-batchnorm removed buffers
+    lines = [line for line in text.splitlines() if line.startswith("  ") and " ms" in line]
+    listed_ms = sum(float(line.split(" ms")[0].split()[-1]) for line in lines)
+    total_ms = sum(r["seconds"] for r in report["passes"]) * 1000
+    unchanged = sum(not r["changed"] for r in report["passes"])
+    assert f"{unchanged} passes changed nothing" in text
+    assert abs(listed_ms - total_ms) < 0.1 * len(report["passes"]) + 1
