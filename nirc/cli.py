@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=3, help="random int8 inputs to compare on")
     p.add_argument("--describe", action="store_true", help="print the decoded NPU command stream and stop")
 
-    sub.add_parser("passes", help="list registered passes")
+    p = sub.add_parser("passes", help="the default pipeline in run order, then every registered pass")
+    p.add_argument("--target", default=DEFAULT_TARGET, help=TARGET_HELP)
     sub.add_parser("targets", help="list registered targets")
     return parser
 
@@ -590,8 +591,16 @@ def _check_validate_files(vela: Path, int8: Path) -> None:
         raise ModelLoadError(f"{int8}: is Vela-compiled; the second file is the int8 TFLite Vela read")
 
 
-def _cmd_passes(registry: Registry) -> int:
+def _cmd_passes(registry: Registry, target_name: str) -> int:
     width = max((len(name) for name in registry.passes), default=0)
+    target = registry.get_target(target_name)
+    pipeline = registry.pipeline(target)
+    write = sys.stdout.write
+    write(f"default pipeline for {target.name} (run order; plugin passes placed by their plugins):\n")
+    for i, (name, stage) in enumerate(zip(pipeline.names, pipeline.stages, strict=True), 1):
+        origin = registry.pass_registry.origin[name]
+        write(f"  {i:2d}. {name:{width}s}  {stage:9s}  {origin}\n")
+    write("\nregistered passes:\n")
     for name in sorted(registry.passes):
         cls = registry.passes[name]
         kind = "exact" if cls.exact else "lossy"
@@ -652,7 +661,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in cost_cli.COMMANDS:
         return cost_cli.run(args)
     if args.command == "passes":
-        return _cmd_passes(registry)
+        return _cmd_passes(registry, args.target)
     return _cmd_targets(registry)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from nirc.plugin import PassRegistry, TargetRegistry
+    from nirc.registry import PassRegistry, TargetRegistry
 
 PROJECT = "nirc"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -25,7 +25,9 @@ def nirc_register_passes(registry: PassRegistry) -> None:
 
     Args:
         registry: call ``registry.add_pass(PassClass)`` for each pass; the class's
-            ``name`` must be unique across all plugins.
+            ``name`` must be unique across all plugins. ``add_pass(PassClass, after="fuse-batchnorm")``
+            (or ``before=...``, or ``stage="canonical"|"hardware"``) also puts the pass into every
+            target's default pipeline at that place (see :class:`nirc.registry.Placement`).
     """
 
 

@@ -51,13 +51,14 @@ def select_passes(
     channel_rounding: ChannelRounding = "pad",
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Pass]:
-    """Explicit ``--passes`` win; otherwise the target's pipeline, minus skips.
+    """Explicit ``--passes`` win; otherwise the target's pipeline with placed plugin passes, minus skips.
 
     ``channel_rounding``: ``pad`` keeps the pipeline's exact ``pad-channels``; ``off``
     drops it; ``prune`` (lossy, opt-in) runs ``prune-channels`` before it.
     ``pass_options`` maps a pass name to keyword options of its constructor.
     """
-    names = list(passes) if passes is not None else list(target.default_pipeline)
+    pipeline = registry.pipeline(target)  # the target's own, plus placed plugin passes
+    names = list(passes) if passes is not None else list(pipeline.names)
     if passes is None and channel_rounding == "prune" and not no_hw_passes:
         at = names.index("pad-channels") if "pad-channels" in names else len(names)
         names.insert(at, "prune-channels")
@@ -66,7 +67,7 @@ def select_passes(
     for name in (*names, *skip, *(pass_options or {})):
         registry.get_pass(name)  # unknown names fail before any work
     if no_hw_passes:
-        names = [n for n in names if n not in target.hw_passes]
+        names = [n for n in names if n not in pipeline.hw_passes]
     names = [n for n in names if n not in set(skip)]
     return [_construct(registry, name, (pass_options or {}).get(name, {})) for name in names]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,3 +116,101 @@ def test_plugin_can_add_a_target() -> None:
     registry = load_registry([("board", SimpleNamespace(nirc_register_targets=nirc_register_targets))])
     assert registry.get_target("my-npu") is mine
     assert registry.target_registry.origin["my-npu"] == "board"
+
+
+# -- pass placement (issue 21 item 10) ----------------------------------------------------------
+
+
+def _placing(**where: object) -> SimpleNamespace:
+    from nirc_example_plugin import CollapseIdempotentActivationsPass
+
+    @hookimpl
+    def nirc_register_passes(registry: PassRegistry) -> None:
+        registry.add_pass(CollapseIdempotentActivationsPass, **where)  # type: ignore[arg-type]
+
+    return SimpleNamespace(nirc_register_passes=nirc_register_passes)
+
+
+@pytest.fixture
+def example_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
+
+
+NAME = "collapse-idempotent-activations"
+
+
+@pytest.mark.usefixtures("example_on_path")
+@pytest.mark.parametrize(
+    ("where", "neighbours", "stage"),
+    [
+        ({"after": "canonicalize-activations"}, ("canonicalize-activations", "collapse-reshapes"), "canonical"),
+        ({"before": "pad-channels"}, ("substitute-blocks", "pad-channels"), "hardware"),
+        ({"after": "fuse-affine"}, ("fuse-affine", "decompose-strided-conv"), "canonical"),  # the last fuse-affine
+        ({"stage": "canonical"}, ("decompose-strided-conv", "substitute-blocks"), "canonical"),
+        ({"stage": "hardware"}, ("tile-activations", None), "hardware"),
+    ],
+)
+def test_plugin_pass_joins_the_default_pipeline(
+    where: dict[str, str], neighbours: tuple[str, str | None], stage: str
+) -> None:
+    from nirc.pipeline import select_passes
+
+    registry = load_registry([("placed", _placing(**where))], entry_points=False)
+    target = registry.get_target("ethos-u65")
+    pipeline = registry.pipeline(target)
+    at = pipeline.names.index(NAME)
+    assert pipeline.names[at - 1] == neighbours[0]
+    assert (pipeline.names[at + 1] if at + 1 < len(pipeline.names) else None) == neighbours[1]
+    assert pipeline.stages[at] == stage and (NAME in pipeline.hw_passes) == (stage == "hardware")
+    assert len(pipeline.names) == len(target.default_pipeline) + 1
+    chosen = [p.name for p in select_passes(registry, target)]
+    assert chosen == list(pipeline.names)
+    baseline = [p.name for p in select_passes(registry, target, no_hw_passes=True)]
+    assert (NAME in baseline) == (stage == "canonical")
+
+
+@pytest.mark.usefixtures("example_on_path")
+def test_a_placement_may_name_another_plugin_pass() -> None:
+    from nirc.passes.eliminate_identity import EliminateIdentityPass
+
+    @dataclass(frozen=True)
+    class Second(EliminateIdentityPass):
+        name = "second-plugin-pass"
+
+    @hookimpl
+    def nirc_register_passes(registry: PassRegistry) -> None:
+        registry.add_pass(Second, after=NAME)
+
+    registry = load_registry(
+        [("second", SimpleNamespace(nirc_register_passes=nirc_register_passes)),
+         ("placed", _placing(before="collapse-reshapes"))],
+        entry_points=False,
+    )
+    names = registry.pipeline(registry.get_target("ethos-u65")).names
+    assert names.index("second-plugin-pass") == names.index(NAME) + 1 == names.index("collapse-reshapes") - 1
+
+
+@pytest.mark.usefixtures("example_on_path")
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ({"after": "no-such-pass"}, "unknown pass 'no-such-pass'"),
+        ({"after": "pad-channels", "before": "fuse-batchnorm"}, "pad-channels comes later"),
+        ({"after": "fuse-batchnorm", "stage": "hardware"}, "not both"),
+        ({"stage": "late"}, "unknown stage 'late'"),
+    ],
+)
+def test_bad_placements_name_the_plugin(where: dict[str, str], message: str) -> None:
+    with pytest.raises(PluginError, match=f"plugin placed: .*{message}"):
+        registry = load_registry([("placed", _placing(**where))], entry_points=False)
+        registry.pipeline(registry.get_target("ethos-u65"))
+
+
+def test_nirc_passes_shows_the_plugin_in_pipeline_order(tmp_path: Path) -> None:
+    _fake_distribution(tmp_path / "site", "example = nirc_example_plugin")
+    listed = _nirc(tmp_path / "site", "passes", "--target", "ethos-u55")
+    assert listed.returncode == 0, listed.stderr
+    assert "default pipeline for ethos-u55-128" in listed.stdout
+    order = [line.split()[1] for line in listed.stdout.splitlines() if line[:5].strip().endswith(".")]
+    at = order.index(NAME)
+    assert order[at - 1] == "canonicalize-activations" and order[0] == "eliminate-identity"

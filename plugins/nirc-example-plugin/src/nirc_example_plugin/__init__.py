@@ -35,4 +35,6 @@ class CollapseIdempotentActivationsPass(Pass):
 
 @hookimpl
 def nirc_register_passes(registry: PassRegistry) -> None:
-    registry.add_pass(CollapseIdempotentActivationsPass)
+    # Joins every target's default pipeline right after the activations are canonical
+    # (Clip(0, inf) has become Relu there), so `nirc optimize` runs it without --passes.
+    registry.add_pass(CollapseIdempotentActivationsPass, after="canonicalize-activations")
