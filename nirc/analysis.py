@@ -82,7 +82,7 @@ def with_layer_costs(analysis: Analysis, model: IRModel, target: Target) -> Anal
     """
     from nirc.cost import per_layer_costs
     from nirc.errors import NircError
-    from nirc.pipeline import lower_canonical
+    from nirc.lowering import lower_canonical
 
     # Cost the model as nirc would emit it: unfolded BatchNormalization alone would
     # cost more than the convs. Folded nodes' cycles land on the surviving producer.

@@ -355,7 +355,7 @@ def _alignment_rows(model: IRModel, target: Target, align: int | None) -> list[L
 
 
 def _lowered(model: IRModel, target: Target) -> IRModel:
-    from nirc.pipeline import lower_canonical
+    from nirc.lowering import lower_canonical
 
     return lower_canonical(model, target)
 

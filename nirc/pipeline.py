@@ -24,12 +24,14 @@ from nirc.backend import SYNTHETIC_WARNING, emit, load_samples, validate
 from nirc.errors import PassError, TargetError, UnsupportedOperatorError
 from nirc.html_report import render as render_html
 from nirc.ir import IRModel
-from nirc.options import OPTION_NAMES, CalibrationOptions, ChannelRounding, OptimizeOptions
+from nirc.lowering import lower_canonical as lower_canonical
+from nirc.lowering import run_passes as run_passes
+from nirc.lowering import select_passes as select_passes
+from nirc.options import OPTION_NAMES, CalibrationOptions, OptimizeOptions
 from nirc.outdir import check_outdir, scratch_dir, staged_outdir
-from nirc.pass_base import Pass, PassContext
-from nirc.pass_manager import PassManager, PassRecord
+from nirc.pass_base import Pass
+from nirc.pass_manager import PassRecord
 from nirc.plugin import Registry, load_registry
-from nirc.quant import CalibrationSet
 from nirc.report import build_report, fits_summary, report_json_bytes
 from nirc.target import Target
 from nirc.tflite import check_supported, format_unsupported, unsupported_ops
@@ -39,44 +41,6 @@ logger = logging.getLogger(__name__)
 
 NPU_CHECK_SAMPLES = 2
 """Inputs the compiled artifact is executed on: the functional model takes seconds per input."""
-
-
-def select_passes(
-    registry: Registry,
-    target: Target,
-    *,
-    passes: Sequence[str] | None = None,
-    skip: Sequence[str] = (),
-    no_hw_passes: bool = False,
-    channel_rounding: ChannelRounding = "pad",
-    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[Pass]:
-    """Explicit ``--passes`` win; otherwise the target's pipeline with placed plugin passes, minus skips.
-
-    ``channel_rounding``: ``pad`` keeps the pipeline's exact ``pad-channels``; ``off``
-    drops it; ``prune`` (lossy, opt-in) runs ``prune-channels`` before it.
-    ``pass_options`` maps a pass name to keyword options of its constructor.
-    """
-    pipeline = registry.pipeline(target)  # the target's own, plus placed plugin passes
-    names = list(passes) if passes is not None else list(pipeline.names)
-    if passes is None and channel_rounding == "prune" and not no_hw_passes:
-        at = names.index("pad-channels") if "pad-channels" in names else len(names)
-        names.insert(at, "prune-channels")
-    if channel_rounding == "off":
-        names = [n for n in names if n != "pad-channels"]
-    for name in (*names, *skip, *(pass_options or {})):
-        registry.get_pass(name)  # unknown names fail before any work
-    if no_hw_passes:
-        names = [n for n in names if n not in pipeline.hw_passes]
-    names = [n for n in names if n not in set(skip)]
-    return [_construct(registry, name, (pass_options or {}).get(name, {})) for name in names]
-
-
-def _construct(registry: Registry, name: str, options: Mapping[str, Any]) -> Pass:
-    try:
-        return registry.get_pass(name)(**options)
-    except (TypeError, ValueError) as exc:
-        raise PassError(f"pass {name}: bad options {dict(options)}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -133,32 +97,6 @@ class OptimizeResult:
                 path.write_bytes(data)
         artifacts = {name: outdir / name for name in sorted(files) if "/" not in name}
         return replace(self, outdir=outdir, artifacts=artifacts)
-
-
-def lower_canonical(model: IRModel, target: Target, registry: Registry | None = None) -> IRModel:
-    """A copy of ``model`` after the target's canonical (non-hardware) passes: what the emitter sees.
-
-    Analyses that cost or place layers use it, since e.g. an unfolded BatchNormalization
-    would cost more than the conv it folds into.
-    """
-    registry = registry or load_registry()
-    lowered = model.copy()
-    canonical = select_passes(registry, target, no_hw_passes=True)
-    PassManager(canonical).run(lowered, PassContext(target=target))
-    return lowered
-
-
-def run_passes(
-    model: IRModel,
-    target: Target,
-    pass_list: Sequence[Pass],
-    *,
-    verify: bool = False,
-    dump_ir: Path | None = None,
-    calibration: CalibrationSet | None = None,
-) -> list[PassRecord]:
-    manager = PassManager(pass_list, verify=verify, dump_ir=dump_ir)
-    return manager.run(model, PassContext(target=target, calibration=calibration))
 
 
 def _quiet(_message: str) -> None:

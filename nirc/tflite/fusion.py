@@ -77,7 +77,7 @@ class FusionPlan:
         return hit[1] if hit else node.output[0]
 
 
-def plan_fusion(info: GraphInfo, rules: Mapping[str, OpRule], exclude: Set[int] = frozenset()) -> FusionPlan:
+def plan_fusion(info: GraphInfo, rules: Mapping[str, OpRule[Any]], exclude: Set[int] = frozenset()) -> FusionPlan:
     """Fuse each Relu/Clip into its producer where nothing else sees the unclamped tensor.
 
     ``exclude``: producers that must keep their activation separate (nodes lowered as

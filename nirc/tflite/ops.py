@@ -10,6 +10,7 @@ import onnx
 
 from nirc.tflite import ops_act, ops_conv, ops_eltwise, ops_fc, ops_math, ops_pool, ops_resize, ops_shape
 from nirc.tflite.builder import QParams
+from nirc.tflite.context import Emitter
 from nirc.tflite.graph import GraphInfo
 from nirc.tflite.rules import OpRule, always, tie_input_outputs
 
@@ -39,7 +40,7 @@ def _dropout_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
 _RESHAPE = OpRule(ops_shape.lower_reshape, ties=tie_input_outputs)
 _BINARY = OpRule(ops_eltwise.lower_binary, fusable=always)
 
-LOWERINGS: dict[str, OpRule] = {
+LOWERINGS: dict[str, OpRule[Emitter]] = {
     "Conv": OpRule(ops_conv.lower_conv, check=ops_conv.check_conv, fusable=always),
     "Gemm": OpRule(ops_fc.lower_gemm, check=ops_fc.check_gemm, fusable=always),
     "MatMul": OpRule(ops_fc.lower_matmul, check=ops_fc.check_matmul, fusable=always),

@@ -12,6 +12,7 @@ TANH outputs) stay out of groups; the emitter requantizes them where needed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import onnx
 
@@ -51,7 +52,7 @@ class QuantPlan:
         self,
         info: GraphInfo,
         fusion: FusionPlan,
-        rules: Mapping[str, OpRule],
+        rules: Mapping[str, OpRule[Any]],
         ranges: Mapping[str, tuple[float, float]],
         source: str,
     ) -> None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 import onnx
 
 from nirc.tflite.builder import QParams
 from nirc.tflite.graph import GraphInfo
 
-if TYPE_CHECKING:
-    from nirc.tflite.context import Emitter
+EmitterT = TypeVar("EmitterT")
+"""The emitter a lowering writes into (:class:`nirc.tflite.context.Emitter`). A type parameter, so
+this module, which the planners (fusion, qplan) import, need not import the emitter that imports them."""
 
 
 def _no_problem(info: GraphInfo, node: onnx.NodeProto) -> str | None:
@@ -43,7 +44,7 @@ def tie_input_outputs(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
 
 
 @dataclass(frozen=True)
-class OpRule:
+class OpRule(Generic[EmitterT]):
     """How one ONNX op type is checked, planned and lowered.
 
     Attributes:
@@ -56,7 +57,7 @@ class OpRule:
         alias: the output is the input (Identity): no calibration range required.
     """
 
-    lower: Callable[[Emitter, onnx.NodeProto], None]
+    lower: Callable[[EmitterT, onnx.NodeProto], None]
     check: Callable[[GraphInfo, onnx.NodeProto], str | None] = _no_problem
     fusable: Callable[[GraphInfo, onnx.NodeProto], bool] = _never
     ties: Callable[[GraphInfo, onnx.NodeProto], list[str]] = _no_ties
