@@ -522,6 +522,7 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from nirc.backend import emit, load_samples
+    from nirc.outdir import write_file
 
     shapes = _resolve_unnamed_shape(_parse_input_shapes(args.input_shape), args.model)
     model = IRModel.load(args.model, shapes)
@@ -530,10 +531,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     calib = load_samples(proto, options) if args.dtype == "int8" else None
     result = emit(proto, dtype=args.dtype, calib=calib, method=options.method, io_dtype=args.io, label=model.label)
     output: Path = args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_bytes(result.tflite.data)
-    tmp.replace(output)
+    write_file(output, result.tflite.data)
     sys.stdout.write(f"wrote {output} ({len(result.tflite.data):,} bytes, {args.dtype})\n")
     return 0
 

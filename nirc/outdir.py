@@ -83,6 +83,30 @@ def _problem(outdir: Path, exc: OSError) -> OutputError:
     return OutputError(f"{outdir}: {reason}")
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Write one output file atomically (temporary name, then rename); OSError becomes OutputError."""
+    tmp = path.with_name(f".{path.name}.{_TAG}-{os.getpid()}.tmp")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        raise _problem(path, exc) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def make_dir(path: Path, what: str) -> None:
+    """Create a directory the user named (``--dump-ir``), failing with one line that names it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {_problem(path, exc)}") from exc
+
+
 def check_outdir(outdir: Path) -> None:
     """Fail before any work when OUTDIR cannot take the output (a file, or an unwritable location)."""
     if outdir.exists() and not outdir.is_dir():

@@ -28,7 +28,7 @@ from nirc.lowering import lower_canonical as lower_canonical
 from nirc.lowering import run_passes as run_passes
 from nirc.lowering import select_passes as select_passes
 from nirc.options import OPTION_NAMES, CalibrationOptions, OptimizeOptions
-from nirc.outdir import check_outdir, scratch_dir, staged_outdir
+from nirc.outdir import check_outdir, make_dir, scratch_dir, staged_outdir
 from nirc.pass_base import Pass
 from nirc.pass_manager import PassRecord
 from nirc.plugin import Registry, load_registry
@@ -160,6 +160,8 @@ def optimize(
     )
     if outdir is not None:
         check_outdir(outdir)
+    if opts.dump_ir is not None:
+        make_dir(opts.dump_ir, "--dump-ir")
     model = IRModel.load(source, opts.input_shapes)
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"

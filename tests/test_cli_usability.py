@@ -61,6 +61,18 @@ def test_unwritable_output_location_names_outdir_not_staging(
         assert code == 2 and "/sys/nirc-out" in err and "cannot write" in err and ".nirc-out." not in err
 
 
+def test_convert_and_dump_ir_output_problems_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = _fail(["convert", str(EXAMPLE), "-o", str(blocker / "x.tflite"), "--dtype", "float32"], capsys)
+    assert code == 2 and str(blocker / "x.tflite") in err
+    code, err = _fail(["convert", str(EXAMPLE), "-o", str(tmp_path), "--dtype", "float32"], capsys)
+    assert code == 2 and "directory" in err
+    argv = ["optimize", str(EXAMPLE), "-o", str(tmp_path / "o"), "--dump-ir", str(blocker / "ir"), "--no-compile"]
+    code, err = _fail(argv, capsys)
+    assert code == 2 and "--dump-ir" in err and not (tmp_path / "o").exists()
+
+
 def test_missing_external_data_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = onnx.load(str(EXAMPLE))
     path = tmp_path / "ext.onnx"
