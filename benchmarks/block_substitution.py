@@ -138,7 +138,7 @@ NOTES = """## Notes
 * Grouped convs: Vela prefers the grouped form (SPLIT + per-group CONV_2D + CONCATENATION) over a dense
   block-diagonal conv at every size measured; regrouping helps only where groups are narrower than a
   16-channel brick (resnext_tiny's 4-channel groups -> 8 groups of 8, -3% each). 128 channels in 32 groups
-  of 4 run 5.5x faster as 8 groups of 16 (`tests/passes/test_rules_grouped.py`).
+  of 4 run 5.5x faster as 8 groups of 16 (`tests/passes/block_rules/test_grouped.py`).
 * Stride 4: `decompose-strided-conv` (canonical) rewrites a stride-4 conv as stride 2 + a strided Slice
   (convnext_tiny_ln: 314,166 cycles); `large-kernel` also offers the space-to-depth form (same MACs) and
   stride 2 + a 1x1 MaxPool, and Vela puts the space-to-depth form lowest (290,550; MaxPool form 318,590;

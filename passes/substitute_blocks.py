@@ -1,6 +1,6 @@
 """Rewrite blocks into equivalents the NPU runs faster, decided by Vela's estimate, never by FLOPs.
 
-A library of rules (``passes/_rules_*.py``), each a pattern, a check that says
+A library of rules (the ``nirc.passes.block_rules`` package), each a pattern, a check that says
 why it does not apply, and candidate replacements. For every match the pass
 costs the block as it is and every candidate with the cost oracle
 (:mod:`nirc.cost`: emit int8 TFLite, compile with Vela, cached) on the real
@@ -27,13 +27,13 @@ from nirc.target import Target
 from nirc.verify import run_tensors
 
 from ._rewrite import Namer, has_any_op
-from ._rule_base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, fused_activation
-from ._rules_grouped import GroupedConvRule
-from ._rules_large_kernel import LargeKernelRule
-from ._rules_lossy import FactorizeKernelRule, FuseInvertedBottleneckRule, UnfuseInvertedBottleneckRule
-from ._rules_merge_convs import MergeConvsRule
-from ._rules_reparam import ReparamRule
-from ._rules_stem import STEM_MODES, StemMode, StemRule
+from .block_rules.base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, fused_activation
+from .block_rules.grouped import GroupedConvRule
+from .block_rules.large_kernel import LargeKernelRule
+from .block_rules.lossy import FactorizeKernelRule, FuseInvertedBottleneckRule, UnfuseInvertedBottleneckRule
+from .block_rules.merge_convs import MergeConvsRule
+from .block_rules.reparam import ReparamRule
+from .block_rules.stem import STEM_MODES, StemMode, StemRule
 
 logger = logging.getLogger(__name__)
 

@@ -61,3 +61,24 @@ def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     assert graph.has_edge("nirc.analysis", "nirc.lowering")  # inside with_layer_costs
     assert graph.has_edge("nirc.hookspecs", "nirc.registry")  # under TYPE_CHECKING
     assert graph.has_edge("nirc.pipeline", "nirc.analysis")
+
+
+def test_passes_folder_holds_passes() -> None:
+    """Public modules in passes/ are passes; substitute-blocks' rules are the block_rules package."""
+    import importlib
+    import inspect
+
+    from nirc.pass_base import Pass
+
+    for path in sorted((ROOT / "passes").glob("*.py")):
+        if path.name.startswith("_"):
+            continue  # __init__ and shared private helpers (_rewrite, _affine, ...)
+        module = importlib.import_module(f"nirc.passes.{path.stem}")
+        defined = [
+            c for _, c in inspect.getmembers(module, inspect.isclass)
+            if issubclass(c, Pass) and c.__module__ == module.__name__ and not inspect.isabstract(c)
+        ]
+        assert len(defined) == 1, f"passes/{path.name} defines {len(defined)} passes"
+    assert not list((ROOT / "passes").glob("_rules_*.py")) and not (ROOT / "passes" / "_rule_base.py").exists()
+    rules = {p.stem for p in (ROOT / "passes" / "block_rules").glob("*.py")}
+    assert {"base", "kernels", "reparam", "stem"} <= rules

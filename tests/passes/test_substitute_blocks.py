@@ -2,7 +2,7 @@
 options -- and the acceptance cases on the example models with Vela (RepVGG training form -> one conv per
 block, numerically equivalent; ResNeXt grouped convs -> never slower on the whole model).
 
-Rule-by-rule exactness lives in ``test_rules_*.py``."""
+Rule-by-rule exactness lives in ``block_rules/test_*.py``."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import Namer, consumers, detach, static_shape
+from .._rewrite import Namer, consumers, detach, static_shape
 
 FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid"})
 """Unary ops Vela fuses into the preceding NPU op: a block is costed together with one of these after it."""

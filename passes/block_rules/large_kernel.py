@@ -16,7 +16,7 @@ Candidates, each exact:
 * ``space-to-depth`` (``group = 1``, stride ``s = b * s'`` with ``b, s' <= 3``):
   an identity ``b x b`` stride-``b`` conv computes ``z = SpaceToDepth(x, b)``
   (one weight of 1 per output channel, exact also in int8), then the
-  stride-``s'`` conv of :func:`~nirc.passes._rules_kernels.space_to_depth_conv`
+  stride-``s'`` conv of :func:`~nirc.passes.block_rules.kernels.space_to_depth_conv`
   reads the same pixels with the same weights. Same MACs as the original.
 * ``subsample``: the conv with stride ``s / b`` followed by a 1x1 MaxPool with
   stride ``b``. Identity: ``conv_s(x)[i] = conv_{s/b}(x)[b * i]`` (the windows
@@ -36,9 +36,9 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import Namer, const_value, input_at, static_shape
-from ._rule_base import Build, Candidate, Match, Rule, RuleEnv, Writer, nchw, nodes_by_name, remove_block
-from ._rules_kernels import (
+from .._rewrite import Namer, const_value, input_at, static_shape
+from .base import Build, Candidate, Match, Rule, RuleEnv, Writer, nchw, nodes_by_name, remove_block
+from .kernels import (
     LinearConv,
     conv_attrs,
     conv_node_attrs,

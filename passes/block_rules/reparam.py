@@ -15,7 +15,7 @@ Why it is exact: convolution is linear, so a sum of convs over the same input
 is the conv with the summed (aligned) kernels and biases; a smaller kernel is
 the larger one with zero taps outside it, aligned by the difference of the
 top/left paddings -- a ``1x1`` pad-0 branch inside a ``3x3`` pad-1 block is the
-``3x3`` kernel's centre tap (see :mod:`nirc.passes._rules_kernels`). The
+``3x3`` kernel's centre tap (see :mod:`nirc.passes.block_rules.kernels`). The
 identity branch is the diagonal 1x1 kernel. The result is written with the
 largest group count its weight is block-diagonal in (depthwise branches stay
 depthwise).
@@ -28,9 +28,9 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import Namer, producer, static_shape
-from ._rule_base import Candidate, Match, Rule, RuleEnv, Writer, remove_block, single_reader
-from ._rules_kernels import (
+from .._rewrite import Namer, producer, static_shape
+from .base import Candidate, Match, Rule, RuleEnv, Writer, remove_block, single_reader
+from .kernels import (
     LinearConv,
     add,
     avgpool_conv,

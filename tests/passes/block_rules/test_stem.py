@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from nirc.passes._rule_base import InputLayout
+from nirc.passes.block_rules.base import InputLayout
 from nirc.passes.substitute_blocks import SubstituteBlocksPass, adapt_inputs
 from nirc_testing import ort_run, parse
 

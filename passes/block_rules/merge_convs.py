@@ -7,7 +7,7 @@ Pattern::
     y = Conv(u, Wb, bb)
 
 Covers 1x1 -> 1x1, 1x1 -> kxk, kxk -> 1x1, pointwise -> depthwise and any
-other pair :func:`~nirc.passes._rules_kernels.compose` can write as one conv.
+other pair :func:`~nirc.passes.block_rules.kernels.compose` can write as one conv.
 
 Why it is exact: a composition of linear translation-equivariant maps is one,
 with kernel ``W[o, i, sa*rb + ra] = sum_m Wb[o, m, rb] Wa[m, i, ra]``, stride
@@ -30,10 +30,10 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import Namer, static_shape
-from ._rule_base import Candidate, Match, Rule, RuleEnv, Writer, remove_block, single_reader
-from ._rules_kernels import LinearConv, compose, conv_attrs, conv_node_attrs, regroup
-from ._rules_reparam import chain_map, linear_step
+from .._rewrite import Namer, static_shape
+from .base import Candidate, Match, Rule, RuleEnv, Writer, remove_block, single_reader
+from .kernels import LinearConv, compose, conv_attrs, conv_node_attrs, regroup
+from .reparam import chain_map, linear_step
 
 MAX_NPU_STRIDE = 3
 """Vela: conv strides above 3 (with more than one output row) do not run on the NPU."""

@@ -1,4 +1,4 @@
-"""The conv algebra under the exact rules (passes/_rules_kernels.py), checked against ONNX Runtime on seeded
+"""The conv algebra under the exact rules (passes/block_rules/kernels.py), checked against ONNX Runtime on seeded
 random geometries: composition (refused exactly where padding makes it inexact), embedding and sums of
 branches, space-to-depth re-reading, grouping."""
 
@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import onnx
 import pytest
-from nirc.passes._rules_kernels import (
+from nirc.passes.block_rules.kernels import (
     LinearConv,
     add,
     block_diagonal,

@@ -12,7 +12,7 @@ space-to-depth 2x2 to 112x112x12 with a 2x2 conv 1.32 M, -23%).
 
 Both rewrites change the *shape of the input tensor the user feeds*, so they
 only run when asked for (``stem`` option of ``substitute-blocks``) and every
-applied one is reported as an :class:`~nirc.passes._rule_base.InputLayout`
+applied one is reported as an :class:`~nirc.passes.block_rules.base.InputLayout`
 saying how to make the new feed:
 
 * ``pad-channels``: the input gets ``n`` channels (8 or 16), the original ones
@@ -21,7 +21,7 @@ saying how to make the new feed:
   also keeps the int8 input range unchanged).
 * ``space-to-depth``: the input becomes ONNX ``SpaceToDepth(x, 2)``
   (``[N, 4C, H/2, W/2]``) and the conv becomes the stride-``s/2`` conv of
-  :func:`~nirc.passes._rules_kernels.space_to_depth_conv`, which reads the same
+  :func:`~nirc.passes.block_rules.kernels.space_to_depth_conv`, which reads the same
   pixels with the same weights (exact for stride divisible by 2 and even H, W).
 """
 
@@ -33,9 +33,9 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import Namer, static_shape
-from ._rule_base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, nodes_by_name, single_reader
-from ._rules_kernels import LinearConv, conv_attrs, conv_node_attrs, conv_of, space_to_depth_conv
+from .._rewrite import Namer, static_shape
+from .base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, nodes_by_name, single_reader
+from .kernels import LinearConv, conv_attrs, conv_node_attrs, conv_of, space_to_depth_conv
 
 StemMode = Literal["none", "pad-channels", "space-to-depth", "auto"]
 STEM_MODES: tuple[StemMode, ...] = ("none", "pad-channels", "space-to-depth", "auto")

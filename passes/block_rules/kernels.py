@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import const_value, input_at, per_channel, split_const, static_shape
+from .._rewrite import const_value, input_at, per_channel, split_const, static_shape
 
 Pads = tuple[int, int, int, int]
 """ONNX order: top, left, bottom, right."""

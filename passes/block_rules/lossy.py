@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import Namer, const_value, input_at, scalar_value
-from ._rule_base import (
+from .._rewrite import Namer, const_value, input_at, scalar_value
+from .base import (
     Build,
     Candidate,
     Match,
@@ -49,7 +49,7 @@ from ._rule_base import (
     remove_block,
     single_reader,
 )
-from ._rules_kernels import conv_attrs
+from .kernels import conv_attrs
 
 ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "HardSwish", "Sigmoid"})
 MAX_ROWS = 40_000

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._rewrite import Namer, const_value, input_at
-from ._rule_base import Build, Candidate, Match, Rule, RuleEnv, Writer, remove_block
-from ._rules_kernels import block_diagonal, conv_attrs, conv_of, divisors
+from .._rewrite import Namer, const_value, input_at
+from .base import Build, Candidate, Match, Rule, RuleEnv, Writer, remove_block
+from .kernels import block_diagonal, conv_attrs, conv_of, divisors
 
 MAX_CANDIDATES = 4
 
