@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,12 +32,19 @@ _STALE = re.compile(rf"{_TAG}-(\d+)-")
 
 
 def _private_dir(parent: Path, prefix: str) -> Path:
-    """A fresh directory named ``<prefix>nirc-<pid>-<random>``, with normal (umask) permissions."""
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{_TAG}-{os.getpid()}-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)
-    return path
+    """A fresh directory named ``<prefix>nirc-<pid>-<random>``, with normal (umask) permissions.
+
+    ``os.mkdir(..., 0o777)`` lets the kernel apply the umask; reading the umask instead would
+    mean setting it, which is not thread-safe.
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, f"no free name for a {prefix}{_TAG}-* directory", str(parent))
 
 
 def _alive(pid: int) -> bool:
