@@ -37,6 +37,7 @@ _INT8_VERSIONS: dict[int, int] = {
     Op.MEAN: 2, Op.PAD: 2, Op.PADV2: 2, Op.SLICE: 2, Op.STRIDED_SLICE: 2, Op.SPLIT: 2,
     Op.SPLIT_V: 2, Op.TRANSPOSE: 2, Op.RESIZE_BILINEAR: 2, Op.RESIZE_NEAREST_NEIGHBOR: 2,
     Op.DEQUANTIZE: 2, Op.MAXIMUM: 2, Op.MINIMUM: 2, Op.PRELU: 1, Op.GELU: 2, Op.RSQRT: 2, Op.LOG: 2,
+    Op.BATCH_MATMUL: 2, Op.GATHER: 2,
 }  # fmt: skip
 
 
@@ -187,14 +188,16 @@ class Emitter:
         shape = self.mb.shape_of(dst)
         self.op(Op.RESHAPE, [src, self.int_const(f"{self.mb.name_of(dst)}/shape", shape)], [dst])
 
-    def reshaped(self, v: Value, onnx_shape: Sequence[int], name: str) -> Value:
-        """``v`` reshaped (in ONNX element order) to ``onnx_shape``, standard layout.
+    def reshaped(
+        self, v: Value, onnx_shape: Sequence[int], name: str, perm: Sequence[int] | None = None
+    ) -> Value:
+        """``v`` reshaped (in ONNX element order) to ``onnx_shape``, in ``perm`` (default: standard layout).
 
         One RESHAPE when neither side's layout moves data; otherwise the needed
         relayouts (possibly TRANSPOSEs) around a RESHAPE in ONNX order.
         """
         shape = tuple(onnx_shape)
-        target = standard_perm(len(shape))
+        target = tuple(perm) if perm is not None else standard_perm(len(shape))
         if shape == v.onnx_shape:
             return self.value_of(v, target, name)
         if is_memory_noop(v.stored_shape, invert(v.perm)) and is_memory_noop(shape, target):

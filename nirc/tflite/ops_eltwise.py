@@ -34,6 +34,23 @@ def _operand(
     return em.value_of(v, perm, name).tensor
 
 
+def _shared_layout(em: Emitter, node: onnx.NodeProto, rank: int) -> tuple[int, ...]:
+    """The layout the computed operands share (e.g. attention scores kept in ONNX order), else standard.
+
+    Elementwise ops are layout-agnostic, so following the operands' layout costs nothing
+    here and spares a relayout now (and often a second one back later).
+    """
+    perms = set()
+    for name in node.input:
+        if not name or em.info.is_const(name):
+            continue
+        v = em.values.get(name)
+        if v is None or v.col_order is not None or len(v.onnx_shape) != rank:
+            return standard_perm(rank)
+        perms.add(v.perm)
+    return perms.pop() if len(perms) == 1 else standard_perm(rank)
+
+
 def check_div(info: GraphInfo, node: onnx.NodeProto) -> str | None:
     if not info.is_const(node.input[1]):
         return "only division by a constant is supported (lowered as MUL by its reciprocal)"
@@ -44,7 +61,7 @@ def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
     act, out_name = em.activation(node)
     out_shape = em.shape(node.output[0])
     rank = len(out_shape)
-    perm = standard_perm(rank)
+    perm = _shared_layout(em, node, rank)
     second = None
     if node.op_type == "Div":
         second = 1.0 / np.asarray(em.const(node.input[1]), np.float64)

@@ -16,7 +16,7 @@ from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
 from nirc.tflite.graph import GraphInfo, attr_int, attr_ints, attr_str, has_attr
-from nirc.tflite.layout import compose, invert, nchw_flatten_order, standard_perm, stored_axis
+from nirc.tflite.layout import compose, invert, is_memory_noop, nchw_flatten_order, standard_perm, stored_axis
 from nirc.tflite.ops_fc import check_gemm, check_matmul
 
 
@@ -42,7 +42,7 @@ def lower_reshape(em: Emitter, node: onnx.NodeProto) -> None:
     """Reshape, Flatten, Squeeze and Unsqueeze: all a RESHAPE in ONNX element order."""
     name = node.output[0]
     out_shape = em.shape(name)
-    x = em.value(node.input[0])
+    x = stored_value(em, node.input[0])
     x = em.requant(x, em.qparams(name), name)
     in_shape = x.onnx_shape
     if (
@@ -58,7 +58,32 @@ def lower_reshape(em: Emitter, node: onnx.NodeProto) -> None:
         em.reshape(x.tensor, flat)
         em.alias(name, Value(flat, (0, 1), tuple(out_shape), nchw_flatten_order(c, h, w)))
         return
-    em.alias(name, em.reshaped(x, out_shape, name))
+    em.alias(name, em.reshaped(x, out_shape, name, _reshape_layout(x, out_shape)))
+
+
+def stored_value(em: Emitter, name: str) -> Value:
+    """An input as it is already stored (any layout): data movement ops read it in place."""
+    v = em.values.get(name)
+    if v is not None and v.col_order is None:
+        return v
+    return em.value(name)
+
+
+def _reshape_layout(x: Value, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Where a reshaped tensor is stored: the standard layout unless that alone moves data.
+
+    A reshape is a RESHAPE in ONNX element order.  When storing the result in the
+    standard (NHWC) layout would need a TRANSPOSE but the ONNX order would not (the
+    head split ``[B, N, C] -> [B, N, heads, C/heads]`` of attention), the result keeps
+    the ONNX order: its consumers ask for the layout they need, and the emitter
+    converts once, only if one does (a BATCH_MATMUL or a Transpose usually does not).
+    """
+    standard = standard_perm(len(out_shape))
+    ident = tuple(range(len(out_shape)))
+    source_free = is_memory_noop(x.stored_shape, invert(x.perm))
+    if source_free and not is_memory_noop(out_shape, standard):
+        return ident
+    return standard
 
 
 def lower_transpose(em: Emitter, node: onnx.NodeProto) -> None:
