@@ -27,9 +27,9 @@ def _operand(
     const = array if array is not None else em.const(name)
     if const is not None:
         return em.float_const(name, broadcast_const(np.asarray(const, np.float32), rank, perm))
-    v = em.value(name)
-    if len(v.onnx_shape) == rank:
+    if len(em.shape(name)) == rank:
         return em.value(name, perm).tensor
+    v = em.value(name)
     v = em.reshaped(v, (1,) * (rank - len(v.onnx_shape)) + v.onnx_shape, name)
     return em.value_of(v, perm, name).tensor
 
