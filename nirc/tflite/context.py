@@ -79,6 +79,7 @@ class Emitter:
         self.mb = ModelBuilder()
         self.values: dict[str, Value] = {}
         self._converted: dict[tuple[str, tuple[int, ...]], Value] = {}
+        self._moved: dict[tuple[int, tuple[int, ...]], int] = {}
         self.node_index: int = -1
         self.transposes: list[str] = []
 
@@ -169,6 +170,14 @@ class Emitter:
 
     def _relayout(self, name: str, v: Value, want: tuple[int, ...]) -> Value:
         rel = compose(invert(v.perm), want)
+        done = self._moved.get((v.tensor, rel))
+        if done is not None:  # the same buffer already moved this way (e.g. Q and K^T of one tensor)
+            return Value(done, want, v.onnx_shape)
+        value = self._relayout_new(name, v, want, rel)
+        self._moved[(v.tensor, rel)] = value.tensor
+        return value
+
+    def _relayout_new(self, name: str, v: Value, want: tuple[int, ...], rel: tuple[int, ...]) -> Value:
         out_shape = permute_shape(v.onnx_shape, want)
         out = self.new_tensor(f"{name}/perm", out_shape, self.quant_of(v))
         if is_memory_noop(v.stored_shape, rel):

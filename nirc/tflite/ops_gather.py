@@ -86,10 +86,16 @@ def lower_gather(em: Emitter, node: onnx.NodeProto) -> None:
 
 
 def _gather(em: Emitter, node: onnx.NodeProto, x: Value, idx: np.ndarray, axis: int) -> None:
-    """GATHER in ONNX order (a CPU op on U55/U65): out = x.take(idx, axis)."""
+    """GATHER (a CPU op on U55/U65): out = x.take(idx, axis).
+
+    1-D indices keep the rank, so the gather runs on the stored axis in place (no
+    relayout of an NHWC map); multi-dimensional indices gather in ONNX order.
+    """
     name = node.output[0]
-    src = em.value_of(x, tuple(range(len(x.onnx_shape))), name)
-    out_shape = em.shape(name)
-    y = em.define(name, perm=tuple(range(len(out_shape))))
+    if idx.ndim != 1:
+        x = em.value_of(x, tuple(range(len(x.onnx_shape))), name)
+    pos = stored_axis(axis, x.perm)
+    perm = x.perm if idx.ndim == 1 else tuple(range(len(em.shape(name))))
+    y = em.define(name, perm=perm)
     indices = em.int_const(f"{name}/indices", idx.astype(np.int32))
-    em.op(Op.GATHER, [src.tensor, indices], [y.tensor], Options("GatherOptions", (("Axis", axis),)))
+    em.op(Op.GATHER, [x.tensor, indices], [y.tensor], Options("GatherOptions", (("Axis", pos),)))
