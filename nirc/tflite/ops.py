@@ -11,6 +11,7 @@ import onnx
 from nirc.tflite import (
     ops_act,
     ops_conv,
+    ops_cpu,
     ops_eltwise,
     ops_fc,
     ops_gather,
@@ -111,5 +112,9 @@ LOWERINGS: dict[str, OpRule] = {
     "Pad": OpRule(ops_shape.lower_pad, check=ops_shape.check_pad, ties=tie_input_outputs),
     "Resize": OpRule(ops_resize.lower_resize, check=ops_resize.check_resize, ties=tie_input_outputs),
     "Gather": OpRule(ops_gather.lower_gather, check=ops_gather.check_gather, ties=tie_input_outputs),
+    **{op: OpRule(ops_cpu.lower_unary) for op in (*ops_cpu.INT8_UNARY, *ops_cpu.FLOAT_UNARY)},
+    **{op: OpRule(ops_cpu.lower_reduce, check=ops_cpu.check_reduce, ties=ops_cpu.reducer_ties)
+       for op in ops_cpu.REDUCERS},
+    "Cast": OpRule(ops_cpu.lower_cast, check=ops_cpu.check_cast, ties=tie_input_outputs, alias=True),
     "Pow": OpRule(ops_math.lower_pow, check=ops_math.check_pow),
 }  # fmt: skip

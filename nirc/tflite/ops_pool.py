@@ -165,7 +165,8 @@ def lower_global_pool(em: Emitter, node: onnx.NodeProto) -> None:
         em.op(STANDALONE_ACTIVATION[act], [target], [y.tensor])
 
 
-def _reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
+def reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
+    """Reduced axes (sorted, non-negative) from the attribute or input, None when computed at run time."""
     rank = len(info.shape(node.input[0]))
     if len(node.input) > 1 and node.input[1]:
         axes = info.const(node.input[1])
@@ -183,13 +184,13 @@ def _reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
 def check_reduce_mean(info: GraphInfo, node: onnx.NodeProto) -> str | None:
     if not info.has_shape(node.input[0]):
         return "input shape unknown"
-    if _reduce_axes(info, node) is None:
+    if reduce_axes(info, node) is None:
         return "axes are not constant"
     return None
 
 
 def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
-    axes = _reduce_axes(em.info, node)
+    axes = reduce_axes(em.info, node)
     if axes is None:
         raise BackendError(f"ReduceMean '{node.name}': axes are not constant")
     x = em.value(node.input[0])
