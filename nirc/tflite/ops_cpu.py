@@ -20,7 +20,7 @@ import onnx
 
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
-from nirc.tflite.context import Emitter, Value
+from nirc.tflite.context import Emitter
 from nirc.tflite.graph import GraphInfo, attr_int
 from nirc.tflite.layout import permute_shape, reshape_perm, stored_axis
 from nirc.tflite.ops_pool import reduce_axes

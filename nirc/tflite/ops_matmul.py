@@ -22,13 +22,17 @@ so such a MatMul never absorbs a following Relu.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
+
+from nirc.errors import BackendError
 
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
-from nirc.tflite.graph import GraphInfo
+from nirc.tflite.graph import GraphInfo, attr_str
 from nirc.tflite.layout import compose, invert, is_memory_noop
 
 #: TFLite's BATCH_MATMUL kernels take operands up to rank 5.
@@ -60,9 +64,8 @@ def _stored(em: Emitter, name: str) -> Value:
     return em.value(name, tuple(range(len(em.shape(name)))))
 
 
-def _operand(em: Emitter, name: str, label: str) -> tuple[Value, bool]:
+def _operand(em: Emitter, v: Value, label: str) -> tuple[Value, bool]:
     """The operand in a layout BATCH_MATMUL reads, and whether it is read transposed (adj)."""
-    v = _stored(em, name)
     rank = len(v.onnx_shape)
     batch = tuple(range(rank - 2))
     plain = (*batch, rank - 2, rank - 1)
@@ -107,19 +110,115 @@ def _collapse(em: Emitter, v: Value, label: str) -> Value:
 
 def lower_batch_matmul(em: Emitter, node: onnx.NodeProto) -> None:
     name = node.output[0]
-    out_shape = em.shape(name)
+    a, b = _stored(em, node.input[0]), _stored(em, node.input[1])
+    em.alias(name, emit_batch_matmul(em, a, b, name, em.shape(name)))
+
+
+def emit_batch_matmul(em: Emitter, a: Value, b: Value, name: str, out_shape: tuple[int, ...]) -> Value:
+    """BATCH_MATMUL of ``a`` [..., M, K] and ``b`` [..., K, N] (any stored layout) -> ``name``, ONNX order."""
     rank = len(out_shape)
-    a, adj_x = _operand(em, node.input[0], f"{name}/a")
-    b, adj_y = _operand(em, node.input[1], f"{name}/b")
+    a, adj_x = _operand(em, a, f"{name}/a")
+    b, adj_y = _operand(em, b, f"{name}/b")
     a, b = _to_rank(em, a, rank, f"{name}/a"), _to_rank(em, b, rank, f"{name}/b")
     opts = Options("BatchMatMulOptions", (("AdjX", adj_x), ("AdjY", adj_y)))
+    y = em.define(name, perm=tuple(range(rank)), shape=out_shape)
     if rank > MAX_RANK:  # equal batch axes (check_batch_matmul): fold them into one
         a, b = _collapse(em, a, f"{name}/a"), _collapse(em, b, f"{name}/b")
         flat = (a.stored_shape[0], out_shape[-2], out_shape[-1])
         mid = em.new_tensor(f"{name}/bmm", flat, em.qparams(name))
         em.op(Op.BATCH_MATMUL, [a.tensor, b.tensor], [mid], opts)
-        y = em.define(name, perm=tuple(range(rank)))
         em.reshape(mid, y.tensor)
-        return
-    y = em.define(name, perm=tuple(range(rank)))
+        return y
     em.op(Op.BATCH_MATMUL, [a.tensor, b.tensor], [y.tensor], opts)
+    return y
+
+
+# --------------------------------------------------------------------------- Einsum
+
+
+@dataclass(frozen=True)
+class EinsumPlan:
+    """An Einsum that is one (batched) matrix product, or a pure transpose.
+
+    ``a_order``/``b_order`` list each operand's letters in the order BATCH_MATMUL reads
+    them (batch..., M, K) and (batch..., K, N); ``out_order`` is (batch..., M, N).
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    a_order: str = ""
+    b_order: str = ""
+    out_order: str = ""
+
+
+def einsum_plan(info: GraphInfo, node: onnx.NodeProto) -> EinsumPlan | str:
+    """The plan, or why the equation is not a matrix product nirc lowers."""
+    eq = attr_str(node, "equation", "").replace(" ", "")
+    if "->" not in eq:
+        return "implicit-output equations are not supported (write the '->' output)"
+    lhs, out = eq.split("->")
+    ins = tuple(lhs.split(","))
+    if "." in eq:
+        return "ellipsis ('...') equations are not supported"
+    if any(len(set(t)) != len(t) for t in (*ins, out)):
+        return "a repeated index (trace or diagonal) is not supported"
+    if len(ins) != len(node.input) or not all(info.has_shape(n) for n in node.input):
+        return "operand count or shapes do not match the equation"
+    if len(ins) == 1:
+        if sorted(ins[0]) != sorted(out):
+            return "a one-operand Einsum that reduces is not supported (only transposes)"
+        return EinsumPlan(ins, out)
+    if len(ins) != 2:
+        return "only one- or two-operand equations are supported"
+    a, b = ins
+    batch = [c for c in out if c in a and c in b]
+    m = [c for c in a if c not in b and c in out]
+    n = [c for c in b if c not in a and c in out]
+    k = [c for c in a if c in b and c not in out]
+    if any(c not in a and c not in b for c in out) or any(c not in out and c not in k for c in a + b):
+        return "an index summed over one operand only is not supported"
+    if len(m) != 1 or len(n) != 1 or len(k) != 1:
+        return "only equations with one row, one column and one contracted index map to BATCH_MATMUL"
+    sa, sb = info.shape(node.input[0]), info.shape(node.input[1])
+    if any(sa[a.index(c)] != sb[b.index(c)] for c in (*batch, *k)):
+        return "shared indices have different sizes (broadcasting is not supported)"
+    prefix = "".join(batch)
+    return EinsumPlan(ins, out, prefix + m[0] + k[0], prefix + k[0] + n[0], prefix + m[0] + n[0])
+
+
+def einsum_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    """A one-operand Einsum is a transpose: its output is its input's tensor."""
+    return [node.input[0], node.output[0]] if len(node.input) == 1 else []
+
+
+def check_einsum(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    plan = einsum_plan(info, node)
+    return plan if isinstance(plan, str) else None
+
+
+def _relabel(v: Value, letters: str, order: str) -> Value:
+    """``v`` (axes named by ``letters``) seen with its axes in ``order``: a relabelling, no op."""
+    p = tuple(letters.index(c) for c in order)
+    return Value(v.tensor, compose(invert(p), v.perm), tuple(v.onnx_shape[i] for i in p))
+
+
+def lower_einsum(em: Emitter, node: onnx.NodeProto) -> None:
+    """Einsum as a relabelling of each operand's axes around one BATCH_MATMUL.
+
+    ``einsum("bhqd,bhkd->bhqk", q, k)`` is ``q @ k.transpose(0, 1, 3, 2)``: the operands are
+    relabelled (like ONNX Transpose, free), so a K^T again becomes ``adj_y``.
+    """
+    plan = einsum_plan(em.info, node)
+    if isinstance(plan, str):
+        raise BackendError(f"Einsum '{node.name}': {plan}")
+    name = node.output[0]
+    first = _stored(em, node.input[0])
+    if len(plan.inputs) == 1:
+        em.alias(name, _relabel(first, plan.inputs[0], plan.output))
+        return
+    a = _relabel(first, plan.inputs[0], plan.a_order)
+    b = _relabel(_stored(em, node.input[1]), plan.inputs[1], plan.b_order)
+    out_shape = em.shape(name)
+    bmn_shape = tuple(out_shape[plan.output.index(c)] for c in plan.out_order)
+    y = emit_batch_matmul(em, a, b, name, bmn_shape)
+    em.alias(name, _relabel(y, plan.out_order, plan.output))

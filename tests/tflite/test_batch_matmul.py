@@ -16,6 +16,7 @@ import pytest
 from onnx import helper as h
 from tflite_helpers import calibrate, make_model, op_names, run_litert, run_ort, snr_db
 
+from nirc.errors import UnsupportedOperatorError
 from nirc.ir import IRModel
 from nirc.pipeline import lower_canonical
 from nirc.plugin import load_registry
@@ -172,3 +173,49 @@ def test_fixture_set_covers_both_exporters() -> None:
     assert {n.rsplit("_", 1)[1] for n in FIXTURE_NAMES} == {"ts", "dynamo"}
     assert len(FIXTURE_NAMES) >= 6
     assert sum(p.stat().st_size for p in FIXTURES.glob("*.onnx")) < 1_000_000
+
+
+# --------------------------------------------------------------------------- Einsum
+
+
+@pytest.mark.parametrize(
+    ("equation", "a", "b", "transposes"),
+    [
+        ("bqd,bkd->bqk", (2, 16, 8), (2, 12, 8), 0),  # Q K^T: K read with adj_y
+        ("bdq,bkd->bqk", (2, 8, 16), (2, 12, 8), 0),  # Q^T too: adj_x
+        ("bij,bjk->bik", (2, 5, 7), (2, 7, 3), 0),
+        # The output in another order is a relabelling; only the graph output (ONNX order) moves it.
+        ("bqk,bkd->bdq", (2, 16, 12), (2, 12, 8), 1),
+    ],
+)
+def test_einsum_matrix_products(equation: str, a: tuple[int, ...], b: tuple[int, ...], transposes: int) -> None:
+    nodes = [h.make_node("Einsum", ["a", "b"], ["y"], equation=equation)]
+    model = make_model(nodes, {"a": a, "b": b}, ["y"])
+    ops = _check_float(model)
+    assert ops.count("BATCH_MATMUL") == 1 and ops.count("TRANSPOSE") == transposes, ops
+    _check_int8(model)
+
+
+def test_einsum_attention_scores_on_heads() -> None:
+    """einsum('bhqd,bhkd->bhqk') after a head split: the same single head transpose as MatMul."""
+    nodes = [
+        h.make_node("Reshape", ["x", "shape"], ["q"]),
+        h.make_node("Einsum", ["q", "q"], ["s"], equation="bhqd,bhkd->bhqk"),
+        h.make_node("Reshape", ["s", "flat"], ["y"]),
+    ]
+    init = {"shape": np.asarray([1, 2, 16, 8], np.int64), "flat": np.asarray([1, 32, 16], np.int64)}
+    model = make_model(nodes, {"x": (1, 32, 8)}, ["y"], init)
+    ops = _check_float(model)
+    assert ops.count("BATCH_MATMUL") == 1 and "TRANSPOSE" not in ops, ops
+
+
+def test_einsum_transpose_only_is_free() -> None:
+    nodes = [h.make_node("Einsum", ["x"], ["t"], equation="ij->ji"), h.make_node("Relu", ["t"], ["y"])]
+    model = make_model(nodes, {"x": (4, 6)}, ["y"])
+    assert _check_float(model) == ["TRANSPOSE", "RELU"]  # one move, where an op needs ONNX order
+
+
+def test_einsum_trace_is_rejected_with_the_reason() -> None:
+    model = make_model([h.make_node("Einsum", ["x"], ["y"], equation="ii->i")], {"x": (4, 4)}, ["y"])
+    with pytest.raises(UnsupportedOperatorError, match="repeated index"):
+        emit_tflite(model)
