@@ -28,7 +28,6 @@ import numpy as np
 import onnx
 
 from nirc.errors import BackendError
-
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
