@@ -53,8 +53,16 @@ PROBES = {
     "shuffle": (  # NPU: the emitter's one 4-D TRANSPOSE (legacy's own transpose rule would disagree)
         """r = Reshape (x, grouped) t = Transpose <perm = [0, 2, 1, 3, 4]> (r) y = Reshape (t, flat)""",
         "1,8,4,4", "1,8,4,4"),
+    "attention": (  # NPU: two BATCH_MATMULs (K^T read with adj_y) and an int8 SOFTMAX
+        "xt = Transpose <perm = [0, 2, 1]> (x) s = MatMul (x, xt) p = Softmax <axis = -1> (s) y = MatMul (p, x)",
+        "1,16,8", "1,16,8"),
+    "softmax_5d": (  # NPU: Regor takes 5-D tensors (the legacy checker's 4-D limit is not Regor's)
+        "r = Reshape (x, grouped) s = Softmax <axis = -1> (r) y = Reshape (s, flat)", "1,8,4,4", "1,8,4,4"),
+    "gather_rows": (  # CPU: GATHER has a TFLite builtin and no NPU form
+        "y = Gather <axis = 2> (x, rows)", "1,8,4,4", "1,8,4,4"),
+    "sqrt": ("r = Relu (x) y = Sqrt (r)", "1,8,4,4", "1,8,4,4"),  # CPU: SQRT
 }  # fmt: skip
-CPU_PROBES = {"resize_x3", "mean_prime_width", "maxpool_300"}
+CPU_PROBES = {"resize_x3", "mean_prime_width", "maxpool_300", "gather_rows", "sqrt"}
 
 
 def _tflite(tmp_path: Path, name: str) -> Path:
@@ -69,6 +77,7 @@ def _tflite(tmp_path: Path, name: str) -> Path:
         "half": np.array(0.5, np.float32),
         "grouped": np.array([1, 2, 4, 4, 4], np.int64),
         "flat": np.array([1, 8, 4, 4], np.int64),
+        "rows": np.array([3, 1, 0, 2], np.int64),
     }
     used = {i for n in proto.graph.node for i in n.input}
     for key, value in consts.items():
