@@ -169,6 +169,19 @@ class Emitter:
             self._converted[key] = self._relayout(name, v, want)
         return self._converted[key]
 
+    def stored(self, name: str) -> Value:
+        """ONNX tensor ``name`` in whatever layout it is stored in (constants: ONNX order).
+
+        Layout-agnostic lowerings (data movement, elementwise, reductions, softmax, matmul)
+        read their input here and say in the attributes which stored axes they mean, so a
+        tensor kept in ONNX order (attention) or NHWC (CNN) is used in place.
+        """
+        v = self.values.get(name)
+        if v is not None and v.col_order is None:
+            return v
+        const = self.const(name)
+        return self.value(name, tuple(range(const.ndim)) if const is not None else None)
+
     def _relayout(self, name: str, v: Value, want: tuple[int, ...]) -> Value:
         rel = compose(invert(v.perm), want)
         done = self._moved.get((v.tensor, rel))

@@ -18,7 +18,7 @@ import onnx
 from nirc.errors import BackendError
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options, QParams
-from nirc.tflite.context import Emitter, Value
+from nirc.tflite.context import Emitter
 from nirc.tflite.fusion import STANDALONE_ACTIVATION, activation_kind, clip_bounds
 from nirc.tflite.graph import GraphInfo, attr_float, attr_int
 from nirc.tflite.layout import stored_axis
@@ -149,7 +149,7 @@ def lower_softmax(em: Emitter, node: onnx.NodeProto) -> None:
     contiguous along it, so a RESHAPE (free) replaces the TRANSPOSE pair.
     """
     name = node.output[0]
-    x = _stored(em, node.input[0])
+    x = em.stored(node.input[0])
     rank = len(x.onnx_shape)
     axis = attr_int(node, "axis", -1)
     axis = axis + rank if axis < 0 else axis
@@ -164,12 +164,6 @@ def lower_softmax(em: Emitter, node: onnx.NodeProto) -> None:
     moved = em.value_of(x, want, node.input[0])
     y = em.define(name, perm=want)
     em.op(Op.SOFTMAX, [moved.tensor], [y.tensor], opts)
-
-
-def _stored(em: Emitter, name: str) -> Value:
-    """The input in the layout it is stored in (softmax only needs its axis to be innermost)."""
-    v = em.values.get(name)
-    return v if v is not None and v.col_order is None else em.value(name)
 
 
 def lower_log_softmax(em: Emitter, node: onnx.NodeProto) -> None:

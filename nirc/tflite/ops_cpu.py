@@ -24,7 +24,6 @@ from nirc.tflite.context import Emitter
 from nirc.tflite.graph import GraphInfo, attr_int
 from nirc.tflite.layout import permute_shape, reshape_perm, stored_axis
 from nirc.tflite.ops_pool import reduce_axes
-from nirc.tflite.ops_shape import stored_value
 
 #: Elementwise ops TFLite runs in int8 directly.
 INT8_UNARY = {"Exp": Op.EXP, "Log": Op.LOG, "Neg": Op.NEG, "Abs": Op.ABS, "Sqrt": Op.SQRT}
@@ -37,7 +36,7 @@ _FLOAT = onnx.TensorProto.FLOAT
 
 def lower_unary(em: Emitter, node: onnx.NodeProto) -> None:
     """Layout-agnostic: the output is stored like the input."""
-    x = stored_value(em, node.input[0])
+    x = em.stored(node.input[0])
     y = em.define(node.output[0], perm=x.perm)
     if node.op_type in INT8_UNARY:
         em.op(INT8_UNARY[node.op_type], [x.tensor], [y.tensor])
@@ -72,7 +71,7 @@ def check_reduce(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 def lower_reduce(em: Emitter, node: onnx.NodeProto) -> None:
     axes = reduce_axes(em.info, node) or []
     name = node.output[0]
-    x = stored_value(em, node.input[0])
+    x = em.stored(node.input[0])
     if not axes:
         em.alias(name, x)
         return
@@ -101,4 +100,4 @@ def check_cast(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 
 
 def lower_cast(em: Emitter, node: onnx.NodeProto) -> None:
-    em.alias(node.output[0], stored_value(em, node.input[0]))
+    em.alias(node.output[0], em.stored(node.input[0]))

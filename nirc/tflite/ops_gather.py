@@ -20,7 +20,6 @@ from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
 from nirc.tflite.graph import GraphInfo, attr_int
 from nirc.tflite.layout import stored_axis
-from nirc.tflite.ops_shape import stored_value
 
 
 def _indices(info: GraphInfo, node: onnx.NodeProto) -> np.ndarray | None:
@@ -60,7 +59,7 @@ def lower_gather(em: Emitter, node: onnx.NodeProto) -> None:
     idx = _indices(em.info, node)
     if idx is None:
         raise BackendError(f"Gather '{node.name}': indices are not constant")
-    x = em.requant(stored_value(em, node.input[0]), em.qparams(name), name)
+    x = em.requant(em.stored(node.input[0]), em.qparams(name), name)
     rank = len(x.onnx_shape)
     axis = attr_int(node, "axis", 0) % rank
     run = _run(idx)

@@ -55,14 +55,6 @@ def check_batch_matmul(info: GraphInfo, node: onnx.NodeProto) -> str | None:
     return None
 
 
-def _stored(em: Emitter, name: str) -> Value:
-    """The operand as already stored (any layout), or a constant in ONNX order."""
-    v = em.values.get(name)
-    if v is not None and v.col_order is None:
-        return v
-    return em.value(name, tuple(range(len(em.shape(name)))))
-
-
 def _operand(em: Emitter, v: Value, label: str) -> tuple[Value, bool]:
     """The operand in a layout BATCH_MATMUL reads, and whether it is read transposed (adj)."""
     rank = len(v.onnx_shape)
@@ -109,7 +101,7 @@ def _collapse(em: Emitter, v: Value, label: str) -> Value:
 
 def lower_batch_matmul(em: Emitter, node: onnx.NodeProto) -> None:
     name = node.output[0]
-    a, b = _stored(em, node.input[0]), _stored(em, node.input[1])
+    a, b = em.stored(node.input[0]), em.stored(node.input[1])
     em.alias(name, emit_batch_matmul(em, a, b, name, em.shape(name)))
 
 
@@ -211,12 +203,12 @@ def lower_einsum(em: Emitter, node: onnx.NodeProto) -> None:
     if isinstance(plan, str):
         raise BackendError(f"Einsum '{node.name}': {plan}")
     name = node.output[0]
-    first = _stored(em, node.input[0])
+    first = em.stored(node.input[0])
     if len(plan.inputs) == 1:
         em.alias(name, _relabel(first, plan.inputs[0], plan.output))
         return
     a = _relabel(first, plan.inputs[0], plan.a_order)
-    b = _relabel(_stored(em, node.input[1]), plan.inputs[1], plan.b_order)
+    b = _relabel(em.stored(node.input[1]), plan.inputs[1], plan.b_order)
     out_shape = em.shape(name)
     bmn_shape = tuple(out_shape[plan.output.index(c)] for c in plan.out_order)
     y = emit_batch_matmul(em, a, b, name, bmn_shape)

@@ -51,7 +51,7 @@ def lower_reshape(em: Emitter, node: onnx.NodeProto) -> None:
     """Reshape, Flatten, Squeeze and Unsqueeze: all a RESHAPE in ONNX element order."""
     name = node.output[0]
     out_shape = em.shape(name)
-    x = stored_value(em, node.input[0])
+    x = em.stored(node.input[0])
     x = em.requant(x, em.qparams(name), name)
     in_shape = x.onnx_shape
     if (
@@ -76,14 +76,6 @@ def lower_reshape(em: Emitter, node: onnx.NodeProto) -> None:
         em.alias(name, Value(y, perm, tuple(out_shape)))
         return
     em.alias(name, em.reshaped(x, out_shape, name, _reshape_layout(x, out_shape)))
-
-
-def stored_value(em: Emitter, name: str) -> Value:
-    """An input as it is already stored (any layout): data movement ops read it in place."""
-    v = em.values.get(name)
-    if v is not None and v.col_order is None:
-        return v
-    return em.value(name)
 
 
 def _reshape_layout(x: Value, out_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -163,7 +155,7 @@ def lower_split(em: Emitter, node: onnx.NodeProto) -> None:
     sizes = split_sizes(em.info, node) or []
     outs = list(node.output)
     out_q = em.qparams(outs[0]) if outs[0] else None
-    x = em.requant(stored_value(em, node.input[0]), out_q, outs[0])
+    x = em.requant(em.stored(node.input[0]), out_q, outs[0])
     axis = stored_axis(attr_int(node, "axis", 0), x.perm)
     tensors = []
     for i, o in enumerate(outs):
@@ -225,7 +217,7 @@ def check_slice(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 def lower_slice(em: Emitter, node: onnx.NodeProto) -> None:
     params = _slice_params(em.info, node) or []
     name = node.output[0]
-    x = em.requant(stored_value(em, node.input[0]), em.qparams(name), name)
+    x = em.requant(em.stored(node.input[0]), em.qparams(name), name)
     stored = [params[p] for p in x.perm]
     y = em.define(name, perm=x.perm)
     if all(step == 1 for _, _, step in stored):

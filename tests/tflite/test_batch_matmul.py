@@ -219,3 +219,14 @@ def test_einsum_trace_is_rejected_with_the_reason() -> None:
     model = make_model([h.make_node("Einsum", ["x"], ["y"], equation="ii->i")], {"x": (4, 4)}, ["y"])
     with pytest.raises(UnsupportedOperatorError, match="repeated index"):
         emit_tflite(model)
+
+
+@pytest.mark.parametrize(("shape", "keepdims"), [((4, 64, 64), 1), ((4, 64, 64), 0), ((64, 32), 1)])
+def test_layernorm_mean_over_tokens_is_a_vela_mean(shape: tuple[int, ...], keepdims: int) -> None:
+    """ReduceMean over the last axis of a rank < 4 token tensor: Vela sees [1, a, b, c] and reduces depth
+    only when a or b is 1, so the emitter reduces a [1, 1, a*b, c] view (free RESHAPEs) instead."""
+    nodes = [h.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)]
+    model = make_model(nodes, {"x": shape}, ["y"], {"axes": np.asarray([-1], np.int64)})
+    _check_float(model)
+    ops = _check_int8(model)
+    assert ops.count("MEAN") == 1 and set(ops) <= {"MEAN", "RESHAPE"}, ops
