@@ -31,7 +31,6 @@ Weights are seeded (``torch.manual_seed``), so the exports are reproducible for 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -139,7 +138,6 @@ def main() -> None:
     for name in args.names:
         for p in export(name, args.out_dir):
             print(f"{p} {p.stat().st_size} bytes")
-    _ = math.pi
 
 
 if __name__ == "__main__":

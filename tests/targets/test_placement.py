@@ -224,3 +224,27 @@ def test_model_placement_emits_and_predicts() -> None:
     data, placements = model_placement(proto, U65)
     assert data[4:8] == b"TFL3"
     assert [(p.op_type, p.on_npu) for p in placements] == [("HARD_SWISH", True)]
+
+
+def test_python_engine_follows_regor_on_batched_tensors() -> None:
+    """Regor runs batch > 1 on the NPU (the legacy checker says batch 1 only), except MEAN.
+
+    nirc's calibration takes batch 1, so this emits with fixed ranges: placement does not depend on them.
+    """
+    import numpy as np
+
+    from nirc.tflite import emit_tflite
+
+    body = """c = Conv (x, w) a = Add (c, x) m = Mul (a, x) t = Transpose <perm = [0, 1, 3, 2]> (m)
+              p = MatMul (m, t) s = Softmax <axis = -1> (p) y = ReduceMean <keepdims = 1> (s, axes)"""
+    proto = onnx.parser.parse_model(HEADER + f"g (float[4,8,4,4] x) => (float[4,8,4,1] y) {{ {body} }}")
+    w = np.random.default_rng(0).standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3
+    proto.graph.initializer.extend(
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(np.array([3], np.int64), "axes")]
+    )
+    proto = IRModel.load(proto).to_proto()
+    ranges = {n: (-4.0, 4.0) for n in ["x", *(o for node in proto.graph.node for o in node.output)]}
+    data = emit_tflite(proto, dtype="int8", ranges=ranges).data
+    vela = predict_placement(data, U65, engine="vela")
+    assert compare(predict_placement(data, U65, engine="python"), vela) == []
+    assert {p.op_type for p in vela if not p.on_npu} == {"MEAN"}, [(p.op_type, p.reasons) for p in vela]
