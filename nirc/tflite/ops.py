@@ -111,6 +111,8 @@ LOWERINGS: dict[str, OpRule] = {
     "Slice": OpRule(ops_shape.lower_slice, check=ops_shape.check_slice, ties=tie_input_outputs),
     "Pad": OpRule(ops_shape.lower_pad, check=ops_shape.check_pad, ties=tie_input_outputs),
     "Resize": OpRule(ops_resize.lower_resize, check=ops_resize.check_resize, ties=tie_input_outputs),
+    "Max": OpRule(ops_eltwise.lower_minmax, ties=ops_eltwise.minmax_ties),
+    "Min": OpRule(ops_eltwise.lower_minmax, ties=ops_eltwise.minmax_ties),
     "Einsum": OpRule(ops_matmul.lower_einsum, check=ops_matmul.check_einsum, ties=ops_matmul.einsum_ties),
     "Gather": OpRule(ops_gather.lower_gather, check=ops_gather.check_gather, ties=tie_input_outputs),
     **{op: OpRule(ops_cpu.lower_unary) for op in (*ops_cpu.INT8_UNARY, *ops_cpu.FLOAT_UNARY)},

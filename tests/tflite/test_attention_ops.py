@@ -1,4 +1,4 @@
-"""Attention on the emitter: activation x activation MatMul -> BATCH_MATMUL, Gather with constant indices.
+"""Attention on the emitter: activation x activation MatMul/Einsum -> BATCH_MATMUL, Gather, token reductions.
 
 Hand-built graphs pin each layout case (plain, K^T folded into adj_y, Q^T folded into adj_x, rank
 broadcast, rank 6); the fixtures under tests/fixtures/attention are real PyTorch exports (both exporters,
@@ -230,3 +230,12 @@ def test_layernorm_mean_over_tokens_is_a_vela_mean(shape: tuple[int, ...], keepd
     _check_float(model)
     ops = _check_int8(model)
     assert ops.count("MEAN") == 1 and set(ops) <= {"MEAN", "RESHAPE"}, ops
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_variadic_max_min(op: str) -> None:
+    nodes = [h.make_node(op, ["a", "b", "c"], ["y"])]
+    model = make_model(nodes, {"a": (1, 8, 4, 4), "b": (1, 8, 4, 4)}, ["y"], {"c": np.float32(0.1)})
+    builtin = "MAXIMUM" if op == "Max" else "MINIMUM"
+    assert _check_float(model) == [builtin, builtin]
+    assert _check_int8(model).count(builtin) == 2
