@@ -239,3 +239,19 @@ def test_variadic_max_min(op: str) -> None:
     builtin = "MAXIMUM" if op == "Max" else "MINIMUM"
     assert _check_float(model) == [builtin, builtin]
     assert _check_int8(model).count(builtin) == 2
+
+
+def test_score_scale_folds_into_softmax_beta() -> None:
+    """softmax((q k^T) * c) is SOFTMAX(q k^T, beta=c): no MUL on the N x N scores."""
+    nodes = [
+        h.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        h.make_node("MatMul", ["q", "kt"], ["s"]),
+        h.make_node("Mul", ["s", "c"], ["sc"]),
+        h.make_node("Softmax", ["sc"], ["y"], axis=-1),
+    ]
+    init = {"c": np.float32(8**-0.5)}
+    model = make_model(nodes, {"q": (2, 16, 8), "k": (2, 16, 8)}, ["y"], init)
+    assert _check_float(model) == ["BATCH_MATMUL", "SOFTMAX"]
+    assert _check_int8(model) == ["BATCH_MATMUL", "SOFTMAX"]
+    negative = make_model(nodes, {"q": (2, 16, 8), "k": (2, 16, 8)}, ["y"], {"c": np.float32(-0.5)})
+    assert _check_float(negative) == ["BATCH_MATMUL", "MUL", "SOFTMAX"]  # beta must be positive
