@@ -234,9 +234,10 @@ def _match_scaled_softmax(m: _Matcher, idx: int, softmax: onnx.NodeProto) -> tup
         return None
     for x, c in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
         beta = info.const(c)
-        if beta is not None and beta.size == 1 and not info.is_const(x) and float(beta.reshape(-1)[0]) > 0:
-            if info.has_shape(x) and info.has_shape(scaled) and info.shape(x) == info.shape(scaled):
-                return x, float(beta.reshape(-1)[0]), mul_idx
+        positive = beta is not None and beta.size == 1 and float(beta.reshape(-1)[0]) > 0
+        same_shape = info.has_shape(x) and info.has_shape(scaled) and info.shape(x) == info.shape(scaled)
+        if positive and same_shape and beta is not None and not info.is_const(x):
+            return x, float(beta.reshape(-1)[0]), mul_idx
     return None
 
 
