@@ -6,7 +6,8 @@ Usage::
 
 Default inputs: the fixtures in tests/fixtures/attention (examples/build_attention_models.py).  Pass
 the directory written by benchmarks/export_attention_zoo.py (run with a torch environment) to add
-the public architectures.  Each model runs through ``nirc.pipeline.optimize`` for ethos-u65-256
+the public architectures, or files of /work/zoo_exports.
+Each model runs through ``nirc.pipeline.optimize`` for ethos-u65-256
 (Ethos_U65_High_End, Dedicated_Sram_384KB) with synthetic calibration (random inputs; the models
 have random weights): per model it records whether it compiles (else nirc's one-line error), the
 NPU/CPU op split with each CPU op's type and Vela's reason, how many TRANSPOSE and BATCH_MATMUL
@@ -57,7 +58,7 @@ def _row(path: Path, out: Path) -> str:
     try:
         result = optimize(path, outdir=out / path.stem, validate_npu="none", require_fit=False)
     except NircError as exc:
-        return f"| {path.stem} | no: `{exc}` | | | | | | | {time.perf_counter() - start:.0f} |"
+        return f"| {path.stem} | no: `{exc}` | | | | | | | | {time.perf_counter() - start:.0f} |"
     report = result.report
     vela = report["vela"]
     cpu = collections.Counter(  # what Vela did (the placement section also lists mispredictions)
@@ -68,10 +69,14 @@ def _row(path: Path, out: Path) -> str:
     cpu_text = "; ".join(f"{n} x {k}" for k, n in sorted(cpu.items())) or "-"
     ops = _op_counts(result.int8_tflite)
     snr = report["validation"]["outputs"][0]["snr_db"]
+    layers = vela.get("layers") or []
+    total = sum(layer["op_cycles"] for layer in layers) or 1
+    attention = sum(layer["op_cycles"] for layer in layers if layer["original_op"] in ("BatchMatMul", "Softmax"))
     agree = "" if report["placement"]["agree"] else " (prediction differs)"
     return (
         f"| {path.stem} | yes | {vela['npu_ops']} | {vela['cpu_ops']}{agree} | {cpu_text} | {ops['TRANSPOSE']} | "
-        f"{ops['BATCH_MATMUL']} | {vela['inference_time_ms']:.3f} ms, SNR {snr:.1f} dB | "
+        f"{ops['BATCH_MATMUL']} | {100 * attention / total:.0f}% | "
+        f"{vela['inference_time_ms']:.3f} ms, SNR {snr:.1f} dB | "
         f"{time.perf_counter() - start:.0f} |"
     )
 
@@ -89,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "ethos-u65-256, Ethos_U65_High_End, Dedicated_Sram_384KB, Vela 5.2; default pipeline; synthetic",
         "calibration (random weights, random inputs). `_ts`: TorchScript exporter, opset 17; `_dynamo`: dynamo",
-        "exporter, opset 18. TRANSPOSE / BATCH_MATMUL: ops in the int8 TFLite.",
+        "exporter, opset 18 (zoo files: default opset). TRANSPOSE / BATCH_MATMUL: ops in the int8 TFLite.",
+        "Attention share: Vela cycles of the BATCH_MATMUL and SOFTMAX layers (Vela's per-layer table).",
         "",
         "| model | compiles | NPU ops | CPU ops | CPU op types (Vela's reason) | TRANSPOSE | BATCH_MATMUL "
-        "| Vela latency, int8 SNR | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| attention share | Vela latency, int8 SNR | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory(prefix="nirc_attention_") as tmp:
         for path in _models(args.inputs):
