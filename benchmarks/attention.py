@@ -101,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         "| attention share | Vela latency, int8 SNR | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nirc_attention_") as tmp:
         for path in _models(args.inputs):
             row = _row(path, Path(tmp))
             print(row, flush=True)
             lines.append(row)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            args.output.write_text("\n".join(lines) + "\n", encoding="utf-8")  # a row at a time: runs are long
     return 0
 
 
