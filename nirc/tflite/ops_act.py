@@ -26,7 +26,7 @@ from nirc.tflite.quantize import SIGMOID_QPARAMS, TANH_QPARAMS
 
 
 def _unary(em: Emitter, node: onnx.NodeProto, builtin: int, options: Options | None = None) -> None:
-    x = em.stored(node.input[0])  # elementwise: any layout
+    x = em.value(node.input[0])
     y = em.define(node.output[0], perm=x.perm)
     em.op(builtin, [x.tensor], [y.tensor], options)
 

@@ -43,7 +43,7 @@ def check_pow(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 
 def lower_pow(em: Emitter, node: onnx.NodeProto) -> None:
     exponent = pow_exponent(em.info, node)
-    x = em.stored(node.input[0])  # elementwise: any layout
+    x = em.value(node.input[0])
     if exponent == 1.0:
         em.alias(node.output[0], x)
         return
