@@ -186,6 +186,7 @@ def test_gelu_is_one_npu_op(probes: dict[str, tuple[Path, list[Placement]]]) -> 
          "[N, H*W, C, 1] view"),
         ("TRANSPOSE", "anything", "propagate-transposes"),
         ("SQRT", "", "legalize-rsqrt"),
+        ("GATHER", "Unsupported opType", "SLICE"),
         ("AVERAGE_POOL_2D", "Kernel width and height must be less than or equal to 8", "explicit PAD"),
         ("CONV_2D", "Stride>3 is only supported IF (dilation = 1 AND padding = VALID)", "VALID"),
     ],
