@@ -93,3 +93,12 @@ def test_rejection_names_tflite_builtins_nirc_does_not_lower(tmp_path: Path) -> 
     expected = r"ops nirc does not lower yet \(TFLite has them\): Sign x1 \(SIGN\)"
     with pytest.raises(UnsupportedOperatorError, match=expected):
         optimize(model, outdir=tmp_path / "o")
+
+
+def test_npu_functional_model_gap_is_a_warning_not_a_failure(tmp_path: Path) -> None:
+    """The functional model may not execute Vela's MatMul sequence yet: the compile still succeeds."""
+    result = optimize(FIXTURES / "psa_ts.onnx", outdir=tmp_path / "o", validate_npu="sim")
+    npu = result.report["validation"]["npu"]
+    assert npu is not None and ("error" in npu or npu["bit_exact"]), npu
+    if "error" in npu:
+        assert any("not executed" in w for w in result.warnings)
