@@ -21,8 +21,9 @@ Pipeline (one module each):
 
 from __future__ import annotations
 
-from nirc.tflite.emit import check_supported, emit_tflite, format_unsupported, supported_ops, unsupported_ops
+from nirc.tflite.emit import check_supported, emit_tflite, supported_ops, unsupported_ops
 from nirc.tflite.model import TensorIO, TFLiteModel
+from nirc.tflite.unlowered import format_unsupported
 
 __all__ = [
     "TFLiteModel",

@@ -37,6 +37,8 @@ _INT8_VERSIONS: dict[int, int] = {
     Op.MEAN: 2, Op.PAD: 2, Op.PADV2: 2, Op.SLICE: 2, Op.STRIDED_SLICE: 2, Op.SPLIT: 2,
     Op.SPLIT_V: 2, Op.TRANSPOSE: 2, Op.RESIZE_BILINEAR: 2, Op.RESIZE_NEAREST_NEIGHBOR: 2,
     Op.DEQUANTIZE: 2, Op.MAXIMUM: 2, Op.MINIMUM: 2, Op.PRELU: 1, Op.GELU: 2, Op.RSQRT: 2, Op.LOG: 2,
+    Op.BATCH_MATMUL: 2, Op.GATHER: 2, Op.EXP: 2, Op.ABS: 2, Op.SQRT: 2, Op.SUM: 2,
+    Op.REDUCE_MAX: 2, Op.REDUCE_MIN: 2,
 }  # fmt: skip
 
 
@@ -78,6 +80,7 @@ class Emitter:
         self.mb = ModelBuilder()
         self.values: dict[str, Value] = {}
         self._converted: dict[tuple[str, tuple[int, ...]], Value] = {}
+        self._moved: dict[tuple[int, tuple[int, ...]], int] = {}
         self.node_index: int = -1
         self.transposes: list[str] = []
 
@@ -166,8 +169,29 @@ class Emitter:
             self._converted[key] = self._relayout(name, v, want)
         return self._converted[key]
 
+    def stored(self, name: str) -> Value:
+        """ONNX tensor ``name`` in whatever layout it is stored in (constants: ONNX order).
+
+        Layout-agnostic lowerings (data movement, elementwise, reductions, softmax, matmul)
+        read their input here and say in the attributes which stored axes they mean, so a
+        tensor kept in ONNX order (attention) or NHWC (CNN) is used in place.
+        """
+        v = self.values.get(name)
+        if v is not None and v.col_order is None:
+            return v
+        const = self.const(name)
+        return self.value(name, tuple(range(const.ndim)) if const is not None else None)
+
     def _relayout(self, name: str, v: Value, want: tuple[int, ...]) -> Value:
         rel = compose(invert(v.perm), want)
+        done = self._moved.get((v.tensor, rel))
+        if done is not None:  # the same buffer already moved this way (e.g. Q and K^T of one tensor)
+            return Value(done, want, v.onnx_shape)
+        value = self._relayout_new(name, v, want, rel)
+        self._moved[(v.tensor, rel)] = value.tensor
+        return value
+
+    def _relayout_new(self, name: str, v: Value, want: tuple[int, ...], rel: tuple[int, ...]) -> Value:
         out_shape = permute_shape(v.onnx_shape, want)
         out = self.new_tensor(f"{name}/perm", out_shape, self.quant_of(v))
         if is_memory_noop(v.stored_shape, rel):
@@ -187,14 +211,16 @@ class Emitter:
         shape = self.mb.shape_of(dst)
         self.op(Op.RESHAPE, [src, self.int_const(f"{self.mb.name_of(dst)}/shape", shape)], [dst])
 
-    def reshaped(self, v: Value, onnx_shape: Sequence[int], name: str) -> Value:
-        """``v`` reshaped (in ONNX element order) to ``onnx_shape``, standard layout.
+    def reshaped(
+        self, v: Value, onnx_shape: Sequence[int], name: str, perm: Sequence[int] | None = None
+    ) -> Value:
+        """``v`` reshaped (in ONNX element order) to ``onnx_shape``, in ``perm`` (default: standard layout).
 
         One RESHAPE when neither side's layout moves data; otherwise the needed
         relayouts (possibly TRANSPOSEs) around a RESHAPE in ONNX order.
         """
         shape = tuple(onnx_shape)
-        target = standard_perm(len(shape))
+        target = tuple(perm) if perm is not None else standard_perm(len(shape))
         if shape == v.onnx_shape:
             return self.value_of(v, target, name)
         if is_memory_noop(v.stored_shape, invert(v.perm)) and is_memory_noop(shape, target):

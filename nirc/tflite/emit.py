@@ -19,6 +19,7 @@ from nirc.tflite.model import TensorIO, TFLiteModel
 from nirc.tflite.ops import LOWERINGS
 from nirc.tflite.patterns import PatternPlan, plan_patterns
 from nirc.tflite.qplan import QuantPlan
+from nirc.tflite.unlowered import format_unsupported
 
 _FLOAT = onnx.TensorProto.FLOAT
 
@@ -46,11 +47,6 @@ def unsupported_ops(model: onnx.ModelProto) -> Counter[str]:
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             unsupported[key] += 1
     return unsupported
-
-
-def format_unsupported(unsupported: Counter[str]) -> str:
-    ranked = sorted(unsupported.items(), key=lambda kv: (-kv[1], kv[0]))
-    return "unsupported ops: " + ", ".join(f"{op} x{n}" for op, n in ranked)
 
 
 def check_supported(model: onnx.ModelProto, source: str) -> None:

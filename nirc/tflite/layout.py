@@ -95,3 +95,52 @@ def broadcast_const(array: np.ndarray, rank: int, perm: Sequence[int]) -> np.nda
     while arr.ndim > 1 and arr.shape[0] == 1:
         arr = arr.reshape(arr.shape[1:])
     return np.ascontiguousarray(arr)
+
+
+def reshape_perm(in_shape: Sequence[int], perm: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...] | None:
+    """A storage order for ``x.reshape(out_shape)`` that makes the reshape free, if one exists.
+
+    ``x`` (ONNX shape ``in_shape``) is stored as ``x.transpose(perm)``.  A reshape only
+    merges or splits runs of adjacent axes ("blocks": minimal groups of input and output
+    axes with equal products).  When every block's input axes lie next to each other and
+    in order in the stored tensor, storing the output's blocks in that same order, each
+    block's output axes in order, gives exactly the stored buffer: a RESHAPE, no data
+    moved.  Example: NHWC-stored ``[N, C, H, W] -> [N, C, H*W]`` is free stored as
+    ``[N, H*W, C]`` (perm ``(0, 2, 1)``).  Size-1 output axes go right after the axis
+    before them.  Returns None when some block is split or reordered in storage.
+    """
+    ins = [a for a in range(len(in_shape)) if in_shape[a] != 1]
+    outs = [a for a in range(len(out_shape)) if out_shape[a] != 1]
+    blocks: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        bi, bo = [ins[i]], [outs[j]]
+        pi, po = int(in_shape[ins[i]]), int(out_shape[outs[j]])
+        i, j = i + 1, j + 1
+        while pi != po:
+            if pi < po and i < len(ins):
+                pi *= int(in_shape[ins[i]])
+                bi.append(ins[i])
+                i += 1
+            elif po < pi and j < len(outs):
+                po *= int(out_shape[outs[j]])
+                bo.append(outs[j])
+                j += 1
+            else:
+                return None
+        blocks.append((bi, bo))
+    if i != len(ins) or j != len(outs):
+        return None
+    stored = [a for a in perm if in_shape[a] != 1]
+    order: list[int] = []
+    pos = 0
+    while pos < len(stored):
+        block = next((b for b in blocks if b[0][0] == stored[pos]), None)
+        if block is None or stored[pos : pos + len(block[0])] != block[0]:
+            return None
+        order.extend(block[1])
+        pos += len(block[0])
+    for a in range(len(out_shape)):
+        if out_shape[a] == 1:
+            order.insert(order.index(a - 1) + 1 if a - 1 in order else 0, a)
+    return tuple(order)

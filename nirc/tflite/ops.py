@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import onnx
 
-from nirc.tflite import ops_act, ops_conv, ops_eltwise, ops_fc, ops_math, ops_pool, ops_resize, ops_shape
+from nirc.tflite import (
+    ops_act,
+    ops_conv,
+    ops_cpu,
+    ops_eltwise,
+    ops_fc,
+    ops_gather,
+    ops_math,
+    ops_matmul,
+    ops_pool,
+    ops_resize,
+    ops_shape,
+)
 from nirc.tflite.builder import QParams
 from nirc.tflite.context import Emitter
 from nirc.tflite.graph import GraphInfo
@@ -33,6 +45,24 @@ def _global_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
     return tie_input_outputs(info, node) if is_max_pool else []
 
 
+def _check_matmul(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if ops_matmul.is_batch_matmul(info, node):
+        return ops_matmul.check_batch_matmul(info, node)
+    return ops_fc.check_matmul(info, node)
+
+
+def _lower_matmul(em: Emitter, node: onnx.NodeProto) -> None:
+    """Constant B: a layer (FULLY_CONNECTED); computed B: attention's BATCH_MATMUL."""
+    if ops_matmul.is_batch_matmul(em.info, node):
+        ops_matmul.lower_batch_matmul(em, node)
+    else:
+        ops_fc.lower_matmul(em, node)
+
+
+def _matmul_fusable(info: GraphInfo, node: onnx.NodeProto) -> bool:
+    return not ops_matmul.is_batch_matmul(info, node)  # BATCH_MATMUL has no fused activation
+
+
 def _dropout_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
     return [node.input[0], node.output[0]]
 
@@ -43,7 +73,7 @@ _BINARY = OpRule(ops_eltwise.lower_binary, fusable=always)
 LOWERINGS: dict[str, OpRule[Emitter]] = {
     "Conv": OpRule(ops_conv.lower_conv, check=ops_conv.check_conv, fusable=always),
     "Gemm": OpRule(ops_fc.lower_gemm, check=ops_fc.check_gemm, fusable=always),
-    "MatMul": OpRule(ops_fc.lower_matmul, check=ops_fc.check_matmul, fusable=always),
+    "MatMul": OpRule(_lower_matmul, check=_check_matmul, fusable=_matmul_fusable),
     "Add": _BINARY,
     "Sub": _BINARY,
     "Mul": _BINARY,
@@ -81,5 +111,13 @@ LOWERINGS: dict[str, OpRule[Emitter]] = {
     "Slice": OpRule(ops_shape.lower_slice, check=ops_shape.check_slice, ties=tie_input_outputs),
     "Pad": OpRule(ops_shape.lower_pad, check=ops_shape.check_pad, ties=tie_input_outputs),
     "Resize": OpRule(ops_resize.lower_resize, check=ops_resize.check_resize, ties=tie_input_outputs),
+    "Max": OpRule(ops_eltwise.lower_minmax, ties=ops_eltwise.minmax_ties),
+    "Min": OpRule(ops_eltwise.lower_minmax, ties=ops_eltwise.minmax_ties),
+    "Einsum": OpRule(ops_matmul.lower_einsum, check=ops_matmul.check_einsum, ties=ops_matmul.einsum_ties),
+    "Gather": OpRule(ops_gather.lower_gather, check=ops_gather.check_gather, ties=tie_input_outputs),
+    **{op: OpRule(ops_cpu.lower_unary) for op in (*ops_cpu.INT8_UNARY, *ops_cpu.FLOAT_UNARY)},
+    **{op: OpRule(ops_cpu.lower_reduce, check=ops_cpu.check_reduce, ties=ops_cpu.reducer_ties)
+       for op in ops_cpu.REDUCERS},
+    "Cast": OpRule(ops_cpu.lower_cast, check=ops_cpu.check_cast, ties=tie_input_outputs, alias=True),
     "Pow": OpRule(ops_math.lower_pow, check=ops_math.check_pow),
 }  # fmt: skip

@@ -143,25 +143,30 @@ def check_softmax(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 
 
 def lower_softmax(em: Emitter, node: onnx.NodeProto) -> None:
-    """SOFTMAX runs over the last stored axis; other axes go last first.
+    emit_softmax(em, node, node.input[0], 1.0)
 
-    When every stored axis after the softmax axis has size 1 the data is already
-    contiguous along it, so a RESHAPE (free) replaces the TRANSPOSE pair.
+
+def emit_softmax(em: Emitter, node: onnx.NodeProto, x_name: str, beta: float) -> None:
+    """``softmax(beta * x)`` over the node's axis, written to the node's output.
+
+    SOFTMAX runs over the last stored axis; other axes go last first.  When every
+    stored axis after the softmax axis has size 1 the data is already contiguous
+    along it, so a RESHAPE (free) replaces the TRANSPOSE pair.
     """
     name = node.output[0]
-    x = em.value(node.input[0])
+    x = em.stored(x_name)
     rank = len(x.onnx_shape)
     axis = attr_int(node, "axis", -1)
     axis = axis + rank if axis < 0 else axis
     pos = stored_axis(axis, x.perm)
-    opts = Options("SoftmaxOptions", (("Beta", 1.0),))
+    opts = Options("SoftmaxOptions", (("Beta", beta),))
     if pos == rank - 1:
         y = em.define(name, perm=x.perm)
         em.op(Op.SOFTMAX, [x.tensor], [y.tensor], opts)
         return
     # Move the softmax axis last in ONNX terms, run, and let the emitter relayout.
     want = (*(p for p in x.perm if p != axis), axis)
-    moved = em.value(node.input[0], want)
+    moved = em.value_of(x, want, x_name)
     y = em.define(name, perm=want)
     em.op(Op.SOFTMAX, [moved.tensor], [y.tensor], opts)
 

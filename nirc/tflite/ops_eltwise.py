@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 
 from nirc.tflite.builder import BuiltinOperator as Op
-from nirc.tflite.builder import Options
+from nirc.tflite.builder import Options, QParams
 from nirc.tflite.context import Emitter, Value
 from nirc.tflite.graph import GraphInfo, attr_float, attr_int
-from nirc.tflite.layout import broadcast_const, standard_perm, stored_axis
+from nirc.tflite.layout import broadcast_const, permute_shape, standard_perm, stored_axis
 
 _BUILTIN = {"Add": Op.ADD, "Sub": Op.SUB, "Mul": Op.MUL, "Div": Op.MUL}
 _OPTIONS = {"Add": "AddOptions", "Sub": "SubOptions", "Mul": "MulOptions", "Div": "MulOptions"}
@@ -27,11 +27,72 @@ def _operand(
     const = array if array is not None else em.const(name)
     if const is not None:
         return em.float_const(name, broadcast_const(np.asarray(const, np.float32), rank, perm))
-    v = em.value(name)
-    if len(v.onnx_shape) == rank:
+    if len(em.shape(name)) == rank:
         return em.value(name, perm).tensor
+    v = em.value(name)
     v = em.reshaped(v, (1,) * (rank - len(v.onnx_shape)) + v.onnx_shape, name)
     return em.value_of(v, perm, name).tensor
+
+
+def _shared_layout(em: Emitter, node: onnx.NodeProto, rank: int) -> tuple[int, ...]:
+    """The layout the computed operands share (e.g. attention scores kept in ONNX order), else standard.
+
+    Elementwise ops are layout-agnostic, so following the operands' layout costs nothing
+    here and spares a relayout now (and often a second one back later).
+    """
+    perms = set()
+    for name in node.input:
+        if not name or em.info.is_const(name):
+            continue
+        v = em.values.get(name)
+        if v is None or v.col_order is not None or len(v.onnx_shape) != rank:
+            return standard_perm(rank)
+        perms.add(v.perm)
+    return perms.pop() if len(perms) == 1 else standard_perm(rank)
+
+
+def lower_minmax(em: Emitter, node: onnx.NodeProto) -> None:
+    """Max/Min of n inputs: a chain of MAXIMUM/MINIMUM (NPU ops), broadcasting like Add.
+
+    int8 MAXIMUM/MINIMUM compare raw values, so every input and the output share one set
+    of parameters (the planner ties them; constants are quantized with them).
+    """
+    name = node.output[0]
+    out_shape = em.shape(name)
+    rank = len(out_shape)
+    perm = _shared_layout(em, node, rank)
+    out_q = em.qparams(name)
+    builtin = Op.MAXIMUM if node.op_type == "Max" else Op.MINIMUM
+    inputs = [n for n in node.input if n]
+    if len(inputs) == 1:
+        em.alias(name, em.requant(em.stored(inputs[0]), out_q, name))
+        return
+    current = _tied_operand(em, inputs[0], rank, perm, out_q)
+    for i, src in enumerate(inputs[1:], start=1):
+        other = _tied_operand(em, src, rank, perm, out_q)
+        if i == len(inputs) - 1:
+            out = em.define(name, perm=perm, shape=out_shape).tensor
+        else:
+            out = em.new_tensor(f"{name}/step{i}", permute_shape(out_shape, perm), out_q)
+        em.op(builtin, [current, other], [out])
+        current = out
+
+
+def _tied_operand(em: Emitter, name: str, rank: int, perm: tuple[int, ...], quant: QParams | None) -> int:
+    const = em.const(name)
+    if const is not None:
+        return em.float_const(name, broadcast_const(np.asarray(const, np.float32), rank, perm), quant)
+    tensor = _operand(em, name, rank, perm)
+    shape = em.mb.shape_of(tensor)
+    if quant is None or em.mb.quant_of(tensor) == quant:
+        return tensor
+    out = em.new_tensor(f"{name}/requant", shape, quant)
+    em.op(Op.QUANTIZE, [tensor], [out])
+    return out
+
+
+def minmax_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    return [*[n for n in node.input if n], node.output[0]]
 
 
 def check_div(info: GraphInfo, node: onnx.NodeProto) -> str | None:
@@ -44,7 +105,7 @@ def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
     act, out_name = em.activation(node)
     out_shape = em.shape(node.output[0])
     rank = len(out_shape)
-    perm = standard_perm(rank)
+    perm = _shared_layout(em, node, rank)
     second = None
     if node.op_type == "Div":
         second = 1.0 / np.asarray(em.const(node.input[1]), np.float64)

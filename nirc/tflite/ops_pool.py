@@ -20,7 +20,7 @@ from nirc.tflite.builder import Options, QParams
 from nirc.tflite.context import Emitter, Value
 from nirc.tflite.fusion import STANDALONE_ACTIVATION, Activation
 from nirc.tflite.graph import GraphInfo, attr_int, attr_ints
-from nirc.tflite.layout import invert, standard_perm, stored_axis
+from nirc.tflite.layout import invert, permute_shape, reshape_perm, stored_axis
 from nirc.tflite.ops_conv import apply_pad
 from nirc.tflite.padding import PadPlan, needs_end_extension, onnx_pads, plan_padding, window_params
 
@@ -165,7 +165,8 @@ def lower_global_pool(em: Emitter, node: onnx.NodeProto) -> None:
         em.op(STANDALONE_ACTIVATION[act], [target], [y.tensor])
 
 
-def _reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
+def reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
+    """Reduced axes (sorted, non-negative) from the attribute or input, None when computed at run time."""
     rank = len(info.shape(node.input[0]))
     if len(node.input) > 1 and node.input[1]:
         axes = info.const(node.input[1])
@@ -183,26 +184,27 @@ def _reduce_axes(info: GraphInfo, node: onnx.NodeProto) -> list[int] | None:
 def check_reduce_mean(info: GraphInfo, node: onnx.NodeProto) -> str | None:
     if not info.has_shape(node.input[0]):
         return "input shape unknown"
-    if _reduce_axes(info, node) is None:
+    if reduce_axes(info, node) is None:
         return "axes are not constant"
     return None
 
 
 def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
-    axes = _reduce_axes(em.info, node)
+    axes = reduce_axes(em.info, node)
     if axes is None:
         raise BackendError(f"ReduceMean '{node.name}': axes are not constant")
-    x = em.value(node.input[0])
+    x = em.stored(node.input[0])
     out_name = node.output[0]
     if not axes:
         em.alias(out_name, x)
         return
     keep = bool(attr_int(node, "keepdims", 1))
-    stored_axes = sorted(stored_axis(a, x.perm) for a in axes)
-    if _needs_vela_form(x, stored_axes):
-        mid = _vela_mean(em, x, axes, out_name, em.qparams(out_name) if em.int8 else None)
-        em.alias(out_name, mid if keep else em.reshaped(mid, em.shape(out_name), out_name))
+    x4, extra = _as_4d(em, x, axes, out_name)
+    if _needs_vela_form(x4, sorted(stored_axis(a + extra, x4.perm) for a in axes)):
+        mid = _vela_mean(em, x4, [a + extra for a in axes], out_name, em.qparams(out_name) if em.int8 else None)
+        em.alias(out_name, _free_reshape(em, mid, em.shape(out_name), out_name) if extra or not keep else mid)
         return
+    stored_axes = sorted(stored_axis(a, x.perm) for a in axes)
     kept_order = [p for p in x.perm if p not in axes]
     opts = Options("ReducerOptions", (("KeepDims", keep),))
     axes_t = em.int_const(f"{out_name}/axes", stored_axes)
@@ -219,9 +221,37 @@ def lower_reduce_mean(em: Emitter, node: onnx.NodeProto) -> None:
         em.alias(out_name, em.reshaped(mid, em.shape(out_name), out_name))
 
 
+def _as_4d(em: Emitter, x: Value, axes: list[int], name: str) -> tuple[Value, int]:
+    """A rank < 4 tensor seen as Vela sees it (leading unit axes), when that needs the Vela form.
+
+    Returns the 4-D view (one free RESHAPE) and the number of axes prepended, or ``x``
+    and 0 when the plain MEAN is placeable as written.
+    """
+    extra = 4 - len(x.stored_shape)
+    if extra <= 0:
+        return x, 0
+    perm = (*range(extra), *(p + extra for p in x.perm))
+    view = Value(-1, perm, (1,) * extra + x.onnx_shape)
+    if not _needs_vela_form(view, sorted(stored_axis(a + extra, perm) for a in axes)):
+        return x, 0
+    view.tensor = em.new_tensor(f"{name}/as_4d", view.stored_shape, em.quant_of(x))
+    em.reshape(x.tensor, view.tensor)
+    return view, extra
+
+
+def _free_reshape(em: Emitter, v: Value, shape: tuple[int, ...], name: str) -> Value:
+    """``v`` reshaped to ``shape`` stored in the order that moves no data (see reshape_perm)."""
+    perm = reshape_perm(v.onnx_shape, v.perm, shape)
+    if perm is None:
+        return em.reshaped(v, shape, name)
+    out = em.new_tensor(f"{name}/reshape", permute_shape(shape, perm), em.quant_of(v))
+    em.reshape(v.tensor, out)
+    return Value(out, perm, shape)
+
+
 def _needs_vela_form(x: Value, stored_axes: list[int]) -> bool:
     """A 4-D NHWC mean Vela would leave on the CPU as written (see :func:`_vela_mean`)."""
-    if len(x.stored_shape) != 4 or x.perm != standard_perm(4):
+    if len(x.stored_shape) != 4:  # any storage order: the rule is about the stored shape
         return False
     _, h, w, _ = x.stored_shape
     over_depth = 3 in stored_axes and (h > 1 or w > 1)

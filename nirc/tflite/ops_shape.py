@@ -16,7 +16,16 @@ from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options
 from nirc.tflite.context import Emitter, Value
 from nirc.tflite.graph import GraphInfo, attr_int, attr_ints, attr_str, has_attr
-from nirc.tflite.layout import compose, invert, nchw_flatten_order, standard_perm, stored_axis
+from nirc.tflite.layout import (
+    compose,
+    invert,
+    is_memory_noop,
+    nchw_flatten_order,
+    permute_shape,
+    reshape_perm,
+    standard_perm,
+    stored_axis,
+)
 from nirc.tflite.ops_fc import check_gemm, check_matmul
 
 
@@ -42,7 +51,7 @@ def lower_reshape(em: Emitter, node: onnx.NodeProto) -> None:
     """Reshape, Flatten, Squeeze and Unsqueeze: all a RESHAPE in ONNX element order."""
     name = node.output[0]
     out_shape = em.shape(name)
-    x = em.value(node.input[0])
+    x = em.stored(node.input[0])
     x = em.requant(x, em.qparams(name), name)
     in_shape = x.onnx_shape
     if (
@@ -58,7 +67,28 @@ def lower_reshape(em: Emitter, node: onnx.NodeProto) -> None:
         em.reshape(x.tensor, flat)
         em.alias(name, Value(flat, (0, 1), tuple(out_shape), nchw_flatten_order(c, h, w)))
         return
-    em.alias(name, em.reshaped(x, out_shape, name))
+    standard = standard_perm(len(out_shape))
+    free = is_memory_noop(x.stored_shape, invert(x.perm)) and is_memory_noop(out_shape, standard)
+    perm = None if free else reshape_perm(x.onnx_shape, x.perm, out_shape)
+    if perm is not None:  # the stored buffer already is the result in layout ``perm``
+        y = em.new_tensor(name, permute_shape(out_shape, perm), em.quant_of(x))
+        em.reshape(x.tensor, y)
+        em.alias(name, Value(y, perm, tuple(out_shape)))
+        return
+    em.alias(name, em.reshaped(x, out_shape, name, _reshape_layout(x, out_shape)))
+
+
+def _reshape_layout(x: Value, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Where a reshaped tensor is stored: the standard layout unless that alone moves data.
+
+    A reshape is a RESHAPE in ONNX element order.  When storing the result in the
+    standard (NHWC) layout would need a TRANSPOSE (the head split
+    ``[B, N, C] -> [B, N, heads, C/heads]`` of attention), the result keeps the ONNX
+    order: its consumers ask for the layout they need, and the emitter converts once,
+    only if one does (a BATCH_MATMUL, a Transpose or a Split usually does not).
+    """
+    standard = standard_perm(len(out_shape))
+    return standard if is_memory_noop(out_shape, standard) else tuple(range(len(out_shape)))
 
 
 def lower_transpose(em: Emitter, node: onnx.NodeProto) -> None:
@@ -125,7 +155,7 @@ def lower_split(em: Emitter, node: onnx.NodeProto) -> None:
     sizes = split_sizes(em.info, node) or []
     outs = list(node.output)
     out_q = em.qparams(outs[0]) if outs[0] else None
-    x = em.requant(em.value(node.input[0]), out_q, outs[0])
+    x = em.requant(em.stored(node.input[0]), out_q, outs[0])
     axis = stored_axis(attr_int(node, "axis", 0), x.perm)
     tensors = []
     for i, o in enumerate(outs):
@@ -187,7 +217,7 @@ def check_slice(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 def lower_slice(em: Emitter, node: onnx.NodeProto) -> None:
     params = _slice_params(em.info, node) or []
     name = node.output[0]
-    x = em.requant(em.value(node.input[0]), em.qparams(name), name)
+    x = em.requant(em.stored(node.input[0]), em.qparams(name), name)
     stored = [params[p] for p in x.perm]
     y = em.define(name, perm=x.perm)
     if all(step == 1 for _, _, step in stored):

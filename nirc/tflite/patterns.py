@@ -1,4 +1,5 @@
-"""Multi-node ONNX patterns with a better TFLite lowering than node by node: GELU, channel shuffle.
+"""Multi-node ONNX patterns with a better TFLite lowering than node by node: GELU, channel shuffle,
+scaled softmax.
 
 Why at emission time and not as IR passes: the better form cannot be written in
 nirc's IR (opset-18 ONNX, NCHW), only in TFLite's NHWC terms.
@@ -20,6 +21,11 @@ nirc's IR (opset-18 ONNX, NCHW), only in TFLite's NHWC terms.
   node-by-node form, 13,227 for 1x1 one-hot convolutions (the TRANSPOSE-free form
   the ``legalize-channel-shuffle`` pass produces) and 32,962 for a SPLIT +
   CONCATENATION interleave.
+* **Scaled softmax.** Attention scales its scores before the softmax,
+  ``Softmax(Mul(s, c))`` with ``c = 1/sqrt(d) > 0``.  TFLite's SOFTMAX computes
+  ``softmax(beta * s)``, so ``beta = c`` absorbs the MUL: exact in float, and in int8
+  it saves an N x N elementwise op per head and one rounding of the scores (the
+  kernel folds ``beta`` into its input rescale).
 """
 
 from __future__ import annotations
@@ -139,7 +145,7 @@ def _gelu_lowering(x_name: str, doubled: bool) -> Callable[[Emitter, onnx.NodePr
     """GELU; ``doubled`` chains lack the final ``* 0.5`` (folded into a neighbour): GELU, then MUL by 2."""
 
     def lower(em: Emitter, node: onnx.NodeProto) -> None:
-        x = em.value(x_name)
+        x = em.stored(x_name)  # elementwise: any layout (tokens stay in ONNX order)
         gelu_opts = Options("GeluOptions", (("Approximate", False),))
         if not doubled:
             y = em.define(node.output[0], perm=x.perm)
@@ -216,6 +222,34 @@ def _shuffle_lowering(x_name: str, groups: int) -> Callable[[Emitter, onnx.NodeP
     return lower
 
 
+def _match_scaled_softmax(m: _Matcher, idx: int, softmax: onnx.NodeProto) -> tuple[str, float, int] | None:
+    """``(x, beta, Mul index)`` when ``softmax``'s input is ``x * beta`` (beta a positive scalar) read only here."""
+    info = m.info
+    scaled = softmax.input[0]
+    mul_idx = info.producers.get(scaled)
+    if mul_idx is None or mul_idx in info.folded or m.only_user(scaled) is None:
+        return None
+    mul = info.nodes[mul_idx]
+    if mul.op_type != "Mul" or len(mul.input) != 2:
+        return None
+    for x, c in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+        beta = info.const(c)
+        positive = beta is not None and beta.size == 1 and float(beta.reshape(-1)[0]) > 0
+        same_shape = info.has_shape(x) and info.has_shape(scaled) and info.shape(x) == info.shape(scaled)
+        if positive and same_shape and beta is not None and not info.is_const(x):
+            return x, float(beta.reshape(-1)[0]), mul_idx
+    return None
+
+
+def _scaled_softmax_lowering(x_name: str, beta: float) -> Callable[[Emitter, onnx.NodeProto], None]:
+    def lower(em: Emitter, node: onnx.NodeProto) -> None:
+        from nirc.tflite.ops_act import emit_softmax
+
+        emit_softmax(em, node, x_name, beta)
+
+    return lower
+
+
 def plan_patterns(info: GraphInfo) -> PatternPlan:
     """Find every GELU chain and channel shuffle whose intermediate results nothing else reads."""
     plan = PatternPlan()
@@ -242,4 +276,12 @@ def plan_patterns(info: GraphInfo) -> PatternPlan:
                 continue
             plan.skipped.update(absorbed)
             plan.lower[last] = _shuffle_lowering(x, groups)
+        elif node.op_type == "Softmax":
+            scaled = _match_scaled_softmax(m, idx, node)
+            if scaled is None or scaled[2] in plan.skipped or idx in plan.lower:
+                continue
+            x, beta, mul_idx = scaled
+            plan.skipped.add(mul_idx)
+            plan.unplanned.add(mul_idx)
+            plan.lower[idx] = _scaled_softmax_lowering(x, beta)
     return plan

@@ -124,6 +124,9 @@ _FIXES: tuple[_Fix, ...] = (
     _Fix(("GELU",), r".", "approximate-gelu (lossy, opt-in) rewrites GELU with TANH/LOGISTIC"),
     _Fix(("SOFTMAX",), r"width and height|65536",
          "reshape so the softmax axis is last and the other axes fold into fewer than 65536 rows"),
+    _Fix(("GATHER",), r".",
+         "gather one contiguous run of indices (nirc's emitter makes that a SLICE, which the NPU runs); "
+         "a channel gather of a 4-D map becomes a 1x1 conv (legalize-channel-shuffle)"),
     _Fix(("FULLY_CONNECTED",), r"[Ww]eight",
          "constant weights of the form O x I: only a MatMul/Gemm with a constant B maps to FULLY_CONNECTED"),
 )  # fmt: skip

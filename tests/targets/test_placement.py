@@ -53,8 +53,16 @@ PROBES = {
     "shuffle": (  # NPU: the emitter's one 4-D TRANSPOSE (legacy's own transpose rule would disagree)
         """r = Reshape (x, grouped) t = Transpose <perm = [0, 2, 1, 3, 4]> (r) y = Reshape (t, flat)""",
         "1,8,4,4", "1,8,4,4"),
+    "attention": (  # NPU: two BATCH_MATMULs (K^T read with adj_y) and an int8 SOFTMAX
+        "xt = Transpose <perm = [0, 2, 1]> (x) s = MatMul (x, xt) p = Softmax <axis = -1> (s) y = MatMul (p, x)",
+        "1,16,8", "1,16,8"),
+    "softmax_5d": (  # NPU: Regor takes 5-D tensors (the legacy checker's 4-D limit is not Regor's)
+        "r = Reshape (x, grouped) s = Softmax <axis = -1> (r) y = Reshape (s, flat)", "1,8,4,4", "1,8,4,4"),
+    "gather_rows": (  # CPU: GATHER has a TFLite builtin and no NPU form
+        "y = Gather <axis = 2> (x, rows)", "1,8,4,4", "1,8,4,4"),
+    "sqrt": ("r = Relu (x) y = Sqrt (r)", "1,8,4,4", "1,8,4,4"),  # CPU: SQRT
 }  # fmt: skip
-CPU_PROBES = {"resize_x3", "mean_prime_width", "maxpool_300"}
+CPU_PROBES = {"resize_x3", "mean_prime_width", "maxpool_300", "gather_rows", "sqrt"}
 
 
 def _tflite(tmp_path: Path, name: str) -> Path:
@@ -69,6 +77,7 @@ def _tflite(tmp_path: Path, name: str) -> Path:
         "half": np.array(0.5, np.float32),
         "grouped": np.array([1, 2, 4, 4, 4], np.int64),
         "flat": np.array([1, 8, 4, 4], np.int64),
+        "rows": np.array([3, 1, 0, 2], np.int64),
     }
     used = {i for n in proto.graph.node for i in n.input}
     for key, value in consts.items():
@@ -177,6 +186,7 @@ def test_gelu_is_one_npu_op(probes: dict[str, tuple[Path, list[Placement]]]) -> 
          "[N, H*W, C, 1] view"),
         ("TRANSPOSE", "anything", "propagate-transposes"),
         ("SQRT", "", "legalize-rsqrt"),
+        ("GATHER", "Unsupported opType", "SLICE"),
         ("AVERAGE_POOL_2D", "Kernel width and height must be less than or equal to 8", "explicit PAD"),
         ("CONV_2D", "Stride>3 is only supported IF (dilation = 1 AND padding = VALID)", "VALID"),
     ],
@@ -215,3 +225,27 @@ def test_model_placement_emits_and_predicts() -> None:
     data, placements = model_placement(proto, U65)
     assert data[4:8] == b"TFL3"
     assert [(p.op_type, p.on_npu) for p in placements] == [("HARD_SWISH", True)]
+
+
+def test_python_engine_follows_regor_on_batched_tensors() -> None:
+    """Regor runs batch > 1 on the NPU (the legacy checker says batch 1 only), except MEAN.
+
+    nirc's calibration takes batch 1, so this emits with fixed ranges: placement does not depend on them.
+    """
+    import numpy as np
+
+    from nirc.tflite import emit_tflite
+
+    body = """c = Conv (x, w) a = Add (c, x) m = Mul (a, x) t = Transpose <perm = [0, 1, 3, 2]> (m)
+              p = MatMul (m, t) s = Softmax <axis = -1> (p) y = ReduceMean <keepdims = 1> (s, axes)"""
+    proto = onnx.parser.parse_model(HEADER + f"g (float[4,8,4,4] x) => (float[4,8,4,1] y) {{ {body} }}")
+    w = np.random.default_rng(0).standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3
+    proto.graph.initializer.extend(
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(np.array([3], np.int64), "axes")]
+    )
+    proto = IRModel.load(proto).to_proto()
+    ranges = {n: (-4.0, 4.0) for n in ["x", *(o for node in proto.graph.node for o in node.output)]}
+    data = emit_tflite(proto, dtype="int8", ranges=ranges).data
+    vela = predict_placement(data, U65, engine="vela")
+    assert compare(predict_placement(data, U65, engine="python"), vela) == []
+    assert {p.op_type for p in vela if not p.on_npu} == {"MEAN"}, [(p.op_type, p.reasons) for p in vela]

@@ -37,6 +37,7 @@ PARAM_SLOTS: dict[str, set[int]] = {
     "Conv": {1, 2}, "Gemm": {1, 2}, "MatMul": {1}, "BatchNormalization": {1, 2, 3, 4}, "PRelu": {1},
     "Clip": {1, 2}, "Pad": {1, 2, 3}, "Resize": {1, 2, 3}, "Slice": {1, 2, 3, 4}, "Reshape": {1},
     "Split": {1}, "Squeeze": {1}, "Unsqueeze": {1}, "ReduceMean": {1}, "Dropout": {1, 2},
+    "Gather": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceSum": {1},
 }  # fmt: skip
 
 SKIP_REASONS = (

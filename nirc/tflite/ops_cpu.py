@@ -1,0 +1,103 @@
+"""Ops with a TFLite builtin but (mostly) no Ethos-U form: emitted for the Cortex-M, never rejected.
+
+Why: a model that holds one Sqrt or Floor should still compile; Vela leaves what it
+cannot place to the CPU and nirc's report lists each such op with Vela's reason
+(:mod:`nirc.targets.ethos_u.placement`).  Rejection (exit 3) is kept for op types
+with no TFLite form at all.
+
+* Exp, Log, Neg, Abs, Sqrt: the TFLite builtin of the same name; all have int8
+  kernels (Vela runs EXP, LOG, NEG and ABS on U55/U65; SQRT stays on the CPU).
+* Sin, Cos, Floor, Ceil, Round: TFLite has only float kernels, so an int8 model runs
+  them in a float island, DEQUANTIZE -> op -> QUANTIZE (all three on the CPU).
+* ReduceMax / ReduceMin / ReduceSum: REDUCE_MAX / REDUCE_MIN / SUM over the stored
+  axes; without keepdims the unit axes are dropped by a RESHAPE that moves no data.
+* Cast to float32 of a float32 tensor: nothing (exporters leave such no-op casts).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from nirc.tflite.builder import BuiltinOperator as Op
+from nirc.tflite.builder import Options
+from nirc.tflite.context import Emitter
+from nirc.tflite.graph import GraphInfo, attr_int
+from nirc.tflite.layout import permute_shape, reshape_perm, stored_axis
+from nirc.tflite.ops_pool import reduce_axes
+
+#: Elementwise ops TFLite runs in int8 directly.
+INT8_UNARY = {"Exp": Op.EXP, "Log": Op.LOG, "Neg": Op.NEG, "Abs": Op.ABS, "Sqrt": Op.SQRT}
+#: Elementwise ops TFLite has float kernels only for.
+FLOAT_UNARY = {"Sin": Op.SIN, "Cos": Op.COS, "Floor": Op.FLOOR, "Ceil": Op.CEIL, "Round": Op.ROUND}
+REDUCERS = {"ReduceMax": Op.REDUCE_MAX, "ReduceMin": Op.REDUCE_MIN, "ReduceSum": Op.SUM}
+
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+def lower_unary(em: Emitter, node: onnx.NodeProto) -> None:
+    """Layout-agnostic: the output is stored like the input."""
+    x = em.stored(node.input[0])
+    y = em.define(node.output[0], perm=x.perm)
+    if node.op_type in INT8_UNARY:
+        em.op(INT8_UNARY[node.op_type], [x.tensor], [y.tensor])
+        return
+    builtin = FLOAT_UNARY[node.op_type]
+    if not em.int8:
+        em.op(builtin, [x.tensor], [y.tensor])
+        return
+    name = node.output[0]
+    fin = em.mb.add_tensor(f"{name}/float_in", x.stored_shape, "float32")
+    fout = em.mb.add_tensor(f"{name}/float_out", x.stored_shape, "float32")
+    em.op(Op.DEQUANTIZE, [x.tensor], [fin])
+    em.op(builtin, [fin], [fout])
+    em.op(Op.QUANTIZE, [fout], [y.tensor])
+
+
+def reducer_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    """REDUCE_MAX/MIN pick input values: int8 input and output share parameters; SUM rescales."""
+    return [node.input[0], node.output[0]] if node.op_type != "ReduceSum" else []
+
+
+def check_reduce(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    if not info.has_shape(node.input[0]):
+        return "input shape unknown"
+    if reduce_axes(info, node) is None:
+        return "axes are not constant"
+    if 0 in info.shape(node.input[0]):
+        return "the input is empty (its reduction is the identity element, not data)"
+    return None
+
+
+def lower_reduce(em: Emitter, node: onnx.NodeProto) -> None:
+    axes = reduce_axes(em.info, node) or []
+    name = node.output[0]
+    x = em.stored(node.input[0])
+    if not axes:
+        em.alias(name, x)
+        return
+    kept = tuple(1 if i in axes else d for i, d in enumerate(x.onnx_shape))
+    axes_t = em.int_const(f"{name}/axes", sorted(stored_axis(a, x.perm) for a in axes))
+    opts = Options("ReducerOptions", (("KeepDims", True),))
+    if attr_int(node, "keepdims", 1):
+        y = em.define(name, perm=x.perm, shape=kept)
+        em.op(REDUCERS[node.op_type], [x.tensor, axes_t], [y.tensor], opts)
+        return
+    out_shape = em.shape(name)
+    perm = reshape_perm(kept, x.perm, out_shape)  # dropping unit axes never moves data
+    if perm is None:
+        perm = tuple(range(len(out_shape)))
+    mid = em.new_tensor(f"{name}/keep", permute_shape(kept, x.perm), em.qparams(name))
+    em.op(REDUCERS[node.op_type], [x.tensor, axes_t], [mid], opts)
+    y = em.define(name, perm=perm)
+    em.reshape(mid, y.tensor)
+
+
+def check_cast(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    to = attr_int(node, "to", 0)
+    if to != _FLOAT or info.elem_types.get(node.input[0], _FLOAT) != _FLOAT:
+        return "only a float32 -> float32 Cast is supported (other types have no int8 form)"
+    return None
+
+
+def lower_cast(em: Emitter, node: onnx.NodeProto) -> None:
+    em.alias(node.output[0], em.stored(node.input[0]))
