@@ -20,6 +20,7 @@ from nirc.passes.fuse_affine import FuseAffinePass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 from nirc.passes.legalize_channel_shuffle import LegalizeChannelShufflePass
+from nirc.passes.legalize_global_pool import LegalizeGlobalPoolPass
 from nirc.passes.legalize_resize import LegalizeResizePass
 from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
 from nirc.passes.pad_channels import PadChannelsPass
@@ -52,6 +53,7 @@ BUILTIN_PASSES = (
     LegalizeRsqrtPass,
     PropagateTransposesPass,
     LegalizeChannelShufflePass,
+    LegalizeGlobalPoolPass,
     DecomposePoolingPass,
     LegalizeResizePass,
     ApproximateGeluPass,

@@ -30,6 +30,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "legalize-rsqrt",  # after decompose-layernorm's Pow(-0.5) and for hand-written x / Sqrt(v)
     "propagate-transposes",  # after the decompositions, so LayerNorms inside NHWC permutes are plain ops
     "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold (no TRANSPOSE in the TFLite)
+    "legalize-global-pool",  # before decompose-pooling; an AVERAGE_POOL_2D costs Vela half a MEAN
     "decompose-pooling",
     "legalize-resize",
     "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs
