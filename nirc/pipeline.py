@@ -149,6 +149,7 @@ def optimize(
     io_dtype: Literal["int8", "float32"] = "int8",
     compile: bool = True,
     validate_npu: Literal["sim", "fvp", "none"] = "sim",
+    npu_format: Literal["tflite", "tosa"] = "tflite",
     require_fit: bool = True,
     registry: Registry | None = None,
     progress: Callable[[str], None] = lambda _message: None,
@@ -158,6 +159,10 @@ def optimize(
     Raises:
         TargetError: with ``require_fit``, after writing every artifact, when the compiled
             model does not fit the target platform's memory (the report says by how much).
+
+    ``npu_format="tosa"`` hands Vela the int8 model lifted to TOSA 1.0 (one-input
+    functions such as SiLU become one TABLE; see :mod:`nirc.tosa`) instead of the
+    int8 TFLite, and checks the compiled model against the TOSA reference model.
     """
     registry = registry or load_registry()
     tgt = registry.get_target(target) if isinstance(target, str) else target
@@ -218,10 +223,25 @@ def optimize(
             validation["outputs_vs_original"] = [c.to_json() for c in vs_original]
         vela_json: dict[str, Any] | None = None
         fits: dict[str, Any] = fits_summary(tgt, after, None, None)
+        tosa = None
+        if compile and npu_format == "tosa":
+            from nirc.tosa import route
+
+            tosa_path = staging / f"{stem}_npu.tosa"
+            tosa = route.lift_for_vela(emitted.tflite, tosa_path, warnings)
+            if tosa is not None:
+                progress("validating the TOSA graph against float (TOSA reference model vs ONNX Runtime)")
+                tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)
+                validation["tosa"] = [c.to_json() for c in tosa_checks]
         if compile:
             progress(f"compiling with Vela for {tgt.name}")
-            vela_json, fits = _compile(int8_path, tgt, staging, stem, after)
-            if validate_npu != "none":
+            vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, staging, stem, after)
+            if validate_npu != "none" and tosa is not None:
+                progress("executing the compiled NPU model against the TOSA reference model")
+                validation["npu"] = route.check_compiled(
+                    staging / f"{stem}_vela.tflite", emitted.tflite, tosa, calib.samples[:NPU_CHECK_SAMPLES], warnings
+                )
+            elif validate_npu != "none":
                 from nirc.targets.ethos_u.npu_check import check_npu_artifact
 
                 progress(f"executing the compiled NPU model ({validate_npu}) against the int8 TFLite")
@@ -250,6 +270,7 @@ def optimize(
         )
         report["placement"] = _placement(int8_path, tgt, vela_json)
         report["input_layout_changes"] = layout_changes
+        report["npu_format"] = {"format": "tflite"} if tosa is None else route.summary(tosa, tosa_path)
         report["memory"], report["memory_timeline"] = _memory(model, tgt)
         write_json(staging / "report.json", report)
         (staging / "report.html").write_text(render_html(report), encoding="utf-8")

@@ -50,13 +50,13 @@ from nirc.tosa.tables import RealFn, table, unary_function
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import serializer.tosa_serializer as ts  # tosa-tools' pure-Python writer
+from tosa import TosaTensor
 from tosa.DType import DType
 from tosa.NanPropagationMode import NanPropagationMode
 from tosa.Op import Op
 from tosa.RoundingMode import RoundingMode
-from tosa import TosaTensor
 
-_BUILTIN = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
+_BUILTIN: dict[int, str] = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
 _SAME = tfl.Padding.SAME
 #: TFLite fused activation -> real clamp bounds.
 _FUSED = {
@@ -348,8 +348,7 @@ class _Lift:
             if nname == "MUL" and sorted(int(i) for i in nop.inputs) == sorted((x, end)) and x != end:
                 act = int(getattr(nop.builtinOptions, "fusedActivationFunction", 0))
                 lo, hi = _FUSED.get(act, (-math.inf, math.inf))
-                inner = _compose(fns)
-                fns = [lambda v, f=inner, lo=lo, hi=hi: np.clip(v * f(v), lo, hi)]
+                fns = [_times_input(_compose(fns), lo, hi)]
                 ops.append(nxt)
                 end = int(nop.outputs[0])
             break
@@ -414,6 +413,11 @@ def _compose(fns: list[RealFn]) -> RealFn:
     return run
 
 
+def _times_input(fn: RealFn, lo: float, hi: float) -> RealFn:
+    """``x * fn(x)`` then a fused activation's clamp: SiLU, Mish, GELU written out."""
+    return lambda v: np.clip(v * fn(v), lo, hi)
+
+
 def _act_codes(act: int, out: _Tensor) -> tuple[int, int]:
     if act not in _FUSED:
         raise TosaUnsupportedError(f"TOSA lift: fused activation {act} on '{out.name}'")
@@ -430,7 +434,9 @@ def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int,
     return total // 2, total - total // 2
 
 
-def _pads(op_padding: int, shape: Sequence[int], kh: int, kw: int, sh: int, sw: int, dh: int = 1, dw: int = 1) -> list[int]:
+def _pads(
+    op_padding: int, shape: Sequence[int], kh: int, kw: int, sh: int, sw: int, dh: int = 1, dw: int = 1
+) -> list[int]:
     if op_padding != _SAME:
         return [0, 0, 0, 0]
     top, bottom = _same_pads(shape[1], kh, sh, dh)
@@ -502,7 +508,9 @@ def _conv(lift: _Lift, k: int, op: Any) -> None:
     lift.clamp(mid, shape4, lo, hi, lift.define(y_index))
 
 
-def _broadcast_rank(lift: _Lift, name: str, shape: tuple[int, ...], rank: int, dtype: int) -> tuple[str, tuple[int, ...]]:
+def _broadcast_rank(
+    lift: _Lift, name: str, shape: tuple[int, ...], rank: int, dtype: int
+) -> tuple[str, tuple[int, ...]]:
     if len(shape) == rank:
         return name, shape
     full = (1,) * (rank - len(shape)) + shape
@@ -533,9 +541,13 @@ def _binary(lift: _Lift, k: int, op: Any) -> None:
         srcs.append(_broadcast_rank(lift, wide, t.shape, rank, DType.INT32)[0])
     acc = lift.new("sum", y.shape, DType.INT32)
     if name == "MUL":
-        lift.op(Op.MUL, [*srcs, lift.const("mul_shift", np.asarray([0], np.int8), DType.INT8)], [acc], _attr("MulAttribute"))
+        lift.op(
+            Op.MUL, [*srcs, lift.const("mul_shift", np.asarray([0], np.int8), DType.INT8)], [acc], _attr("MulAttribute")
+        )
     else:
-        lift.op(Op.ADD if name == "ADD" else Op.SUB, srcs, [acc], _attr("AddAttribute" if name == "ADD" else "SubAttribute"))
+        lift.op(
+            Op.ADD if name == "ADD" else Op.SUB, srcs, [acc], _attr("AddAttribute" if name == "ADD" else "SubAttribute")
+        )
     act = int(getattr(op.builtinOptions, "fusedActivationFunction", 0))
     lo, hi = _act_codes(act, y)
     if (lo, hi) == (-128, 127):
@@ -555,7 +567,9 @@ def _requant(lift: _Lift, index: int, target: _Tensor) -> str:
         return lift.name(index)
     entries = table(lambda v: v, float(t.scale[0]), t.zp, float(target.scale[0]), target.zp)
     out = lift.new("requant", t.shape, DType.INT8)
-    lift.op(Op.TABLE, [lift.name(index), lift.const("requant_table", entries, DType.INT8)], [out], _attr("TableAttribute"))
+    lift.op(
+        Op.TABLE, [lift.name(index), lift.const("requant_table", entries, DType.INT8)], [out], _attr("TableAttribute")
+    )
     lift.tables += 1
     return out
 
@@ -572,7 +586,9 @@ def _pool(lift: _Lift, k: int, op: Any) -> None:
     lo, hi = _act_codes(act, y)
     out = lift.define(y_index) if (lo, hi) == (-128, 127) else lift.new("pooled", y.shape, DType.INT8)
     if name == "MAX_POOL_2D":
-        lift.op(Op.MAX_POOL2D, [src], [out], _attr("MaxPool2dAttribute", kernel, stride, pads, NanPropagationMode.PROPAGATE))
+        lift.op(
+            Op.MAX_POOL2D, [src], [out], _attr("MaxPool2dAttribute", kernel, stride, pads, NanPropagationMode.PROPAGATE)
+        )
     else:
         zp = lift.const("pool_zp", np.asarray([y.zp], np.int8), DType.INT8)
         lift.op(Op.AVG_POOL2D, [src, zp, zp], [out], _attr("AvgPool2dAttribute", kernel, stride, pads, DType.INT32))
@@ -627,12 +643,15 @@ def _strided_slice(lift: _Lift, k: int, op: Any) -> None:
     y_index = int(op.outputs[0])
     x_i = int(op.inputs[0])
     x, y = lift.tensors[x_i], lift.tensors[y_index]
-    begin, end, strides = (lift.tensors[op.inputs[i]].data for i in (1, 2, 3))
+    begin, strides = lift.tensors[op.inputs[1]].data, lift.tensors[op.inputs[3]].data
     opts = op.builtinOptions
     masks = (opts.ellipsisMask, opts.newAxisMask, opts.shrinkAxisMask, getattr(opts, "offset", False))
     if begin is None or strides is None or any(masks) or any(int(s) != 1 for s in np.asarray(strides).reshape(-1)):
         raise TosaUnsupportedError("TOSA lift: STRIDED_SLICE other than a unit-stride box")
-    starts = [0 if (opts.beginMask >> d) & 1 else int(b) % max(x.shape[d], 1) for d, b in enumerate(np.asarray(begin).reshape(-1))]
+    starts = [
+        0 if (opts.beginMask >> d) & 1 else int(b) % max(x.shape[d], 1)
+        for d, b in enumerate(np.asarray(begin).reshape(-1))
+    ]
     src = _requant(lift, x_i, y)
     lift.op(Op.SLICE, [src, lift.shape_const("start", starts), lift.shape_const("size", list(y.shape))],
             [lift.define(y_index)], _attr("SliceAttribute"))  # fmt: skip

@@ -39,7 +39,7 @@ def run_reference(graph: TosaGraph, inputs: Mapping[str, np.ndarray]) -> dict[st
     with tempfile.TemporaryDirectory(prefix="nirc-tosa-") as tmp:
         root = Path(tmp)
         (root / "model.tosa").write_bytes(graph.data)
-        ifm_files = []
+        ifm_files: list[str] = []
         for name in graph.inputs:
             path = root / f"in_{len(ifm_files)}.npy"
             np.save(path, np.ascontiguousarray(inputs[name], np.int8))

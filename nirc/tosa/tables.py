@@ -22,11 +22,12 @@ def table(fn: RealFn, in_scale: float, in_zp: int, out_scale: float, out_zp: int
     """int8[256] with entry ``q + 128`` = quantised ``fn(in_scale * (q - in_zp))``."""
     codes = np.arange(-128, 128, dtype=np.float64)
     with np.errstate(all="ignore"):
-        real = fn(np.float64(in_scale) * (codes - in_zp))
+        real = np.asarray(fn(np.float64(in_scale) * (codes - in_zp)), np.float64)
         scaled = out_zp + real / np.float64(out_scale)
     scaled = np.nan_to_num(scaled, nan=out_zp, posinf=127.0, neginf=-128.0)
     rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
-    return np.clip(rounded, -128, 127).astype(np.int8)
+    result: np.ndarray = np.clip(rounded, -128, 127).astype(np.int8)
+    return result
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
