@@ -259,7 +259,7 @@ class _Lift:
             if k in skip:
                 continue
             opname = self.opname(op)
-            fused = self._table_chain(k) if opname in _TABLE_STARTS else None
+            fused = self._table_chain(k) if opname in _CHAIN_STARTS else None
             if fused is not None:
                 skip.update(fused)
                 continue
@@ -311,15 +311,46 @@ class _Lift:
         return int(pad_op.inputs[0]), [int(pads[1, 0]), int(pads[1, 1]), int(pads[2, 0]), int(pads[2, 1])]
 
     # ------------------------------------------------------------------ tables
-    def _unary(self, k: int) -> RealFn | None:
+    def _unary(self, k: int) -> tuple[int, RealFn] | None:
+        """``(input tensor, real function)`` when op ``k`` is a function of one int8 tensor.
+
+        Besides the activations: MUL/ADD/SUB by a constant scalar (HardSigmoid's affine
+        part, a rescale), with their fused activation.
+        """
         op = self.sg.operators[k]
         name = self.opname(op)
+        opts = op.builtinOptions
+        if name in ("MUL", "ADD", "SUB"):
+            return self._scalar_affine(op, name)
         if name == "QUANTIZE" and self.tensors[op.inputs[0]].dtype != tfl.TensorType.INT8:
             return None
-        opts = op.builtinOptions
-        return unary_function(
+        fn = unary_function(
             name, alpha=float(getattr(opts, "alpha", 0.0) or 0.0), approximate=bool(getattr(opts, "approximate", False))
         )
+        return None if fn is None else (int(op.inputs[0]), fn)
+
+    def _scalar_affine(self, op: Any, name: str) -> tuple[int, RealFn] | None:
+        a, b = (int(i) for i in op.inputs[:2])
+        scalars = [(i, d) for i in (a, b) if (d := self.tensors[i].data) is not None and d.size == 1]
+        if len(scalars) != 1:
+            return None
+        c_index, c_code = scalars[0]
+        x_index = a if c_index == b else b
+        if self.tensors[x_index].data is not None:
+            return None
+        ct = self.tensors[c_index]
+        c = float(ct.scale[0]) * (int(c_code.reshape(-1)[0]) - ct.zp)
+        lo, hi = _FUSED.get(int(getattr(op.builtinOptions, "fusedActivationFunction", 0)), (None, None))
+        if lo is None or hi is None:
+            return None
+        flip = name == "SUB" and c_index == a  # c - x
+        ops: dict[str, RealFn] = {
+            "MUL": lambda v: v * c,
+            "ADD": lambda v: v + c,
+            "SUB": (lambda v: c - v) if flip else (lambda v: v - c),
+        }
+        base = ops[name]
+        return x_index, lambda v: np.clip(base(v), lo, hi)
 
     def _table_chain(self, k: int) -> set[int] | None:
         """Ops ``k..`` that are one function of op k's input: write them as one TABLE.
@@ -328,10 +359,10 @@ class _Lift:
         chain's output (``x * f(x)``) or at the last unary op.
         """
         first = self.sg.operators[k]
-        fn = self._unary(k)
-        if fn is None:
+        start = self._unary(k)
+        if start is None:
             return None
-        x = int(first.inputs[0])
+        x, fn = start
         ops, fns, end = [k], [fn], int(first.outputs[0])
         while True:
             nxt = self.only_reader(end)
@@ -339,10 +370,10 @@ class _Lift:
                 break
             nop = self.sg.operators[nxt]
             nname = self.opname(nop)
-            nfn = self._unary(nxt) if int(nop.inputs[0]) == end else None
-            if nfn is not None:
+            step = self._unary(nxt)
+            if step is not None and step[0] == end:
                 ops.append(nxt)
-                fns.append(nfn)
+                fns.append(step[1])
                 end = int(nop.outputs[0])
                 continue
             if nname == "MUL" and sorted(int(i) for i in nop.inputs) == sorted((x, end)) and x != end:
@@ -665,6 +696,7 @@ _TABLE_STARTS = frozenset(
     ("LOGISTIC", "TANH", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "ELU", "EXP", "LOG", "RSQRT",
      "QUANTIZE", "LEAKY_RELU", "GELU")
 )  # fmt: skip
+_CHAIN_STARTS = _TABLE_STARTS | {"MUL", "ADD", "SUB"}  # the latter when one operand is a constant scalar
 _HANDLERS: dict[str, Callable[[_Lift, int, Any], None]] = {
     "CONV_2D": _conv,
     "DEPTHWISE_CONV_2D": _conv,

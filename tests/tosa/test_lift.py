@@ -94,6 +94,17 @@ def test_chain_of_activations_is_one_table(tmp_path: Path) -> None:
     assert check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])["bit_exact"]
 
 
+def test_hard_sigmoid_affine_and_gate_fold_into_one_table(tmp_path: Path) -> None:
+    """HardSigmoid is MUL + ADD + RELU_0_TO_1 in TFLite (no builtin); lifted, the three are one TABLE."""
+    gate = _conv_then("h = HardSigmoid (c) y = Mul (c, h)", channels=16, size=8)  # x * hardsigmoid(x)
+    emitted, calib, graph, vela = _lift_and_compile(gate, tmp_path)
+    assert (graph.tables, graph.ops_folded_into_tables) == (1, 4)
+    assert [layer.original_op for layer in vela.layers] == ["Conv2D", "Table"]
+    (check,) = compare_reference(gate, emitted.tflite, graph, calib.samples)
+    assert check.snr_db > 30, check
+    assert check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])["bit_exact"]
+
+
 def _squeeze_excite_residual() -> onnx.ModelProto:
     """SiLU conv, depthwise 3x3 stride 2, squeeze-excite (pool, 1x1, SiLU, 1x1, sigmoid, broadcast Mul),
     a residual Add, concat, max pool and a classifier: every op kind the lift translates but PAD/SLICE."""
