@@ -54,6 +54,7 @@ from tosa import TosaTensor
 from tosa.DType import DType
 from tosa.NanPropagationMode import NanPropagationMode
 from tosa.Op import Op
+from tosa.ResizeMode import ResizeMode
 from tosa.RoundingMode import RoundingMode
 
 _BUILTIN: dict[int, str] = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
@@ -688,6 +689,49 @@ def _strided_slice(lift: _Lift, k: int, op: Any) -> None:
             [lift.define(y_index)], _attr("SliceAttribute"))  # fmt: skip
 
 
+def _slice(lift: _Lift, k: int, op: Any) -> None:
+    y_index = int(op.outputs[0])
+    begin = lift.tensors[op.inputs[1]].data
+    if begin is None:
+        raise TosaUnsupportedError("TOSA lift: SLICE with non-constant begin")
+    src = _requant(lift, int(op.inputs[0]), lift.tensors[y_index])
+    starts = [int(v) for v in np.asarray(begin).reshape(-1)]
+    size = lift.shape_const("size", list(lift.tensors[y_index].shape))
+    lift.op(Op.SLICE, [src, lift.shape_const("start", starts), size], [lift.define(y_index)], _attr("SliceAttribute"))
+
+
+def _resize(lift: _Lift, k: int, op: Any) -> None:
+    """Integer-factor nearest upsampling (YOLO's neck) as TOSA RESIZE.
+
+    TOSA samples input row ``(oy * d + offset) / n`` and NEAREST rounds it; TFLite's
+    nearest takes ``floor(oy / f)`` for an integer factor ``f`` (asymmetric and
+    half-pixel alike). With ``n = 2f, d = 2, offset = 1 - f, border = f - 1`` the
+    rounded sample is exactly ``floor(oy / f)`` for every ``oy``, and it is the one
+    parameterisation Vela 5.2 places on the NPU (measured: ``n = f, d = 1`` and
+    ``offset = -f`` are refused). Bilinear is not lifted: Vela wants its int32 result
+    rescaled by the bare upscale factors, which these parameters do not give.
+    """
+    name = lift.opname(op)
+    if name != "RESIZE_NEAREST_NEIGHBOR":
+        raise TosaUnsupportedError(f"TOSA lift: TFLite {name} is not translated")
+    x_i, y_index = int(op.inputs[0]), int(op.outputs[0])
+    x, y = lift.tensors[x_i], lift.tensors[y_index]
+    if getattr(op.builtinOptions, "alignCorners", False):
+        raise TosaUnsupportedError(f"TOSA lift: {name} with align_corners")
+    (ih, iw), (oh, ow) = x.shape[1:3], y.shape[1:3]
+    if oh % ih or ow % iw:
+        raise TosaUnsupportedError(f"TOSA lift: {name} by a non-integer factor")
+    fy, fx = oh // ih, ow // iw
+    scale = [2 * fy, 2, 2 * fx, 2]
+    src = _requant(lift, x_i, y)
+    shapes = [
+        lift.shape_const("scale", scale),
+        lift.shape_const("offset", [1 - fy, 1 - fx]),
+        lift.shape_const("border", [fy - 1, fx - 1]),
+    ]
+    lift.op(Op.RESIZE, [src, *shapes], [lift.define(y_index)], _attr("ResizeAttribute", ResizeMode.NEAREST))
+
+
 def _unary_op(lift: _Lift, k: int, op: Any) -> None:
     raise TosaUnsupportedError(f"TOSA lift: {lift.opname(op)} on a non-int8 tensor")
 
@@ -712,5 +756,7 @@ _HANDLERS: dict[str, Callable[[_Lift, int, Any], None]] = {
     "PADV2": _pad,
     "TRANSPOSE": _transpose,
     "STRIDED_SLICE": _strided_slice,
+    "SLICE": _slice,
+    "RESIZE_NEAREST_NEIGHBOR": _resize,
     **dict.fromkeys(_TABLE_STARTS, _unary_op),
 }

@@ -156,6 +156,41 @@ def test_network_of_every_translated_kind_is_bit_exact_on_the_npu(tmp_path: Path
     assert npu["bit_exact"] and npu["samples"] == 4, npu
 
 
+@pytest.mark.parametrize(
+    "resize",
+    [
+        'mode = "nearest", coordinate_transformation_mode = "asymmetric", nearest_mode = "floor"',
+        'mode = "nearest", coordinate_transformation_mode = "half_pixel", nearest_mode = "round_prefer_floor"',
+    ],
+)
+def test_upsampling_slices_and_pads(tmp_path: Path, resize: str) -> None:
+    """x2 RESIZE (YOLO's neck), SLICE (ShuffleNet's channel split) and a stride-2 conv's explicit PAD."""
+    proto = parse(
+        HEADER
+        + f"""g (float[1,8,8,8] x) => (float[1,8,16,16] y) {{
+            c = Conv <pads = [1, 1, 1, 1]> (x, w0, b0)
+            h = Slice (c, starts, ends, axes)
+            s = Constant <value = float[4] {{1, 1, 2, 2}}> ()
+            u = Resize <{resize}> (h, , s)
+            y = Conv <pads = [0, 1, 0, 0]> (u, w1, b1)
+        }}""",
+        w0=_w(16, 8, 3, 3),
+        b0=_w(16, scale=0.1),
+        w1=_w(8, 8, 1, 2),
+        b1=_w(8, scale=0.1),
+        starts=np.array([8], np.int64),
+        ends=np.array([16], np.int64),
+        axes=np.array([1], np.int64),
+    )
+    model = IRModel.load(proto).to_proto()
+    emitted, calib, graph, vela = _lift_and_compile(model, tmp_path)
+    assert vela.cpu_ops == 0
+    (check,) = compare_reference(model, emitted.tflite, graph, calib.samples)
+    (tflite_check,) = validate(model, emitted.tflite, calib)
+    assert check.snr_db >= tflite_check.snr_db - 1.0 and check.snr_db > 30, (check, tflite_check)
+    assert check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])["bit_exact"]
+
+
 def test_untranslated_op_is_named() -> None:
     softmax = parse(HEADER + "g (float[1,10] x) => (float[1,10] y) { y = Softmax <axis = 1> (x) }")
     emitted, _ = _emit(softmax)
