@@ -228,7 +228,7 @@ def optimize(
             from nirc.tosa import route
 
             tosa_path = staging / f"{stem}_npu.tosa"
-            tosa = route.lift_for_vela(emitted.tflite, tosa_path, warnings)
+            tosa = route.lift_for_vela(emitted.tflite, tosa_path, tgt, warnings)
             if tosa is not None:
                 progress("validating the TOSA graph against float (TOSA reference model vs ONNX Runtime)")
                 tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)

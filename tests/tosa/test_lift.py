@@ -19,7 +19,7 @@ from nirc.pass_base import PassContext
 from nirc.pipeline import optimize
 from nirc.quant import CalibrationSet, load_calibration
 from nirc.tosa.lift import TosaGraph, TosaUnsupportedError, lift, scale32
-from nirc.tosa.route import check_compiled, compare_reference
+from nirc.tosa.route import check_compiled, compare_reference, lift_for_vela
 from nirc.tosa.tables import table
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
@@ -189,6 +189,30 @@ def test_upsampling_slices_and_pads(tmp_path: Path, resize: str) -> None:
     (tflite_check,) = validate(model, emitted.tflite, calib)
     assert check.snr_db >= tflite_check.snr_db - 1.0 and check.snr_db > 30, (check, tflite_check)
     assert check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])["bit_exact"]
+
+
+def test_image_input_staged_in_sram_when_vela_says_so(tmp_path: Path) -> None:
+    """A 3-channel stem conv reading DRAM in short bursts: an identity TABLE copy first is cheaper."""
+    proto = parse(
+        HEADER
+        + """g (float[1,3,160,160] x) => (float[1,16,80,80] y) {
+            c = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, w0, b0)
+            y = HardSwish (c)
+        }""",
+        w0=_w(16, 3, 3, 3),
+        b0=_w(16, scale=0.1),
+    )
+    model = IRModel.load(proto).to_proto()
+    emitted, calib = _emit(model)
+    staged, plain = lift(emitted.tflite.data), lift(emitted.tflite.data, stage_inputs=False)
+    assert staged.staged == staged.inputs and plain.staged == ()
+    cost_staged = _vela(staged.data, tmp_path / "staged", "model.tosa")
+    cost_plain = _vela(plain.data, tmp_path / "plain", "model.tosa")
+    assert cost_staged.cycles_total < 0.7 * cost_plain.cycles_total, (cost_staged.cycles_total, cost_plain.cycles_total)
+    assert check_compiled(cost_staged.vela_tflite, emitted.tflite, staged, calib.samples[:2], [])["bit_exact"]
+    warnings: list[str] = []
+    chosen = lift_for_vela(emitted.tflite, tmp_path / "chosen.tosa", U65, warnings)
+    assert chosen is not None and chosen.staged and not warnings
 
 
 def test_untranslated_op_is_named() -> None:
