@@ -11,7 +11,10 @@ Schema (version 1), top-level keys:
               (int8 vs the float model after the passes), outputs_vs_original [...] (only when a
               lossy pass changed the model: int8 vs the float input model),
               npu {method (sim|fvp), samples, bit_exact, bit_exact_samples, max_abs_diff_lsb,
-                   first_divergence, details} (Vela's output executed vs LiteRT on the int8 TFLite)},
+                   first_divergence, details} (Vela's output executed vs LiteRT on the int8 TFLite;
+                   with --npu-format tosa: {method, reference: "tosa", samples, bit_exact, ...} against
+                   the TOSA reference model), tosa [...] (--npu-format tosa: the TOSA reference
+                   model's int8 outputs vs the float model, like outputs)},
   vela (null with --no-compile) {inference_time_ms, cycles_total, cycles_npu, sram_used_kib, dram_used_kib,
         dram_feature_map_read_bytes, dram_feature_map_write_bytes, dram_weight_bytes, nn_macs, npu_ops,
         cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},
@@ -21,6 +24,8 @@ Schema (version 1), top-level keys:
              cpu_ops [{op, op_type, constraint, reasons, fix, predicted, observed, agree}]}
              (Vela's constraint for each op off the NPU and the nirc rewrite that would fix it),
   warnings [str],
+  npu_format {format: tflite} | {format: tosa, tosa_file, tables, tflite_ops_in_tables,
+             inputs_staged_in_sram, inputs/outputs {name: {scale, zero_point}}} (what Vela compiled),
   memory {peak_bytes, peak_step, arena_bytes, over_arena_steps} and memory_timeline [{step, live_bytes}]:
   int8 activation bytes alive at each step, in the order Vela runs the graph, with 16-channel brick
   storage (nirc.memory; checked against Vela's allocation log).
