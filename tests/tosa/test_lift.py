@@ -94,6 +94,21 @@ def test_chain_of_activations_is_one_table(tmp_path: Path) -> None:
     assert check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])["bit_exact"]
 
 
+@pytest.mark.parametrize(
+    ("act", "folded"), [("y = Mish (c)", 5), ("s = Softplus (c) y = Elu (s)", 4), ("e = Exp (c) y = Log (e)", 2)]
+)
+def test_compositions_through_exp_and_log_are_one_table(tmp_path: Path, act: str, folded: int) -> None:
+    """Mish is EXP, ADD 1, LOG, TANH, MUL in TFLite (each rounded to int8); lifted it is one TABLE."""
+    model = _conv_then(act, channels=16, size=8)
+    emitted, calib, graph, vela = _lift_and_compile(model, tmp_path)
+    assert (graph.tables, graph.ops_folded_into_tables) == (1, folded)
+    assert [layer.original_op for layer in vela.layers] == ["Conv2D", "Table"]
+    (check,) = compare_reference(model, emitted.tflite, graph, calib.samples)
+    (tflite_check,) = validate(model, emitted.tflite, calib)
+    assert check.snr_db > 30 and check.snr_db >= tflite_check.snr_db, (check, tflite_check)
+    assert check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])["bit_exact"]
+
+
 def test_hard_sigmoid_affine_and_gate_fold_into_one_table(tmp_path: Path) -> None:
     """HardSigmoid is MUL + ADD + RELU_0_TO_1 in TFLite (no builtin); lifted, the three are one TABLE."""
     gate = _conv_then("h = HardSigmoid (c) y = Mul (c, h)", channels=16, size=8)  # x * hardsigmoid(x)
