@@ -176,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--npu-format",
-        choices=("tflite", "tosa"),
+        choices=("tflite", "tosa", "auto"),
         default="tflite",
         help="what Vela reads: the int8 TFLite (default) or it lifted to TOSA 1.0, where SiLU and other "
-        "one-input functions are one TABLE (needs tosa-tools; falls back to TFLite naming the op it cannot lift)",
+        "one-input functions are one TABLE (needs tosa-tools; falls back to TFLite naming the op it cannot "
+        "lift); auto: TOSA where it can be used, silently TFLite otherwise (the report says why)",
     )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")

@@ -14,14 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze
 from nirc.backend import SYNTHETIC_WARNING, CalibrationOptions, emit, load_samples, validate
-from nirc.errors import PassError, TargetError, UnsupportedOperatorError
+from nirc.errors import BackendError, PassError, TargetError, UnsupportedOperatorError
 from nirc.html_report import render as render_html
 from nirc.ir import IRModel
 from nirc.outdir import staged_outdir
@@ -31,7 +31,10 @@ from nirc.plugin import Registry, load_registry
 from nirc.quant import CalibrationSet
 from nirc.report import build_report, fits_summary, write_json
 from nirc.target import Target
-from nirc.tflite import check_supported, format_unsupported, unsupported_ops
+from nirc.tflite import TFLiteModel, check_supported, format_unsupported, unsupported_ops
+
+if TYPE_CHECKING:
+    from nirc.tosa.lift import TosaGraph
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ def optimize(
     io_dtype: Literal["int8", "float32"] = "int8",
     compile: bool = True,
     validate_npu: Literal["sim", "fvp", "none"] = "sim",
-    npu_format: Literal["tflite", "tosa"] = "tflite",
+    npu_format: Literal["tflite", "tosa", "auto"] = "tflite",
     require_fit: bool = True,
     registry: Registry | None = None,
     progress: Callable[[str], None] = lambda _message: None,
@@ -163,6 +166,8 @@ def optimize(
     ``npu_format="tosa"`` hands Vela the int8 model lifted to TOSA 1.0 (one-input
     functions such as SiLU become one TABLE; see :mod:`nirc.tosa`) instead of the
     int8 TFLite, and checks the compiled model against the TOSA reference model.
+    ``"auto"`` does so when it can (tosa-tools installed, an Ethos-U55/U65 target, every
+    op liftable) and otherwise compiles the TFLite, saying why in ``report["npu_format"]``.
     """
     registry = registry or load_registry()
     tgt = registry.get_target(target) if isinstance(target, str) else target
@@ -223,13 +228,12 @@ def optimize(
             validation["outputs_vs_original"] = [c.to_json() for c in vs_original]
         vela_json: dict[str, Any] | None = None
         fits: dict[str, Any] = fits_summary(tgt, after, None, None)
-        tosa = None
-        if compile and npu_format == "tosa":
-            from nirc.tosa import route
-
-            tosa_path = staging / f"{stem}_npu.tosa"
-            tosa = route.lift_for_vela(emitted.tflite, tosa_path, tgt, warnings)
+        tosa, tosa_path, tflite_reason = None, staging / f"{stem}_npu.tosa", None
+        if compile and npu_format != "tflite":
+            tosa, tflite_reason = _lift(emitted.tflite, tosa_path, tgt, npu_format, warnings)
             if tosa is not None:
+                from nirc.tosa import route
+
                 progress("validating the TOSA graph against float (TOSA reference model vs ONNX Runtime)")
                 tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)
                 validation["tosa"] = [c.to_json() for c in tosa_checks]
@@ -270,7 +274,10 @@ def optimize(
         )
         report["placement"] = _placement(int8_path, tgt, vela_json)
         report["input_layout_changes"] = layout_changes
-        report["npu_format"] = {"format": "tflite"} if tosa is None else route.summary(tosa, tosa_path)
+        if tosa is None:
+            report["npu_format"] = {"format": "tflite", **({"reason": tflite_reason} if tflite_reason else {})}
+        else:
+            report["npu_format"] = route.summary(tosa, tosa_path)
         report["memory"], report["memory_timeline"] = _memory(model, tgt)
         write_json(staging / "report.json", report)
         (staging / "report.html").write_text(render_html(report), encoding="utf-8")
@@ -290,6 +297,23 @@ def optimize(
         vela_tflite=vela_path.read_bytes() if compile else None,
         artifacts=artifacts,
     )
+
+
+def _lift(
+    model: TFLiteModel, path: Path, target: Target, npu_format: str, warnings: list[str]
+) -> tuple[TosaGraph | None, str | None]:
+    """The lifted graph for ``--npu-format tosa|auto``, or None and why the TFLite is compiled instead."""
+    try:
+        from nirc.tosa import route
+    except ImportError as exc:
+        if npu_format == "tosa":
+            raise BackendError(f"--npu-format tosa needs tosa-tools (pip install tosa-tools): {exc}") from None
+        return None, "tosa-tools is not installed"
+    if npu_format == "auto" and not target.accelerator_config.startswith(("ethos-u55", "ethos-u65")):
+        return None, f"the TOSA route is only measured on Ethos-U55/U65, not {target.accelerator_config}"
+    notes: list[str] = []
+    graph = route.lift_for_vela(model, path, target, notes if npu_format == "auto" else warnings)
+    return graph, (notes[0] if notes else None)
 
 
 def check_fit(report: dict[str, Any], label: str, outdir: Path) -> None:

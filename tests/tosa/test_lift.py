@@ -249,6 +249,9 @@ def test_optimize_with_tosa_and_its_fallback(tmp_path: Path) -> None:
     back = optimize(softmax, outdir=tmp_path / "softmax", npu_format="tosa", no_hw_passes=True)
     assert back.report["npu_format"] == {"format": "tflite"}
     assert any("SOFTMAX" in w and "TFLite instead" in w for w in back.warnings)
+    auto = optimize(softmax, outdir=tmp_path / "auto", npu_format="auto", no_hw_passes=True)
+    assert auto.report["npu_format"]["format"] == "tflite" and "SOFTMAX" in auto.report["npu_format"]["reason"]
+    assert not any("SOFTMAX" in w for w in auto.warnings)
 
 
 def test_tables_and_rescale_factors() -> None:
