@@ -239,7 +239,15 @@ def optimize(
                 validation["tosa"] = [c.to_json() for c in tosa_checks]
         if compile:
             progress(f"compiling with Vela for {tgt.name}")
-            vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, staging, stem, after)
+            try:
+                vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, staging, stem, after)
+            except BackendError as exc:
+                if tosa is None:
+                    raise
+                warnings.append(f"--npu-format {npu_format}: {exc}; Vela compiled the int8 TFLite instead")
+                tosa, tflite_reason = None, str(exc)
+                validation.pop("tosa", None)
+                vela_json, fits = _compile(int8_path, tgt, staging, stem, after)
             if validate_npu != "none" and tosa is not None:
                 progress("executing the compiled NPU model against the TOSA reference model")
                 validation["npu"] = route.check_compiled(

@@ -517,6 +517,32 @@ def _pads(
     return [top, bottom, left, right]
 
 
+def _exact_window(
+    lift: _Lift, src: str, shape: Sequence[int], pads: list[int], kernel: tuple[int, int],
+    stride: tuple[int, int], dilation: tuple[int, int] = (1, 1),
+) -> tuple[str, list[int]]:  # fmt: skip
+    """TOSA wants ``(in + pads - dilated kernel)`` divisible by the stride; TFLite floors.
+
+    The rows (columns) the floor drops are never read: take them off the end padding,
+    or when there is not enough of it, SLICE them off the input.
+    """
+    pads = list(pads)
+    cut = [0, 0]
+    for axis in range(2):
+        span = shape[1 + axis] - 1 + pads[2 * axis] + pads[2 * axis + 1] - (kernel[axis] - 1) * dilation[axis]
+        extra = span % stride[axis]
+        take = min(extra, pads[2 * axis + 1])
+        pads[2 * axis + 1] -= take
+        cut[axis] = extra - take
+    if not any(cut):
+        return src, pads
+    size = [shape[0], shape[1] - cut[0], shape[2] - cut[1], shape[3]]
+    out = lift.new("window", size, DType.INT8)
+    start, extent = lift.shape_const("window_start", [0, 0, 0, 0]), lift.shape_const("window_size", size)
+    lift.op(Op.SLICE, [src, start, extent], [out], _attr("SliceAttribute"))
+    return out, pads
+
+
 # ---------------------------------------------------------------------- op handlers
 def _conv(lift: _Lift, k: int, op: Any) -> None:
     name = lift.opname(op)
@@ -543,6 +569,8 @@ def _conv(lift: _Lift, k: int, op: Any) -> None:
         pads = _pads(opts.padding, padded.shape, w.shape[1], w.shape[2], opts.strideH, opts.strideW,
                      opts.dilationHFactor, opts.dilationWFactor)  # fmt: skip
         pads = [a + b for a, b in zip(pads, extra, strict=True)]
+        src, pads = _exact_window(lift, src, x.shape, pads, (w.shape[1], w.shape[2]), (opts.strideH, opts.strideW),
+                                  (opts.dilationHFactor, opts.dilationWFactor))  # fmt: skip
         code, attr_args = Op.CONV2D, (pads, [opts.strideH, opts.strideW], [opts.dilationHFactor, opts.dilationWFactor])
     else:
         _, kh, kw, cm = w.shape
@@ -551,6 +579,8 @@ def _conv(lift: _Lift, k: int, op: Any) -> None:
         pads = _pads(opts.padding, padded.shape, kh, kw, opts.strideH, opts.strideW, opts.dilationHFactor,
                      opts.dilationWFactor)  # fmt: skip
         pads = [a + b for a, b in zip(pads, extra, strict=True)]
+        src, pads = _exact_window(lift, src, x.shape, pads, (kh, kw), (opts.strideH, opts.strideW),
+                                  (opts.dilationHFactor, opts.dilationWFactor))  # fmt: skip
         code = Op.DEPTHWISE_CONV2D
         attr_args = (pads, [opts.strideH, opts.strideW], [opts.dilationHFactor, opts.dilationWFactor])
     bias = lift.tensors[bias_index].data if bias_index >= 0 else None
@@ -654,7 +684,9 @@ def _pool(lift: _Lift, k: int, op: Any) -> None:
     opts = op.builtinOptions
     pads = _pads(opts.padding, x.shape, opts.filterHeight, opts.filterWidth, opts.strideH, opts.strideW)
     kernel, stride = [opts.filterHeight, opts.filterWidth], [opts.strideH, opts.strideW]
-    src = _requant(lift, x_i, y)
+    src, pads = _exact_window(
+        lift, _requant(lift, x_i, y), x.shape, pads, (kernel[0], kernel[1]), (stride[0], stride[1])
+    )
     act = int(opts.fusedActivationFunction)
     lo, hi = _act_codes(act, y)
     out = lift.define(y_index) if (lo, hi) == (-128, 127) else lift.new("pooled", y.shape, DType.INT8)

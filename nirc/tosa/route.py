@@ -49,7 +49,11 @@ def lift_for_vela(model: TFLiteModel, path: Path, target: Target, warnings: list
             for i, candidate in enumerate((graph, plain)):
                 probe = Path(tmp) / f"candidate{i}.tosa"
                 probe.write_bytes(candidate.data)
-                cycles.append(compile_with_vela(probe, target, Path(tmp) / f"vela{i}").cycles_total)
+                try:
+                    cycles.append(compile_with_vela(probe, target, Path(tmp) / f"vela{i}").cycles_total)
+                except BackendError as exc:
+                    warnings.append(f"--npu-format tosa: {exc}; Vela compiled the int8 TFLite instead")
+                    return None
         if cycles[1] <= cycles[0]:
             graph = plain
     path.write_bytes(graph.data)

@@ -230,6 +230,25 @@ def test_image_input_staged_in_sram_when_vela_says_so(tmp_path: Path) -> None:
     assert chosen is not None and chosen.staged and not warnings
 
 
+def test_strided_windows_that_skip_the_last_row(tmp_path: Path) -> None:
+    """ResNet's 1x1 stride-2 shortcut and a 3x3 stride-2 max pool on even maps: TFLite floors the output
+    size, TOSA wants it exact, so the unread last row/column leaves the padding or the input."""
+    proto = parse(
+        HEADER
+        + """g (float[1,8,16,16] x) => (float[1,16,3,3] y) {
+            c = Conv <strides = [2, 2]> (x, w0, b0)
+            y = MaxPool <kernel_shape = [3, 3], strides = [2, 2]> (c)
+        }""",
+        w0=_w(16, 8, 1, 1),
+        b0=_w(16, scale=0.1),
+    )
+    model = IRModel.load(proto).to_proto()
+    emitted, calib, graph, vela = _lift_and_compile(model, tmp_path)
+    (check,) = compare_reference(model, emitted.tflite, graph, calib.samples)
+    assert check.snr_db > 30, check
+    assert check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])["bit_exact"]
+
+
 def test_untranslated_op_is_named() -> None:
     softmax = parse(HEADER + "g (float[1,10] x) => (float[1,10] y) { y = Softmax <axis = 1> (x) }")
     emitted, _ = _emit(softmax)
