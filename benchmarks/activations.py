@@ -124,7 +124,25 @@ def render(rows: list[dict[str, Any]]) -> str:
 
         geo = math.exp(sum(math.log(r["before_ms"] / r["tosa_ms"]) for r in lifted) / len(lifted))
         lines += ["", f"Geomean speed-up before -> tosa over the {len(lifted)} lifted models: {geo:.2f}x."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + NOTES
+
+
+NOTES = """
+## Single-layer facts behind the table (Vela 5.2, ethos-u65-256; asserted in tests/tosa/test_lift.py)
+
+- 1x1 conv 32->64 at 56x56 then SiLU: TFLite LOGISTIC + MUL 635,978 cycles; lifted to TOSA, CONV2D +
+  RESCALE + TABLE 463,846 cycles, exactly the conv alone. Vela models a LUT at about one cycle per output
+  element, so the TABLE is free when its conv is DRAM- or MAC-bound and adds to an SRAM-resident conv
+  (efficientnet_b0's 112x112x96 expand conv: 0.39 -> 1.24 Mcycles, still below its LUT + MUL of 1.51 M).
+- 224x224x3 stem conv (3x3/2 -> 16): 825,557 cycles reading the image from DRAM; 228,203 after an
+  identity-TABLE copy of the input (77,316 of them the copy). Kept only when Vela's estimate of the
+  whole model drops (not on efficientnet_b0, whose stem is bound by writing its 112x112x32 output).
+- TOSA files: written with tosa-tools 2026.8.0's serializer at version 1.0.0 (its default, 1.1 draft,
+  is not what Vela 5.2 reads); Vela's own Python TOSA reader only takes 0.80, its C++ core takes 1.0.
+  Vela places RESIZE only as n=2f, d=2, offset 1-f (used for nearest x2); int8 softmax has no
+  TOSA form here, so models with SOFTMAX (YOLOv8n's DFL head) stay on the TFLite route.
+- Full default pipeline (hardware passes too) with `--npu-format tosa`: efficientnet_b0 10.27 ms.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
