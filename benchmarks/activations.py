@@ -137,8 +137,9 @@ NOTES = """
 - 224x224x3 stem conv (3x3/2 -> 16): 825,557 cycles reading the image from DRAM; 228,203 after an
   identity-TABLE copy of the input (77,316 of them the copy). Kept only when Vela's estimate of the
   whole model drops (not on efficientnet_b0, whose stem is bound by writing its 112x112x32 output).
-- TOSA files: written with tosa-tools 2026.8.0's serializer at version 1.0.0 (its default, 1.1 draft,
-  is not what Vela 5.2 reads); Vela's own Python TOSA reader only takes 0.80, its C++ core takes 1.0.
+- TOSA files: written with tosa-tools 2026.8.0's serializer, stamped 1.0.0 (the PRO-INT version Vela
+  5.2 documents; its C++ core also took the serializer's 1.1-draft default in a probe). Vela's legacy
+  Python TOSA reader (ethosu/vela/tosa_reader.py) only takes 0.80 and is not what `vela` runs.
   Vela places RESIZE only as n=2f, d=2, offset 1-f (used for nearest x2); int8 softmax has no
   TOSA form here, so models with SOFTMAX (YOLOv8n's DFL head) stay on the TFLite route.
 - Full default pipeline (hardware passes too) with `--npu-format tosa`: efficientnet_b0 10.27 ms.
