@@ -7,6 +7,7 @@ from nirc.passes.canonicalize_activations import CanonicalizeActivationsPass
 from nirc.passes.collapse_reshapes import CollapseReshapesPass
 from nirc.passes.compose_transposes import ComposeTransposesPass
 from nirc.passes.decompose_batchnorm import DecomposeBatchnormPass
+from nirc.passes.decompose_hard_sigmoid import DecomposeHardSigmoidPass
 from nirc.passes.decompose_layernorm import DecomposeLayernormPass
 from nirc.passes.decompose_pooling import DecomposePoolingPass
 from nirc.passes.decompose_strided_conv import DecomposeStridedConvPass
@@ -43,6 +44,7 @@ BUILTIN_PASSES = (
     FuseMatmulAddPass,
     FuseBatchnormPass,
     DecomposeBatchnormPass,
+    DecomposeHardSigmoidPass,
     FuseAffinePass,
     EliminateChannelShufflePass,
     FoldPadPass,

@@ -21,6 +21,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "fuse-matmul-add",  # before fuse-batchnorm, so a BN after MatMul+Add folds into the Gemm
     "fuse-batchnorm",
     "decompose-batchnorm",  # BNs fuse-batchnorm could not fold
+    "decompose-hard-sigmoid",  # after canonicalize-activations (HardSwish) and BN folding; fuse-affine folds it
     "fuse-affine",  # folds the Mul/Add of decompose-batchnorm where exact
     "eliminate-channel-shuffle",  # after BN folding, so a shuffle's producer is a conv again
     "fold-pad",
