@@ -21,7 +21,6 @@ import onnx
 from nirc.errors import BackendError
 from nirc.quant import snr_db, top1_agreement
 from nirc.target import Target
-from nirc.targets.ethos_u.vela_driver import compile_with_vela
 from nirc.tflite import TFLiteModel
 from nirc.tosa.lift import TosaGraph, TosaUnsupportedError, lift
 from nirc.tosa.reference import run_reference
@@ -37,6 +36,8 @@ def lift_for_vela(model: TFLiteModel, path: Path, target: Target, warnings: list
     when it is bound by writing its output to DRAM (efficientnet_b0 +0.1 ms): both
     forms are compiled and Vela's cheaper one is kept.
     """
+    from nirc.targets.ethos_u.vela_driver import compile_with_vela
+
     try:
         graph = lift(model.data)
     except TosaUnsupportedError as exc:
