@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="execute Vela's output: in nirc's NPU functional model (default), on a Corstone FVP "
         "(falls back to sim when none is installed), or not at all",
     )
+    p.add_argument(
+        "--npu-format",
+        choices=("tflite", "tosa", "auto"),
+        default="tflite",
+        help="what Vela reads: the int8 TFLite (default) or it lifted to TOSA 1.0, where SiLU and other "
+        "one-input functions are one TABLE (needs tosa-tools; falls back to TFLite naming the op it cannot "
+        "lift); auto: TOSA where it can be used, silently TFLite otherwise (the report says why)",
+    )
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
 
     p = sub.add_parser("convert", help="emit TFLite (float32 or int8) without Vela")
@@ -441,6 +449,7 @@ def optimize_options(args: argparse.Namespace) -> OptimizeOptions:
         io_dtype=args.io,
         compile=not args.no_compile,
         validate_npu=args.validate,
+        npu_format=args.npu_format,
         require_fit=False,  # show the summary first, then fail
     )
 
@@ -495,14 +504,17 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         )
     write(f"nodes {b['nodes']} -> {a['nodes']}   MACs {b['macs']:,} -> {a['macs']:,}{peak}\n")
     validation = report["validation"]
-    for key, what in (("outputs", "float"), ("outputs_vs_original", "original float")):
+    kinds = (("outputs", "int8", "float"), ("outputs_vs_original", "int8", "original float"),
+             ("tosa", "int8 TOSA", "float"))  # fmt: skip
+    for key, which, what in kinds:
         for out in validation.get(key, []):
             top1 = f"   top-1 agreement {out['top1_agreement']:.0%}" if out["top1_agreement"] is not None else ""
-            write(f"int8 vs {what} '{out['name']}': SNR {out['snr_db']} dB{top1}\n")
+            write(f"{which} vs {what} '{out['name']}': SNR {out['snr_db']} dB{top1}\n")
     npu = validation.get("npu")
     if npu and "bit_exact" in npu:
         verdict = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']} LSB"
-        write(f"compiled NPU model ({npu['method']}) vs int8 TFLite: {verdict} on {npu['samples']} inputs\n")
+        reference = "TOSA reference model" if npu.get("reference") == "tosa" else "int8 TFLite"
+        write(f"compiled NPU model ({npu['method']}) vs {reference}: {verdict} on {npu['samples']} inputs\n")
     vela = report["vela"]
     if vela:
         write(

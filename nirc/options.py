@@ -63,6 +63,8 @@ class OptimizeOptions:
         io_dtype: the TFLite model's input/output type.
         compile: run Vela (False stops after the int8 TFLite).
         validate_npu: execute Vela's output in the functional model (``sim``), on an FVP, or not.
+        npu_format: what Vela reads: the int8 TFLite, or it lifted to TOSA 1.0 (``tosa``: one-input
+            functions such as SiLU become one TABLE; ``auto``: TOSA where it can be used).
         require_fit: raise :class:`~nirc.errors.TargetError` when the compiled model does not fit.
     """
 
@@ -79,6 +81,7 @@ class OptimizeOptions:
     io_dtype: Literal["int8", "float32"] = "int8"
     compile: bool = True
     validate_npu: Literal["sim", "fvp", "none"] = "sim"
+    npu_format: Literal["tflite", "tosa", "auto"] = "tflite"
     require_fit: bool = True
 
 

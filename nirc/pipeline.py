@@ -14,14 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze
 from nirc.backend import SYNTHETIC_WARNING, emit, load_samples, validate
-from nirc.errors import PassError, TargetError, UnsupportedOperatorError
+from nirc.errors import BackendError, PassError, TargetError, UnsupportedOperatorError
 from nirc.html_report import render as render_html
 from nirc.ir import IRModel
 from nirc.lowering import lower_canonical as lower_canonical
@@ -34,7 +34,10 @@ from nirc.pass_manager import PassRecord
 from nirc.plugin import Registry, load_registry
 from nirc.report import build_report, fits_summary, report_json_bytes
 from nirc.target import Target
-from nirc.tflite import check_supported, format_unsupported, unsupported_ops
+from nirc.tflite import TFLiteModel, check_supported, format_unsupported, unsupported_ops
+
+if TYPE_CHECKING:
+    from nirc.tosa.lift import TosaGraph
 
 logger = logging.getLogger(__name__)
 
@@ -211,9 +214,27 @@ def optimize(
     with scratch_dir() as work:
         int8_path = work / f"{stem}_int8.tflite"
         int8_path.write_bytes(emitted.tflite.data)
+        npu_format = opts.npu_format
+        tosa, tosa_path, tflite_reason = None, work / f"{stem}_npu.tosa", None
+        if opts.compile and npu_format != "tflite":
+            tosa, tflite_reason = _lift(emitted.tflite, tosa_path, tgt, npu_format, warnings)
+            if tosa is not None:
+                from nirc.tosa import route
+
+                progress("validating the TOSA graph against float (TOSA reference model vs ONNX Runtime)")
+                tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)
+                validation["tosa"] = [c.to_json() for c in tosa_checks]
         if opts.compile:
             progress(f"compiling with Vela for {tgt.name}")
-            vela_json, fits = _compile(int8_path, tgt, work, stem, after)
+            try:
+                vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, work, stem, after)
+            except BackendError as exc:
+                if tosa is None:
+                    raise
+                warnings.append(f"--npu-format {npu_format}: {exc}; Vela compiled the int8 TFLite instead")
+                tosa, tflite_reason = None, str(exc)
+                validation.pop("tosa", None)
+                vela_json, fits = _compile(int8_path, tgt, work, stem, after)
             vela_path = work / f"{stem}_vela.tflite"
             vela_tflite = vela_path.read_bytes()
             vela_files = {
@@ -221,7 +242,14 @@ def optimize(
                 for p in sorted((work / "vela").rglob("*"))
                 if p.is_file()
             }
-            if opts.validate_npu != "none":
+            if tosa is not None:
+                vela_files[tosa_path.name] = tosa_path.read_bytes()
+            if opts.validate_npu != "none" and tosa is not None:
+                progress("executing the compiled NPU model against the TOSA reference model")
+                validation["npu"] = route.check_compiled(
+                    vela_path, emitted.tflite, tosa, calib.samples[:NPU_CHECK_SAMPLES], warnings
+                )
+            elif opts.validate_npu != "none":
                 from nirc.targets.ethos_u.npu_check import check_npu_artifact
 
                 progress(f"executing the compiled NPU model ({opts.validate_npu}) against the int8 TFLite")
@@ -249,6 +277,10 @@ def optimize(
             warnings=warnings,
         )
         report["placement"] = _placement(int8_path, tgt, vela_json)
+        if tosa is None:
+            report["npu_format"] = {"format": "tflite", **({"reason": tflite_reason} if tflite_reason else {})}
+        else:
+            report["npu_format"] = route.summary(tosa, tosa_path)
     report["input_layout_changes"] = layout_changes
     report["memory"], report["memory_timeline"] = _memory(model, tgt)
     report["memory"]["peak_bytes_before"] = memory_before["peak_bytes"]
@@ -269,6 +301,24 @@ def optimize(
     if opts.require_fit:
         check_fit(report, label, outdir)
     return result
+
+
+def _lift(
+    model: TFLiteModel, path: Path, target: Target, npu_format: str, warnings: list[str]
+) -> tuple[TosaGraph | None, str | None]:
+    """The lifted graph for ``--npu-format tosa|auto``, or None and why the TFLite is compiled instead."""
+    try:
+        from nirc.tosa import route
+    except ImportError as exc:
+        if npu_format == "tosa":
+            needs = "--npu-format tosa needs tosa-tools (pip install --no-deps tosa-tools)"
+            raise BackendError(f"{needs}: {exc}") from None
+        return None, "tosa-tools is not installed"
+    if npu_format == "auto" and not target.accelerator_config.startswith(("ethos-u55", "ethos-u65")):
+        return None, f"the TOSA route is only measured on Ethos-U55/U65, not {target.accelerator_config}"
+    notes: list[str] = []
+    graph = route.lift_for_vela(model, path, target, notes if npu_format == "auto" else warnings)
+    return graph, (notes[0] if notes else None)
 
 
 def check_fit(report: dict[str, Any], label: str, outdir: Path | None) -> None:

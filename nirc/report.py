@@ -23,6 +23,8 @@ Schema (version 1), top-level keys:
              cpu_ops [{op, op_type, constraint, reasons, fix, predicted, observed, agree}]}
              (Vela's constraint for each op off the NPU and the nirc rewrite that would fix it),
   warnings [str],
+  npu_format {format: tflite, reason?} | {format: tosa, tosa_file, tables, tflite_ops_in_tables,
+             inputs_staged_in_sram, inputs/outputs {name: {scale, zero_point}}} (what Vela compiled),
   memory {peak_bytes, peak_bytes_before, peak_step, arena_bytes, over_arena_steps} and
   memory_timeline [{step, live_bytes}]:
   int8 activation bytes alive at each step, in the order Vela runs the graph, with 16-channel brick

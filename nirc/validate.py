@@ -44,6 +44,11 @@ def _from_tflite(io: TensorIO, array: np.ndarray) -> np.ndarray:
     return data.reshape(io.onnx_shape)
 
 
+def from_tflite_layout(io: TensorIO, array: np.ndarray) -> np.ndarray:
+    """A TFLite output as the float ONNX-layout array it stands for (dequantized, transposed back)."""
+    return _from_tflite(io, array)
+
+
 def run_tflite(model: TFLiteModel, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Run LiteRT; inputs and returned outputs are float arrays in ONNX layout."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType

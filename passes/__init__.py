@@ -7,6 +7,7 @@ from nirc.passes.canonicalize_activations import CanonicalizeActivationsPass
 from nirc.passes.collapse_reshapes import CollapseReshapesPass
 from nirc.passes.compose_transposes import ComposeTransposesPass
 from nirc.passes.decompose_batchnorm import DecomposeBatchnormPass
+from nirc.passes.decompose_hard_sigmoid import DecomposeHardSigmoidPass
 from nirc.passes.decompose_layernorm import DecomposeLayernormPass
 from nirc.passes.decompose_pooling import DecomposePoolingPass
 from nirc.passes.decompose_strided_conv import DecomposeStridedConvPass
@@ -20,6 +21,7 @@ from nirc.passes.fuse_affine import FuseAffinePass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 from nirc.passes.legalize_channel_shuffle import LegalizeChannelShufflePass
+from nirc.passes.legalize_global_pool import LegalizeGlobalPoolPass
 from nirc.passes.legalize_resize import LegalizeResizePass
 from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
 from nirc.passes.pad_channels import PadChannelsPass
@@ -42,6 +44,7 @@ BUILTIN_PASSES = (
     FuseMatmulAddPass,
     FuseBatchnormPass,
     DecomposeBatchnormPass,
+    DecomposeHardSigmoidPass,
     FuseAffinePass,
     EliminateChannelShufflePass,
     FoldPadPass,
@@ -52,6 +55,7 @@ BUILTIN_PASSES = (
     LegalizeRsqrtPass,
     PropagateTransposesPass,
     LegalizeChannelShufflePass,
+    LegalizeGlobalPoolPass,
     DecomposePoolingPass,
     LegalizeResizePass,
     ApproximateGeluPass,

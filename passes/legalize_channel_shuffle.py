@@ -29,35 +29,74 @@ class LegalizeChannelShufflePass(Pass):
       (e.g. after a Concat, before a Split);
     * ``Gather(x, indices, axis=1)`` with constant 1-D indices.
 
-    Trade-off, measured with Vela 5.2 (U65-256, ShuffleNetV2-style 8x8x48 and 4x4x96
-    shuffles): the convs cost 13,227 cycles for three shuffles, the single 4-D
-    TRANSPOSE the emitter uses when this pass is skipped costs 1,440, and both run on
-    the NPU. The pass exists for deployments that must not contain TRANSPOSE (it
-    runs on the NPU only from Vela's Regor core on); skip it to get the faster form.
+    Chosen by cost: a shuffle also has a second NPU form, the single 4-D TRANSPOSE the
+    emitter writes for it (Vela 5.2 runs TRANSPOSE on the NPU). Measured (U65-256):
+    ShuffleNetV2-style 8x8x48 and 4x4x96 shuffles cost 13,227 cycles as convs, 1,440
+    as TRANSPOSEs; torchvision shufflenet_v2_x1_0 3.71 ms with the convs (MACs 145 M ->
+    303 M), 3.04 ms with TRANSPOSEs. With a target, the pass costs the model both ways
+    with Vela (the cached oracle) and keeps the shuffles as TRANSPOSEs unless the convs
+    are cheaper (``ctx.decide`` records both). ``forbid_transpose=True``
+    (``--pass-option legalize-channel-shuffle.forbid_transpose=true``) is the
+    deployment constraint "no TRANSPOSE": every shuffle becomes convs, as it also does
+    without a target. Gathers have no other NPU form and always become convs.
     """
 
     name = "legalize-channel-shuffle"
     exact = True
     legalizes = frozenset({"Gather"})
+    forbid_transpose: bool = False
 
     def run(self, model: IRModel, ctx: PassContext) -> bool:
         graph = model.graph
         if not has_any_op(graph, ["Transpose", "Gather"]):
             return False
-        namer = Namer(graph)
-        changed = False
-        for node in list(graph.nodes):
-            if node.op == "Transpose":
-                chain = _shuffle_chain(graph, node)
-                if chain is not None and _as_conv(graph, chain[0], chain[1], chain[2], namer, node.name):
-                    ctx.count("shuffle")
-                    changed = True
-            elif node.op == "Gather" and _gather(graph, node, namer):
-                ctx.count("gather")
-                changed = True
+        shuffles = self.forbid_transpose or ctx.target is None or _convs_are_cheaper(model, ctx)
+        changed = _legalize(graph, ctx, shuffles=shuffles)
         if changed:
             graph.cleanup()
         return changed
+
+
+def _legalize(graph: gs.Graph, ctx: PassContext | None, *, shuffles: bool) -> bool:
+    namer = Namer(graph)
+    changed = False
+    for node in list(graph.nodes):
+        if node.op == "Transpose" and shuffles:
+            chain = _shuffle_chain(graph, node)
+            if chain is not None and _as_conv(graph, chain[0], chain[1], chain[2], namer, node.name):
+                changed = True
+                if ctx is not None:
+                    ctx.count("shuffle")
+        elif node.op == "Gather" and _gather(graph, node, namer):
+            changed = True
+            if ctx is not None:
+                ctx.count("gather")
+    return changed
+
+
+def _convs_are_cheaper(model: IRModel, ctx: PassContext) -> bool:
+    """Vela's cycles for the model with its shuffles as convs against as TRANSPOSEs."""
+    from nirc.cost import estimate
+    from nirc.errors import NircError
+
+    if ctx.target is None:
+        return True
+    as_transpose = IRModel.load(model.to_proto())
+    _legalize(as_transpose.graph, None, shuffles=False)
+    as_conv = IRModel.load(as_transpose.to_proto())
+    if not _legalize(as_conv.graph, None, shuffles=True):
+        return False  # no shuffle to choose for
+    as_conv.graph.cleanup()
+    as_transpose.graph.cleanup()
+    try:
+        conv = estimate(as_conv.to_proto(), ctx.target, label="legalize-channel-shuffle").cycles
+        transpose = estimate(as_transpose.to_proto(), ctx.target, label="legalize-channel-shuffle").cycles
+    except NircError as exc:  # a form Vela or the emitter cannot take: stay transpose-free
+        ctx.decide({"shuffles": "convs", "reason": f"could not cost both forms: {exc}"})
+        return True
+    ctx.decide({"shuffles": "convs" if conv < transpose else "transpose", "cycles_convs": conv,
+                "cycles_transpose": transpose})  # fmt: skip
+    return conv < transpose
 
 
 def _convertible(x: gs.Tensor, perm: np.ndarray) -> bool:

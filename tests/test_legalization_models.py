@@ -49,7 +49,9 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, OptimizeResu
     results = {}
     for name, factory in build_detection_models.MODELS.items():
         # ConvNeXt holds LayerNormalization, Sqrt and Erf: the pipeline's passes legalize them.
-        results[name] = optimize(factory(), outdir=out / name, require_fit=False)
+        # "No TRANSPOSE" is a deployment constraint here: by default Vela's cheaper TRANSPOSE keeps the shuffles.
+        no_transpose = {"legalize-channel-shuffle": {"forbid_transpose": True}}
+        results[name] = optimize(factory(), outdir=out / name, require_fit=False, pass_options=no_transpose)
     return results
 
 
@@ -153,6 +155,9 @@ LOWERINGS: dict[str, tuple[str, str, str, dict[str, str], dict[str, int]]] = {
         "a = Sigmoid (x) b = Tanh (a) c = HardSwish (b) d = LeakyRelu <alpha = 0.1> (c) s = Sigmoid (d) "
         "e = Mul (d, s) y = HardSigmoid (e)", "1,8,4,4", "1,8,4,4", {},
         {"LOGISTIC": 2, "MUL": 2, "TANH": 1, "HARD_SWISH": 1, "LEAKY_RELU": 1, "ADD": 1, "RELU_0_TO_1": 1}),
+    "Softplus, Mish, ELU, Exp, Log": (
+        "a = Softplus (x) m = Mish (x) e = Elu (a) s = Add (e, m) t = Tanh (s) p = Exp (t) y = Log (p)", "1,8,4,4",
+        "1,8,4,4", {}, {"EXP": 3, "ADD": 3, "LOG": 3, "TANH": 2, "MUL": 1, "ELU": 1}),
     "channel shuffle": (
         "r = Reshape (x, grouped) t = Transpose <perm = [0, 2, 1, 3, 4]> (r) y = Reshape (t, flat)", "1,8,4,4",
         "1,8,4,4", {"grouped": "1, 2, 4, 4, 4", "flat": "1, 8, 4, 4"}, {"RESHAPE": 2, "TRANSPOSE": 1}),

@@ -1,5 +1,5 @@
 """Activations and pass-throughs: Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSwish,
-HardSigmoid, Softmax, LogSoftmax, Identity, Dropout.
+HardSigmoid, Elu, Exp, Log, Softplus, Mish, Softmax, LogSoftmax, Identity, Dropout.
 
 Only activations that could not be fused into their producer reach these
 lowerings (see :mod:`nirc.tflite.fusion`).  Clip bounds that match a TFLite builtin
@@ -134,6 +134,58 @@ def lower_hard_sigmoid(em: Emitter, node: onnx.NodeProto) -> None:
     em.op(Op.ADD, [scaled, beta_t], [shifted], Options("AddOptions", (("FusedActivationFunction", 0),)))
     y = em.define(name, perm=x.perm)
     em.op(Op.RELU_0_TO_1, [shifted], [y.tensor])
+
+
+def check_elu(info: GraphInfo, node: onnx.NodeProto) -> str | None:
+    return None if attr_float(node, "alpha", 1.0) == 1.0 else "alpha is not 1 (TFLite ELU's only alpha)"
+
+
+def lower_elu(em: Emitter, node: onnx.NodeProto) -> None:
+    _unary(em, node, Op.ELU)
+
+
+def lower_exp(em: Emitter, node: onnx.NodeProto) -> None:
+    _unary(em, node, Op.EXP)
+
+
+def lower_log(em: Emitter, node: onnx.NodeProto) -> None:
+    _unary(em, node, Op.LOG)
+
+
+def _softplus(em: Emitter, x_tensor: int, shape: tuple[int, ...], in_q: QParams | None, name: str,
+              out: int | None) -> int:  # fmt: skip
+    """``log(1 + exp(x))`` as EXP, ADD 1, LOG: three LUT ops for Vela, one TABLE once lifted to TOSA."""
+    exp_q = one_q = log_q = None
+    if in_q is not None:
+        lo, hi = em.real_range(in_q)
+        e_lo, e_hi = math.exp(min(lo, 80.0)), math.exp(min(hi, 80.0))
+        exp_q, one_q = em.range_qparams(0.0, e_hi), em.range_qparams(0.0, 1.0 + e_hi)
+        log_q = em.range_qparams(0.0, math.log1p(e_hi)) if e_lo >= 0 else None
+    e = em.new_tensor(f"{name}/exp", shape, exp_q)
+    em.op(Op.EXP, [x_tensor], [e])
+    p = em.new_tensor(f"{name}/one_plus", shape, one_q)
+    one = em.float_const(f"{name}/one", np.asarray([1.0], np.float32))
+    em.op(Op.ADD, [e, one], [p], Options("AddOptions", (("FusedActivationFunction", 0),)))
+    y = out if out is not None else em.new_tensor(f"{name}/softplus", shape, log_q)
+    em.op(Op.LOG, [p], [y])
+    return y
+
+
+def lower_softplus(em: Emitter, node: onnx.NodeProto) -> None:
+    x = em.value(node.input[0])
+    y = em.define(node.output[0], perm=x.perm)
+    _softplus(em, x.tensor, x.stored_shape, em.quant_of(x), node.output[0], y.tensor)
+
+
+def lower_mish(em: Emitter, node: onnx.NodeProto) -> None:
+    """``x * tanh(softplus(x))``: softplus's three LUT ops, TANH, MUL by x (one TABLE in TOSA)."""
+    x = em.value(node.input[0])
+    name = node.output[0]
+    sp = _softplus(em, x.tensor, x.stored_shape, em.quant_of(x), name, None)
+    t = em.new_tensor(f"{name}/tanh", x.stored_shape, TANH_QPARAMS if em.int8 else None)
+    em.op(Op.TANH, [sp], [t])
+    y = em.define(name, perm=x.perm)
+    em.op(Op.MUL, [x.tensor, t], [y.tensor], Options("MulOptions", (("FusedActivationFunction", 0),)))
 
 
 def check_softmax(info: GraphInfo, node: onnx.NodeProto) -> str | None:

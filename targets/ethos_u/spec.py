@@ -21,6 +21,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "fuse-matmul-add",  # before fuse-batchnorm, so a BN after MatMul+Add folds into the Gemm
     "fuse-batchnorm",
     "decompose-batchnorm",  # BNs fuse-batchnorm could not fold
+    "decompose-hard-sigmoid",  # after canonicalize-activations (HardSwish) and BN folding; fuse-affine folds it
     "fuse-affine",  # folds the Mul/Add of decompose-batchnorm where exact
     "eliminate-channel-shuffle",  # after BN folding, so a shuffle's producer is a conv again
     "fold-pad",
@@ -30,6 +31,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "legalize-rsqrt",  # after decompose-layernorm's Pow(-0.5) and for hand-written x / Sqrt(v)
     "propagate-transposes",  # after the decompositions, so LayerNorms inside NHWC permutes are plain ops
     "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold (no TRANSPOSE in the TFLite)
+    "legalize-global-pool",  # before decompose-pooling; an AVERAGE_POOL_2D costs Vela half a MEAN
     "decompose-pooling",
     "legalize-resize",
     "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs

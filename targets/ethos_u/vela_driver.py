@@ -207,7 +207,11 @@ def compile_with_vela(
             failed (with Vela's own message), or its outputs are unreadable.
     """
     tflite_path = Path(tflite_path)
-    _check_tflite(tflite_path)
+    if tflite_path.suffix == ".tosa":  # nirc.tosa's lift: Vela writes TFLite with one ethos-u op
+        _check_tosa(tflite_path)
+        extra_args = ("--output-format", "tflite", *extra_args)
+    else:
+        _check_tflite(tflite_path)
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = tflite_path.stem
@@ -299,6 +303,14 @@ def _check_tflite(path: Path) -> None:
         raise BackendError(f"{path}: malformed TFLite flatbuffer: {exc}") from None
     except Exception as exc:  # the generated accessors raise struct.error/IndexError/...
         raise BackendError(f"{path}: malformed TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+
+
+def _check_tosa(path: Path) -> None:
+    """A TOSA flatbuffer nirc wrote itself: only its file identifier is checked."""
+    if not path.is_file():
+        raise BackendError(f"{path}: no such TOSA file")
+    if path.read_bytes()[4:8] != b"TOSA":
+        raise BackendError(f"{path}: not a TOSA flatbuffer (no 'TOSA' file identifier)")
 
 
 def _walk_model(data: bytes) -> None:
