@@ -16,6 +16,7 @@ import onnx
 
 from nirc.quant import CalibrationSet, RangeMethod, collect_ranges, load_calibration
 from nirc.tflite import TFLiteModel, check_supported, emit_tflite
+from nirc.tflite.quantize import WEIGHT_RANGE, WeightRange
 from nirc.validate import OutputCheck, compare
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class CalibrationOptions:
         mean, std: per-channel normalisation for image folders.
         method: ``minmax`` | ``percentile`` | ``mse``.
         count: at most this many samples are used.
+        weights: per-channel weight ranges: ``max`` (max|w|) or ``mse`` (clipped where that lowers
+            the weights' squared quantization error).
     """
 
     path: Path | None = None
@@ -42,6 +45,7 @@ class CalibrationOptions:
     std: Sequence[float] | None = None
     method: RangeMethod = DEFAULT_RANGE_METHOD
     count: int = 16
+    weights: WeightRange = "max"
 
 
 def input_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -72,6 +76,7 @@ def emit(
     method: RangeMethod = DEFAULT_RANGE_METHOD,
     io_dtype: Literal["int8", "float32"] = "int8",
     label: str = "<model>",
+    weights: WeightRange = "max",
 ) -> EmitResult:
     """Emit TFLite; for int8 the ranges are measured on ``calib`` with ORT on this very graph."""
     check_supported(proto, label)
@@ -80,7 +85,11 @@ def emit(
         if calib is None:
             raise ValueError("int8 emission needs calibration samples")
         ranges = collect_ranges(proto, calib, method=method)
-    model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label)
+    token = WEIGHT_RANGE.set(weights)
+    try:
+        model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label)
+    finally:
+        WEIGHT_RANGE.reset(token)
     return EmitResult(model, ranges)
 
 

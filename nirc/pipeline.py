@@ -19,6 +19,7 @@ from typing import Any, Literal
 import onnx
 
 from nirc import __version__
+from nirc.accuracy import DEFAULT_MAX_SNR_DROP_DB, AccuracyGuard
 from nirc.analysis import Analysis, analyze
 from nirc.backend import SYNTHETIC_WARNING, CalibrationOptions, emit, load_samples, validate
 from nirc.errors import PassError, TargetError, UnsupportedOperatorError
@@ -127,9 +128,23 @@ def run_passes(
     verify: bool = False,
     dump_ir: Path | None = None,
     calibration: CalibrationSet | None = None,
+    accuracy: AccuracyGuard | None = None,
 ) -> list[PassRecord]:
     manager = PassManager(pass_list, verify=verify, dump_ir=dump_ir)
-    return manager.run(model, PassContext(target=target, calibration=calibration))
+    return manager.run(model, PassContext(target=target, calibration=calibration, accuracy=accuracy))
+
+
+def accuracy_guard(
+    calib: CalibrationSet, options: CalibrationOptions, enabled: bool | None, max_snr_drop: float
+) -> AccuracyGuard | None:
+    """The int8 guard of the hardware passes: on by default with real calibration data.
+
+    Synthetic noise says nothing about the accuracy of a real input distribution, so without
+    ``--calib`` the guard runs only when asked for (``enabled=True``).
+    """
+    if enabled is False or (enabled is None and calib.synthetic):
+        return None
+    return AccuracyGuard(calib, max_snr_drop=max_snr_drop, method=options.method, weights=options.weights)
 
 
 def optimize(
@@ -150,10 +165,17 @@ def optimize(
     compile: bool = True,
     validate_npu: Literal["sim", "fvp", "none"] = "sim",
     require_fit: bool = True,
+    accuracy: bool | None = None,
+    max_snr_drop: float = DEFAULT_MAX_SNR_DROP_DB,
+    layer_report: bool = True,
     registry: Registry | None = None,
     progress: Callable[[str], None] = lambda _message: None,
 ) -> OptimizeResult:
     """Compile ``source`` for ``target`` into ``outdir``.
+
+    ``accuracy``: the hardware passes keep a rewrite only if the int8 SNR of every output stays
+    within ``max_snr_drop`` dB of the model without it (None: on with ``--calib`` data, off with
+    synthetic inputs). ``layer_report``: per-layer int8 SNR in the report.
 
     Raises:
         TargetError: with ``require_fit``, after writing every artifact, when the compiled
@@ -181,7 +203,10 @@ def optimize(
     before = analyze(model, tgt)
     original = model.to_proto()
     progress(f"running {len(pass_list)} passes")
-    records = run_passes(model, tgt, pass_list, verify=verify, dump_ir=dump_ir, calibration=calib)
+    guard = accuracy_guard(calib, calibration or CalibrationOptions(), accuracy, max_snr_drop)
+    records = run_passes(
+        model, tgt, pass_list, verify=verify, dump_ir=dump_ir, calibration=calib, accuracy=guard
+    )
     after = analyze(model, tgt)
     warnings.extend(_lossy_pass_warnings(records))
     layout_changes = _input_layout_changes(pass_list)
@@ -203,7 +228,10 @@ def optimize(
     with staged_outdir(outdir) as staging:
         onnx.save(proto, str(staging / f"{stem}_opt.onnx"))
         progress(f"calibrating ({len(calib)} samples, {options.method}) and emitting int8 TFLite")
-        emitted = emit(proto, dtype="int8", calib=calib, method=options.method, io_dtype=io_dtype, label=label)
+        emitted = emit(
+            proto, dtype="int8", calib=calib, method=options.method, io_dtype=io_dtype, label=label,
+            weights=options.weights,
+        )
         int8_path = staging / f"{stem}_int8.tflite"
         int8_path.write_bytes(emitted.tflite.data)
         progress("validating int8 against float (LiteRT vs ONNX Runtime)")
@@ -212,6 +240,11 @@ def optimize(
             if check.low_snr:
                 warnings.append(f"output '{check.name}' int8 SNR {check.snr_db:.1f} dB is low")
         validation: dict[str, Any] = {"samples": len(calib), "outputs": [c.to_json() for c in checks]}
+        if layer_report:
+            progress("measuring per-layer int8 error")
+            validation["layers"] = _layer_section(proto, emitted.tflite, calib)
+        if guard is not None:
+            validation["accuracy_guard"] = guard.stats()
         if any(not r.exact and r.changed for r in records):
             # A lossy pass moved the float reference too: also measure against the input model.
             vs_original = validate(original, emitted.tflite, calib)
@@ -284,6 +317,22 @@ def _check_ops_before_work(proto: onnx.ModelProto, label: str, pass_list: Sequen
     left = Counter({op: n for op, n in unsupported_ops(proto).items() if op not in legalized})
     if left:
         raise UnsupportedOperatorError(f"{label}: {format_unsupported(left)}")
+
+
+LAYER_SAMPLES = 4
+"""Samples the per-layer comparison runs on: it keeps every intermediate tensor of the model."""
+
+
+def _layer_section(proto: onnx.ModelProto, tflite: Any, calib: CalibrationSet) -> dict[str, Any]:
+    """int8 SNR of every activation against the float model, and the layers where it falls most."""
+    from nirc.accuracy import layer_errors, worst_steps
+
+    errors = layer_errors(proto, tflite, list(calib.samples[:LAYER_SAMPLES]))
+    return {
+        "samples": min(LAYER_SAMPLES, len(calib)),
+        "worst": worst_steps(proto, errors),
+        "tensors": [e.to_json() for e in errors],
+    }
 
 
 def _placement(int8_path: Path, target: Target, vela: dict[str, Any] | None) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -27,6 +27,9 @@ from nirc.target import Target
 from nirc.verify import run_tensors
 
 from ._rewrite import Namer, has_any_op
+
+if TYPE_CHECKING:
+    from nirc.accuracy import AccuracyGuard, Verdict
 from ._rule_base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, fused_activation
 from ._rules_grouped import GroupedConvRule
 from ._rules_large_kernel import LargeKernelRule
@@ -135,6 +138,7 @@ class BlockDecision:
     chosen: str | None
     reason: str
     input_layout: InputLayout | None = None
+    int8: Mapping[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, tuple[str, ...]]:
@@ -155,6 +159,8 @@ class BlockDecision:
         }
         if self.input_layout is not None:
             data["input_layout"] = self.input_layout.to_json()
+        if self.int8 is not None:
+            data["int8"] = dict(self.int8)
         return data
 
 
@@ -234,6 +240,8 @@ class SubstituteBlocksPass(Pass):
 
     name = "substitute-blocks"
     exact = True
+    accuracy_guarded = True
+    judges_accuracy = True
 
     allow_lossy: bool = False
     stem: StemMode = "none"
@@ -312,6 +320,9 @@ class SubstituteBlocksPass(Pass):
             changed = self._guard(model, original, rules, judge, env)
         elif changed and scope == "model":
             self._model_summary()
+        guard = getattr(ctx, "accuracy", None)
+        if changed and guard is not None:
+            changed = self._keep_accurate(model, original, rules, env, guard, ctx)
         if self.summary:
             self.summary["scope"] = scope
         ctx.count("oracle_calls", judge.calls)
@@ -485,6 +496,119 @@ class SubstituteBlocksPass(Pass):
         self.summary["guard"] = "re-decided on the whole model"
         return changed
 
+    def _keep_accurate(
+        self,
+        model: IRModel,
+        original: onnx.ModelProto,
+        rules: Sequence[Rule],
+        env: _Env,
+        guard: AccuracyGuard,
+        ctx: PassContext,
+    ) -> bool:
+        """Keep the applied rewrites only as far as int8 SNR stays within the guard's tolerance.
+
+        Cost is bounded: the accepted set is measured once; only if it loses too much are the
+        applied rewrites ordered by the cycles each saved (largest first) and the longest prefix
+        within tolerance found by bisection -- about log2(n) + 1 more int8 measurements for n
+        rewrites, each a replay of already-decided candidates (no new Vela runs). Rewrites past
+        the prefix are refused and say why in their decision.
+        """
+        applied = [d for d in self.decisions if d.chosen is not None]
+        feeds = [adapt_inputs(self.input_layouts, dict(s)) for s in guard.calibration.samples]
+        verdict = guard.judge(original, model.to_proto(check=False), feeds)
+        ctx.count("accuracy_measurements", 1)
+        if verdict.ok:
+            self._mark(applied, verdict, None)
+            self.summary["accuracy_guard"] = {**verdict.to_json(), "kept": len(applied), "refused": 0}
+            return True
+        order = sorted(applied, key=lambda d: -_saved_cycles(d))
+        verdicts: dict[int, Verdict] = {len(order): verdict}
+
+        def trial(count: int) -> Verdict:
+            if count not in verdicts:
+                self._replay(model, original, rules, env, order[:count])
+                feeds = [adapt_inputs(self.input_layouts, dict(s)) for s in guard.calibration.samples]
+                verdicts[count] = guard.judge(original, model.to_proto(check=False), feeds)
+                ctx.count("accuracy_measurements", 1)
+            return verdicts[count]
+
+        low, high = 0, len(order)  # prefix `low` is within tolerance (0 is the original), `high` is not
+        while high - low > 1:
+            mid = (low + high) // 2
+            if trial(mid).ok:
+                low = mid
+            else:
+                high = mid
+        kept = order[:low]
+        self._replay(model, original, rules, env, kept)
+        final = verdicts.get(low)
+        refused = order[low:]
+        why = (
+            f"refused by the accuracy guard: with it int8 SNR drops {verdicts[high].drop:.2f} dB "
+            f"(> {guard.max_snr_drop:.2f} dB)"
+        )
+        keys = {d.key for d in refused}
+        self._mark(kept, final, None)
+        self._mark(refused, verdicts[high], why)
+        self.decisions[:] = [
+            replace(d, chosen=None, reason=f"{why}; {d.reason}", input_layout=None) if d.key in keys else d
+            for d in self.decisions
+        ]
+        self.summary["accuracy_guard"] = {
+            **(final.to_json() if final is not None else {"int8_snr_db_after": "original model"}),
+            "kept": len(kept),
+            "refused": len(refused),
+            "bisection": {str(k): round(v.drop, 3) for k, v in sorted(verdicts.items())},
+        }
+        ctx.count("accuracy_refused", len(refused))
+        return bool(kept)
+
+    def _mark(self, decisions: Sequence[BlockDecision], verdict: Verdict | None, refused: str | None) -> None:
+        """Attach the int8 verdict of the model a decision was judged in to each decision."""
+        if verdict is None:
+            return
+        data = verdict.to_json()
+        if refused:
+            data["refused"] = refused
+        keys = {d.key for d in decisions}
+        self.decisions[:] = [
+            replace(d, int8={**data, "saved_cycles": _saved_cycles(d)}) if d.key in keys else d
+            for d in self.decisions
+        ]
+
+    def _replay(
+        self, model: IRModel, original: onnx.ModelProto, rules: Sequence[Rule], env: _Env, keep: Sequence[BlockDecision]
+    ) -> None:
+        """``original`` with exactly the chosen candidates of ``keep`` applied (no costing: they were decided)."""
+        model.graph = IRModel.from_proto(original, model.label).graph
+        self.input_layouts.clear()
+        wanted = {d.key: d.chosen for d in keep}
+        done: set[tuple[str, tuple[str, ...]]] = set()
+        for _ in range(_MAX_ROUNDS):
+            applied = False
+            for rule in rules:
+                for match in rule.matches(model.graph):
+                    if match.key in done or match.key not in wanted:
+                        continue
+                    done.add(match.key)
+                    chosen = next(
+                        (c for c in rule.candidates(model.graph, match, env) if c.name == wanted[match.key]), None
+                    )
+                    if chosen is None:
+                        continue
+                    chosen.build(model.graph, Namer(model.graph))
+                    model.graph.cleanup().toposort()
+                    if _unshaped(model):
+                        model.refresh_shapes()
+                    if chosen.input_layout is not None:
+                        self.input_layouts.append(chosen.input_layout)
+                    applied = True
+                    break
+                if applied:
+                    break
+            if not applied:
+                break
+
     def _model_summary(self) -> None:
         """Whole-model scope: the first decision's 'before' and the last applied candidate are whole-model costs."""
         costed = [d for d in self.decisions if d.candidates]
@@ -498,6 +622,14 @@ class SubstituteBlocksPass(Pass):
 
     def _applied(self) -> list[str]:
         return [f"{d.rule}:{d.output}:{d.chosen}" for d in self.decisions if d.chosen is not None]
+
+
+def _saved_cycles(decision: BlockDecision) -> int:
+    """Cycles the chosen candidate saved over the block as it was (0 when not costed)."""
+    chosen = next((c for c in decision.candidates if c.name == decision.chosen), None)
+    if chosen is None or chosen.cost is None or decision.before is None:
+        return 0
+    return int(decision.before.cycles) - int(chosen.cost.cycles)
 
 
 def _unshaped(model: IRModel) -> bool:

@@ -288,6 +288,7 @@ class TileActivationsPass(Pass):
 
     name = "tile-activations"
     exact = True
+    accuracy_guarded = True
 
     arena_size: int | None = None
     max_tiles: int = 8
