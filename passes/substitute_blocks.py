@@ -139,6 +139,7 @@ class BlockDecision:
     reason: str
     input_layout: InputLayout | None = None
     int8: Mapping[str, Any] | None = None
+    fallback: str | None = None
 
     @property
     def key(self) -> tuple[str, tuple[str, ...]]:
@@ -161,6 +162,8 @@ class BlockDecision:
             data["input_layout"] = self.input_layout.to_json()
         if self.int8 is not None:
             data["int8"] = dict(self.int8)
+        if self.fallback is not None:
+            data["fallback"] = self.fallback
         return data
 
 
@@ -396,6 +399,7 @@ class SubstituteBlocksPass(Pass):
             before_error: str | None = None,
             results: Sequence[CandidateResult] = (),
             chosen: Candidate | None = None,
+            fallback: str | None = None,
         ) -> tuple[BlockDecision, Candidate | None]:
             decision = BlockDecision(
                 rule=rule.name,
@@ -409,6 +413,7 @@ class SubstituteBlocksPass(Pass):
                 chosen=chosen.name if chosen is not None else None,
                 reason=reason,
                 input_layout=chosen.input_layout if chosen is not None else None,
+                fallback=fallback,
             )
             logger.info(
                 "substitute-blocks: %s %s: %s (%s)",
@@ -469,7 +474,16 @@ class SubstituteBlocksPass(Pass):
             )
         if cost_key(cost) < cost_key(before):
             why = _improvement(before, cost)
-            return record(why, before, before_error, results, cand)
+            # The cheapest accuracy-preferred variant that still beats the block: what the int8 guard
+            # falls back to if it refuses ``cand``.
+            safer = [
+                (c, by_name[c.name][0])
+                for c in candidates
+                if c.accuracy_preferred and c is not cand and c.name in by_name and by_name[c.name][0] is not None
+            ]
+            beats = [(c, k) for c, k in safer if k is not None and cost_key(k) < cost_key(before)]
+            fallback = min(beats, key=lambda item: cost_key(item[1]))[0].name if beats else None
+            return record(why, before, before_error, results, cand, fallback)
         return record("no candidate beats the block in Vela's estimate", before, before_error, results)
 
     def _guard(
@@ -509,80 +523,114 @@ class SubstituteBlocksPass(Pass):
 
         Cost is bounded: the accepted set is measured once; only if it loses too much are the
         applied rewrites ordered by the cycles each saved (largest first) and the longest prefix
-        within tolerance found by bisection -- about log2(n) + 1 more int8 measurements for n
-        rewrites, each a replay of already-decided candidates (no new Vela runs). Rewrites past
-        the prefix are refused and say why in their decision.
+        within tolerance found by bisection, the rest replaced by their decision's accuracy-preferred
+        ``fallback`` candidate (e.g. RepVGG's identity kept as a residual Add) where they have one;
+        if even all-fallbacks lose too much, the fallbacks are bisected the same way. About
+        2 log2(n) + 2 int8 measurements for n rewrites, each a replay of already-costed candidates
+        (no new Vela runs). Refused rewrites say why in their decision.
         """
         applied = [d for d in self.decisions if d.chosen is not None]
-        feeds = [adapt_inputs(self.input_layouts, dict(s)) for s in guard.calibration.samples]
-        verdict = guard.judge(original, model.to_proto(check=False), feeds)
-        ctx.count("accuracy_measurements", 1)
-        if verdict.ok:
-            self._mark(applied, verdict, None)
-            self.summary["accuracy_guard"] = {**verdict.to_json(), "kept": len(applied), "refused": 0}
-            return True
         order = sorted(applied, key=lambda d: -_saved_cycles(d))
-        verdicts: dict[int, Verdict] = {len(order): verdict}
+        measured: dict[tuple[int, int], Verdict] = {}
 
-        def trial(count: int) -> Verdict:
-            if count not in verdicts:
-                self._replay(model, original, rules, env, order[:count])
+        def plan(chosen: int, fallbacks: int) -> dict[tuple[str, tuple[str, ...]], str]:
+            """The first ``chosen`` rewrites as decided, then ``fallbacks`` of the rest by their fallback."""
+            out = {d.key: str(d.chosen) for d in order[:chosen]}
+            for d in order[chosen : chosen + fallbacks]:
+                if d.fallback is not None:
+                    out[d.key] = d.fallback
+            return out
+
+        def verdict(chosen: int, fallbacks: int) -> Verdict:
+            if (chosen, fallbacks) not in measured:
+                if (chosen, fallbacks) != (len(order), 0):
+                    self._replay(model, original, rules, env, plan(chosen, fallbacks))
                 feeds = [adapt_inputs(self.input_layouts, dict(s)) for s in guard.calibration.samples]
-                verdicts[count] = guard.judge(original, model.to_proto(check=False), feeds)
-                ctx.count("accuracy_measurements", 1)
-            return verdicts[count]
+                measured[chosen, fallbacks] = guard.judge(original, model.to_proto(check=False), feeds)
+                ctx.count("accuracy_measurements")
+            return measured[chosen, fallbacks]
 
-        low, high = 0, len(order)  # prefix `low` is within tolerance (0 is the original), `high` is not
-        while high - low > 1:
-            mid = (low + high) // 2
-            if trial(mid).ok:
-                low = mid
-            else:
-                high = mid
-        kept = order[:low]
-        self._replay(model, original, rules, env, kept)
-        final = verdicts.get(low)
-        refused = order[low:]
-        why = (
-            f"refused by the accuracy guard: with it int8 SNR drops {verdicts[high].drop:.2f} dB "
-            f"(> {guard.max_snr_drop:.2f} dB)"
-        )
-        keys = {d.key for d in refused}
-        self._mark(kept, final, None)
-        self._mark(refused, verdicts[high], why)
-        self.decisions[:] = [
-            replace(d, chosen=None, reason=f"{why}; {d.reason}", input_layout=None) if d.key in keys else d
-            for d in self.decisions
-        ]
+        def longest(ok_at: Callable[[int], bool], high: int) -> int:
+            """Largest ``k`` in [0, high] with ``ok_at(k)``, given ``ok_at(0)`` and not ``ok_at(high)``."""
+            low = 0
+            while high - low > 1:
+                mid = (low + high) // 2
+                if ok_at(mid):
+                    low = mid
+                else:
+                    high = mid
+            return low
+
+        n = len(order)
+        rest = n
+        if verdict(n, 0).ok:
+            chosen, rest = n, 0
+        elif any(d.fallback for d in order) and verdict(0, n).ok:
+            chosen = longest(lambda k: verdict(k, n - k).ok, n)
+        else:
+            chosen = 0
+            has = sum(1 for d in order if d.fallback)
+            rest = longest(lambda k: verdict(0, k).ok, n) if has else 0
+        final_plan = plan(chosen, rest)
+        if (chosen, rest) != (n, 0):
+            self._replay(model, original, rules, env, final_plan)
+        final = verdict(chosen, rest) if final_plan else None
+        self._settle(order, final_plan, final, measured, guard)
         self.summary["accuracy_guard"] = {
-            **(final.to_json() if final is not None else {"int8_snr_db_after": "original model"}),
-            "kept": len(kept),
-            "refused": len(refused),
-            "bisection": {str(k): round(v.drop, 3) for k, v in sorted(verdicts.items())},
+            **(final.to_json() if final is not None else {"int8_snr_db_after": "the model without the pass"}),
+            "as_decided": sum(1 for d in order if final_plan.get(d.key) == d.chosen),
+            "fallback": sum(1 for d in order if d.key in final_plan and final_plan[d.key] != d.chosen),
+            "refused": sum(1 for d in order if d.key not in final_plan),
+            "measured": {f"{c}+{f}": _round_db(v.drop) for (c, f), v in sorted(measured.items())},
         }
-        ctx.count("accuracy_refused", len(refused))
-        return bool(kept)
+        ctx.count("accuracy_fallback", self.summary["accuracy_guard"]["fallback"])
+        ctx.count("accuracy_refused", self.summary["accuracy_guard"]["refused"])
+        return bool(final_plan)
 
-    def _mark(self, decisions: Sequence[BlockDecision], verdict: Verdict | None, refused: str | None) -> None:
-        """Attach the int8 verdict of the model a decision was judged in to each decision."""
-        if verdict is None:
-            return
-        data = verdict.to_json()
-        if refused:
-            data["refused"] = refused
-        keys = {d.key for d in decisions}
-        self.decisions[:] = [
-            replace(d, int8={**data, "saved_cycles": _saved_cycles(d)}) if d.key in keys else d
-            for d in self.decisions
-        ]
+    def _settle(
+        self,
+        order: Sequence[BlockDecision],
+        final_plan: Mapping[tuple[str, tuple[str, ...]], str],
+        final: Verdict | None,
+        measured: Mapping[tuple[int, int], Verdict],
+        guard: AccuracyGuard,
+    ) -> None:
+        """Rewrite the decisions to what the guard kept: chosen, fallen back, or refused, with int8 numbers."""
+        worst = max(measured.values(), key=lambda v: v.drop)
+        by_key = {d.key: d for d in order}
+        settled = []
+        for d in self.decisions:
+            if d.key not in by_key:
+                settled.append(d)
+                continue
+            now = final_plan.get(d.key)
+            int8: dict[str, Any] = {**(final or worst).to_json(), "saved_cycles": _saved_cycles(d)}
+            if now == d.chosen:
+                settled.append(replace(d, int8=int8))
+                continue
+            why = (
+                f"the accuracy guard refused {d.chosen}: with every rewrite as decided int8 SNR drops "
+                f"{measured[len(order), 0].drop:.2f} dB (> {guard.max_snr_drop:.2f} dB)"
+            )
+            int8["refused"] = d.chosen
+            if now is None:
+                settled.append(replace(d, chosen=None, reason=f"{why}; block kept", input_layout=None, int8=int8))
+            else:
+                int8["saved_cycles"] = _saved_cycles(d, now)
+                settled.append(replace(d, chosen=now, reason=f"{why}; fell back to {now}", int8=int8))
+        self.decisions[:] = settled
 
     def _replay(
-        self, model: IRModel, original: onnx.ModelProto, rules: Sequence[Rule], env: _Env, keep: Sequence[BlockDecision]
+        self,
+        model: IRModel,
+        original: onnx.ModelProto,
+        rules: Sequence[Rule],
+        env: _Env,
+        wanted: Mapping[tuple[str, tuple[str, ...]], str],
     ) -> None:
-        """``original`` with exactly the chosen candidates of ``keep`` applied (no costing: they were decided)."""
+        """``original`` with exactly the candidates ``wanted`` (block key -> candidate name) applied, uncosted."""
         model.graph = IRModel.from_proto(original, model.label).graph
         self.input_layouts.clear()
-        wanted = {d.key: d.chosen for d in keep}
         done: set[tuple[str, tuple[str, ...]]] = set()
         for _ in range(_MAX_ROUNDS):
             applied = False
@@ -624,9 +672,14 @@ class SubstituteBlocksPass(Pass):
         return [f"{d.rule}:{d.output}:{d.chosen}" for d in self.decisions if d.chosen is not None]
 
 
-def _saved_cycles(decision: BlockDecision) -> int:
-    """Cycles the chosen candidate saved over the block as it was (0 when not costed)."""
-    chosen = next((c for c in decision.candidates if c.name == decision.chosen), None)
+def _round_db(value: float) -> float | str:
+    return round(value, 3) if np.isfinite(value) else str(value)
+
+
+def _saved_cycles(decision: BlockDecision, name: str | None = None) -> int:
+    """Cycles candidate ``name`` (default: the chosen one) saved over the block as it was (0 when not costed)."""
+    name = name or decision.chosen
+    chosen = next((c for c in decision.candidates if c.name == name), None)
     if chosen is None or chosen.cost is None or decision.before is None:
         return 0
     return int(decision.before.cycles) - int(chosen.cost.cycles)
