@@ -19,8 +19,9 @@ Two models:
 
 Needs torch, timm and scikit-learn (not nirc dependencies)::
 
-    /work/torchenv/bin/python examples/export_repvgg.py --model repvgg_narrow --size 32 \\
-        --out tests/fixtures/accuracy/repvgg_narrow_32.onnx --calib-out tests/fixtures/accuracy/repvgg_narrow_32_calib.npz
+    /work/torchenv/bin/python examples/export_repvgg.py --model repvgg_narrow --size 64 \\
+        --out tests/fixtures/accuracy/repvgg_narrow_64.onnx \\
+        --calib-out tests/fixtures/accuracy/repvgg_narrow_64_calib.npz
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def crops(count: int, size: int, seed: int) -> np.ndarray:
 
 def build(name: str):  # type: ignore[no-untyped-def]
     import timm
-    from timm.models.byobnet import ByobNet, ByoBlockCfg, ByoModelCfg
+    from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 
     if name == "repvgg_a0":
         return timm.create_model("repvgg_a0", pretrained=False)

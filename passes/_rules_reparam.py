@@ -209,6 +209,9 @@ class ReparamRule(Rule):
         if not np.allclose(ident.weight[:, :, 0, 0], np.diag(scale)):
             return None
         rest = [m for m, cw in zip(maps, channelwise, strict=True) if not cw]
+        conv_chains = [c for c, cw in zip(match.info["chains"], channelwise, strict=True) if not cw]
+        if len(conv_chains) == 1 and len(conv_chains[0]) == 1:
+            return None  # already one conv beside the identity: the residual form is the block itself
         summed = add(rest, shape[2:])
         if isinstance(summed, str) or summed.out_size(shape[2:]) != tuple(shape[2:]):
             return None
