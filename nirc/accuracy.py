@@ -196,7 +196,9 @@ def layer_errors(
     from nirc.validate import to_tflite_layout
     from nirc.verify import run_tensors
 
-    producers: dict[str, tuple[int, str]] = {}
+    inits = {i.name for i in proto.graph.initializer}
+    # Graph inputs are quantized too (index -1): their SNR is the reference of the first layers.
+    producers: dict[str, tuple[int, str]] = {i.name: (-1, "input") for i in proto.graph.input if i.name not in inits}
     for index, node in enumerate(proto.graph.node):
         for out in node.output:
             producers[out] = (index, node.op_type)
@@ -272,6 +274,8 @@ def worst_steps(proto: onnx.ModelProto, errors: Sequence[LayerError], count: int
         source = min(known) if known else None
         if not math.isfinite(err.snr_db):
             continue
+        if err.index < 0:
+            continue  # a graph input: the reference, not a layer
         if source is None:
             drop = max(0.0, 60.0 - err.snr_db)  # against a 60 dB input: a conservative "perfect" reference
         elif math.isfinite(source):

@@ -146,10 +146,12 @@ def test_layer_errors_follow_the_graph_and_find_where_error_enters() -> None:
     calib = calibration()
     errors = layer_errors(widened, emit(widened, dtype="int8", calib=calib).tflite, calib.samples[:4])
     names = [e.tensor for e in errors]
-    assert names == sorted(names, key=[n.output[0] for n in widened.graph.node].index)
+    assert names[0] == "x" and errors[0].index == -1  # the quantized graph input: the first layer's reference
+    assert names[1:] == sorted(names[1:], key=[n.output[0] for n in widened.graph.node].index)
     assert "y" in names and all(math.isfinite(e.snr_db) for e in errors)
     worst = worst_steps(widened, errors, count=2)
     assert worst and worst[0]["drop_db"] >= worst[-1]["drop_db"] > 0
+    assert all(w["tensor"] != "x" and w["input_snr_db"] is not None for w in worst)
 
 
 def test_mse_weight_ranges_never_raise_weight_error_and_max_is_the_default() -> None:

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""int8 accuracy of nirc's compiled models: SNR against the float model and top-1, per configuration.
+
+Usage::
+
+    python benchmarks/accuracy.py [-o benchmarks/results/accuracy.md] [--models NAME,...]
+        [--zoo /work/zoo_exports] [--repvgg-a0 PATH.onnx]
+
+Models (each skipped with a note when its file is missing):
+
+* ``digits_cnn`` -- the trained digits CNN (``examples/train_digits.py``: scikit-learn's 1,797 real 8x8
+  handwritten digits, *not* CIFAR-100), calibrated on ``examples/digits_calib.npz`` and scored on the
+  held-out ``examples/digits_val.npz`` with its labels: top-1 float vs int8 is a real accuracy number.
+* ``repvgg_narrow_64`` -- the test fixture (timm RepVGG blocks in training form, BN re-estimated).
+* ``repvgg_a0_224`` -- timm RepVGG-A0 in training form (``examples/export_repvgg.py --model repvgg_a0``).
+* zoo models (``--zoo``: torchvision exports with BN statistics re-estimated, random weights).
+
+Image models are calibrated on 16 crops of scikit-learn's two sample photos and scored on 16 other crops
+(``examples/export_repvgg.py: crops``; ImageNet mean/std). Random-weight networks have no task accuracy:
+for them only SNR means something, and "top-1" is agreement between int8 and float arg-max.
+
+Configurations (all ethos-u65, full pipeline unless said): ``nirc`` = defaults (accuracy guard on,
+0.5 dB); ``no-guard`` = ``--no-accuracy-guard`` (what nirc did before the guard); ``no-hw`` =
+``--no-hw-passes``; ``mse-w`` = defaults + ``--weight-range mse``. SNR is int8 (LiteRT) vs float (ORT)
+over the held-out samples, all outputs pooled. The TensorFlow Lite converter and onnx2tf columns are
+not produced: neither is installed in nirc's environment (``benchmarks/tf_reference.py`` compares with
+the TF converter in a separate venv on the seed models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "nirc": {},
+    "no-guard": {"accuracy": False},
+    "no-hw": {"no_hw_passes": True},
+    "mse-w": {"weights": "mse"},
+}
+ZOO = ("mobilenet_v2", "resnet18", "efficientnet_b0", "mobilenet_v3_large")
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    name: str
+    model: Path
+    calib: np.ndarray
+    val: np.ndarray
+    labels: np.ndarray | None
+    note: str
+
+
+def _crops(count: int, size: int, seed: int) -> np.ndarray:
+    from export_repvgg import crops
+
+    return crops(count, size, seed)
+
+
+def cases(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
+    found: list[Case] = []
+    skipped: list[str] = []
+    digits = ROOT / "examples" / "digits_cnn.onnx"
+    if digits.exists():
+        calib = np.load(ROOT / "examples" / "digits_calib.npz")["input"][:16]
+        val = np.load(ROOT / "examples" / "digits_val.npz")
+        found.append(Case("digits_cnn", digits, calib, val["input"], val["labels"], "trained, real held-out digits"))
+    fixture = ROOT / "tests" / "fixtures" / "accuracy" / "repvgg_narrow_64.onnx"
+    found.append(
+        Case("repvgg_narrow_64", fixture, _crops(16, 64, 7), _crops(16, 64, 8), None, "timm RepVGG blocks, training")
+    )
+    if args.repvgg_a0 and Path(args.repvgg_a0).exists():
+        found.append(
+            Case("repvgg_a0_224", Path(args.repvgg_a0), _crops(16, 224, 7), _crops(16, 224, 8), None,
+                 "timm RepVGG-A0, training form")
+        )
+    else:
+        skipped.append(f"repvgg_a0_224: no file (--repvgg-a0 {args.repvgg_a0})")
+    zoo = Path(args.zoo)
+    for arch in ZOO:
+        path = zoo / f"torchvision__{arch}__torchscript.onnx"
+        if path.exists():
+            found.append(Case(arch, path, _crops(16, 224, 7), _crops(16, 224, 8), None, "torchvision, BN re-estimated"))
+        else:
+            skipped.append(f"{arch}: not in {zoo}")
+    if args.models:
+        wanted = set(args.models.split(","))
+        found = [c for c in found if c.name in wanted]
+    return found, skipped
+
+
+def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
+    import onnx
+
+    from nirc.backend import CalibrationOptions, emit, load_samples
+    from nirc.pipeline import optimize
+    from nirc.validate import compare, run_tflite
+    from nirc.verify import run_onnx
+
+    options = dict(config)
+    weights = options.pop("weights", "max")
+    model = onnx.load(str(case.model))
+    name = model.graph.input[0].name
+    calib_path = work / f"{case.name}_calib.npz"
+    np.savez(calib_path, **{name: case.calib})
+    start = time.perf_counter()
+    result = optimize(
+        case.model,
+        "ethos-u65",
+        outdir=work / f"{case.name}_{len(list(work.iterdir()))}",
+        calibration=CalibrationOptions(path=calib_path, count=16, weights=weights),
+        validate_npu="none",
+        layer_report=False,
+        require_fit=False,
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    assert result.model is not None
+    # The same emission again from the optimized model (deterministic): its TensorIO says how to feed it.
+    calib = load_samples(result.model, CalibrationOptions(path=calib_path, count=16))
+    tflite = emit(result.model, dtype="int8", calib=calib, weights=weights).tflite
+    if tflite.data != result.int8_tflite:
+        raise SystemExit(f"{case.name}: re-emitted int8 TFLite differs from optimize()'s")
+    feeds = [{name: sample[None].astype(np.float32)} for sample in case.val]
+    checks = compare(result.model, tflite, feeds)
+    snr = min(c.snr_db for c in checks)
+    top1_float = top1_int8 = agree = None
+    if case.labels is not None or checks[0].top1_agreement is not None:
+        ref = np.concatenate([run[0] for run in run_onnx(result.model, feeds)])
+        out = np.concatenate([run[0] for run in run_tflite(tflite, feeds)])
+        agree = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
+        if case.labels is not None:
+            top1_float = float(np.mean(ref.argmax(-1) == case.labels))
+            top1_int8 = float(np.mean(out.argmax(-1) == case.labels))
+    report = result.report
+    refused = sum(
+        r["stats"].get("accuracy_refused", 0) + r["stats"].get("accuracy_guard.reverted", 0) for r in report["passes"]
+    )
+    fallback = sum(r["stats"].get("accuracy_fallback", 0) for r in report["passes"])
+    guard = report["validation"].get("accuracy_guard") or {}
+    return {
+        "snr": snr,
+        "agree": agree,
+        "top1_float": top1_float,
+        "top1_int8": top1_int8,
+        "ms": (report["vela"] or {}).get("inference_time_ms"),
+        "refused": refused,
+        "fallback": fallback,
+        "guard_s": guard.get("seconds"),
+        "guard_n": guard.get("measurements"),
+        "seconds": seconds,
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def write(rows: Sequence[tuple[Case, str, dict[str, Any]]], skipped: Sequence[str], out: Path, argv: str) -> None:
+    lines = [
+        "# int8 accuracy: nirc configurations (ethos-u65-256, Vela 5.2)",
+        "",
+        f"Generated by `python benchmarks/accuracy.py {argv}`. "
+        "SNR = int8 (LiteRT, builtin kernels) vs float (ONNX Runtime) on held-out inputs, worst output. "
+        "`nirc` = defaults (accuracy guard on, 0.5 dB); `no-guard` = `--no-accuracy-guard`; "
+        "`no-hw` = `--no-hw-passes`; `mse-w` = defaults + `--weight-range mse`. "
+        "`agree` = int8 arg-max equals float arg-max; `top-1` only for the trained digits CNN (real labels). "
+        "`guard` = rewrites the guard refused (r) or replaced by their accuracy-preferred fallback (f), and the "
+        "int8 measurements it made / their seconds. TensorFlow Lite converter and onnx2tf columns: not installed "
+        "in this environment (see `benchmarks/tf_reference.py` for the TF converter on the seed models).",
+        "",
+        "| model | config | int8 SNR dB | agree | top-1 float / int8 | Vela ms | guard r/f | guard n / s | compile s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, config, m in rows:
+        top1 = "-" if m["top1_float"] is None else f"{m['top1_float']:.3f} / {m['top1_int8']:.3f}"
+        guard = "-" if m["guard_n"] is None else f"{m['guard_n']} / {m['guard_s']:.1f}"
+        lines.append(
+            f"| {case.name} | {config} | {m['snr']:.2f} | {_fmt(m['agree'], '.2f')} | {top1} | {_fmt(m['ms'], '.3f')} "
+            f"| {m['refused']}/{m['fallback']} | {guard} | {m['seconds']:.0f} |"
+        )
+    notes = {case.name: case.note for case, _, _ in rows}
+    lines += ["", "Models: " + "; ".join(f"`{name}`: {note}" for name, note in notes.items()) + "."]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped) + "."]
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.md")
+    parser.add_argument("--models", help="comma-separated subset")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--zoo", default="/work/zoo_exports")
+    parser.add_argument("--repvgg-a0", default="/tmp/repvgg_a0_224.onnx")
+    args = parser.parse_args()
+    found, skipped = cases(args)
+    rows: list[tuple[Case, str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in found:
+            for config in args.configs.split(","):
+                m = measure(case, CONFIGS[config], Path(tmp))
+                rows.append((case, config, m))
+                print(case.name, config, {k: v for k, v in m.items()}, flush=True)
+                write(rows, skipped, args.output, " ".join(sys.argv[1:]))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
