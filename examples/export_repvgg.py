@@ -83,6 +83,12 @@ def main() -> None:
     parser.add_argument("--calib-out", type=Path, required=True)
     parser.add_argument("--calib", type=int, default=16, help="calibration crops written to --calib-out")
     parser.add_argument("--bn-batches", type=int, default=32)
+    parser.add_argument(
+        "--bn-data",
+        choices=("crops", "noise"),
+        default="crops",
+        help="BN statistics from photo crops, or from N(0,1) batches as /work/zoo_exports does",
+    )
     args = parser.parse_args()
 
     import torch
@@ -97,7 +103,11 @@ def main() -> None:
     model.train()
     with torch.no_grad():
         for batch in range(args.bn_batches):
-            model(torch.from_numpy(crops(16, args.size, seed=1000 + batch)))
+            if args.bn_data == "noise":
+                data = np.random.default_rng(1000 + batch).standard_normal((8, 3, args.size, args.size))
+                model(torch.from_numpy(data.astype(np.float32)))
+            else:
+                model(torch.from_numpy(crops(16, args.size, seed=1000 + batch)))
     model.eval()
     x = torch.from_numpy(crops(1, args.size, seed=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -463,6 +463,8 @@ class SubstituteBlocksPass(Pass):
                 continue
             cost, error_text = by_name[cand.name]
             results.append(CandidateResult(cand.name, cand.note, cand.exact, cost, error_text, cand.accuracy))
+            if cand.accuracy_preferred:
+                continue  # only a fallback of the int8 guard: never chosen for speed alone
             if cost is not None and (best is None or cost_key(cost) < cost_key(best[1])):
                 best = (cand, cost)
         if best is None:
