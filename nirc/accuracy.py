@@ -37,12 +37,23 @@ the same numbers the report prints."""
 
 
 def output_snr(
-    proto: onnx.ModelProto, calib: CalibrationSet, method: RangeMethod = "minmax", weights: str = "max"
+    proto: onnx.ModelProto,
+    calib: CalibrationSet,
+    method: RangeMethod = "minmax",
+    weights: str = "max",
+    bias_correction: bool = False,
 ) -> dict[str, float]:
     """int8 SNR (dB) of every output of ``proto``: calibrate on ``calib``, emit, LiteRT vs ORT on ``calib``."""
     from nirc.backend import emit, validate
 
-    emitted = emit(proto, dtype="int8", calib=calib, method=method, weights="mse" if weights == "mse" else "max")
+    emitted = emit(
+        proto,
+        dtype="int8",
+        calib=calib,
+        method=method,
+        weights="mse" if weights == "mse" else "max",
+        bias_correction=bias_correction,
+    )
     return {check.name: float(check.snr_db) for check in validate(proto, emitted.tflite, calib)}
 
 
@@ -99,6 +110,7 @@ class AccuracyGuard:
     max_snr_drop: float = DEFAULT_MAX_SNR_DROP_DB
     method: RangeMethod = "minmax"
     weights: str = "max"
+    bias_correction: bool = False
     samples: int = GUARD_SAMPLES
     measurements: int = 0
     seconds: float = 0.0
@@ -117,7 +129,7 @@ class AccuracyGuard:
             start = time.perf_counter()
             samples = tuple(dict(f) for f in (feeds if feeds is not None else self.calibration.samples))
             subset = CalibrationSet(samples[: self.samples], self.calibration.synthetic, self.calibration.source)
-            self._cache[key] = output_snr(proto, subset, self.method, self.weights)
+            self._cache[key] = output_snr(proto, subset, self.method, self.weights, self.bias_correction)
             self.measurements += 1
             self.seconds += time.perf_counter() - start
         return dict(self._cache[key])

@@ -38,6 +38,8 @@ class CalibrationOptions:
         count: at most this many samples are used.
         weights: per-channel weight ranges: ``max`` (max|w|) or ``mse`` (clipped where that lowers
             the weights' squared quantization error).
+        bias_correction: fold the mean int8 weight-rounding error of each Conv/Gemm into its bias
+            (:mod:`nirc.quant.bias_correction`); the float model is unchanged.
     """
 
     path: Path | None = None
@@ -46,6 +48,7 @@ class CalibrationOptions:
     method: RangeMethod = DEFAULT_RANGE_METHOD
     count: int = 16
     weights: WeightRange = "max"
+    bias_correction: bool = False
 
 
 def input_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -77,6 +80,7 @@ def emit(
     io_dtype: Literal["int8", "float32"] = "int8",
     label: str = "<model>",
     weights: WeightRange = "max",
+    bias_correction: bool = False,
 ) -> EmitResult:
     """Emit TFLite; for int8 the ranges are measured on ``calib`` with ORT on this very graph."""
     check_supported(proto, label)
@@ -87,6 +91,10 @@ def emit(
         ranges = collect_ranges(proto, calib, method=method)
     token = WEIGHT_RANGE.set(weights)
     try:
+        if dtype == "int8" and bias_correction and calib is not None:
+            from nirc.quant.bias_correction import correct_biases
+
+            proto, _ = correct_biases(proto, calib)  # same weights, so the same int8 weights and ranges
         model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label)
     finally:
         WEIGHT_RANGE.reset(token)

@@ -98,12 +98,18 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
         default="max",
         help="per-channel int8 weight ranges: max|w| (default) or clipped where that lowers the weights' MSE",
     )
+    p.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="fold each Conv/Gemm's mean int8 weight-rounding error (on --calib data) into its bias",
+    )
 
 
 def _calibration(args: argparse.Namespace) -> CalibrationOptions:
     return CalibrationOptions(
         path=args.calib, mean=args.calib_mean, std=args.calib_std, method=args.calib_method, count=args.calib_count,
         weights=args.weight_range,
+        bias_correction=args.bias_correction,
     )
 
 

@@ -144,7 +144,9 @@ def accuracy_guard(
     """
     if enabled is False or (enabled is None and calib.synthetic):
         return None
-    return AccuracyGuard(calib, max_snr_drop=max_snr_drop, method=options.method, weights=options.weights)
+    return AccuracyGuard(calib, max_snr_drop=max_snr_drop, method=options.method, weights=options.weights,
+        bias_correction=options.bias_correction,
+    )
 
 
 def optimize(
@@ -230,7 +232,7 @@ def optimize(
         progress(f"calibrating ({len(calib)} samples, {options.method}) and emitting int8 TFLite")
         emitted = emit(
             proto, dtype="int8", calib=calib, method=options.method, io_dtype=io_dtype, label=label,
-            weights=options.weights,
+            weights=options.weights, bias_correction=options.bias_correction,
         )
         int8_path = staging / f"{stem}_int8.tflite"
         int8_path.write_bytes(emitted.tflite.data)
