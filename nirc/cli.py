@@ -456,10 +456,14 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         )
     guard = validation.get("accuracy_guard")
     if guard:
-        refused = sum(r["stats"].get("accuracy_refused", 0) + r["stats"].get("accuracy_guard.reverted", 0)
-                      for r in report["passes"])
+        refused = sum(
+            r["stats"].get("accuracy_refused", 0) + r["stats"].get("accuracy_guard.reverted", 0)
+            for r in report["passes"]
+        )
+        fallback = sum(r["stats"].get("accuracy_fallback", 0) for r in report["passes"])
         write(
             f"accuracy guard (max int8 SNR drop {guard['max_snr_drop_db']} dB): {refused} rewrite(s) refused, "
+            f"{fallback} replaced by a more accurate variant; "
             f"{guard['measurements']} int8 measurements in {guard['seconds']:.1f} s\n"
         )
     npu = validation.get("npu")
