@@ -52,7 +52,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bc": {"bias_correction": True},
 }
 ZOO = ("mobilenet_v2", "resnet18", "efficientnet_b0", "mobilenet_v3_large")
-ORDER = {name: i for i, name in enumerate(("digits_cnn", "repvgg_narrow_64", "repvgg_a0_224", *ZOO))}
+ORDER = {
+    name: i for i, name in enumerate(("digits_cnn", "repvgg_narrow_64", "repvgg_a0_224", "repvgg_a0_224_nbn", *ZOO))
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +92,11 @@ def cases(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
         )
     else:
         skipped.append(f"repvgg_a0_224: no file (--repvgg-a0 {args.repvgg_a0})")
+    if args.repvgg_a0_noise_bn and Path(args.repvgg_a0_noise_bn).exists():
+        found.append(
+            Case("repvgg_a0_224_nbn", Path(args.repvgg_a0_noise_bn), _crops(16, 224, 7), _crops(16, 224, 8), None,
+                 "timm RepVGG-A0, training form, BN statistics from N(0,1) batches as in the zoo exports")
+        )
     zoo = Path(args.zoo)
     for arch in ZOO:
         path = zoo / f"torchvision__{arch}__torchscript.onnx"
@@ -211,7 +218,8 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated subset")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--zoo", default="/work/zoo_exports")
-    parser.add_argument("--repvgg-a0", default="/tmp/repvgg_a0_224.onnx")
+    parser.add_argument("--repvgg-a0", default="/tmp/repvgg_a0_224.onnx", help="export_repvgg.py --model repvgg_a0")
+    parser.add_argument("--repvgg-a0-noise-bn", help="the same with --bn-data noise")
     parser.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs")
     args = parser.parse_args()
     found, skipped = cases(args)
