@@ -326,6 +326,12 @@ class SubstituteBlocksPass(Pass):
         guard = getattr(ctx, "accuracy", None)
         if changed and guard is not None:
             changed = self._keep_accurate(model, original, rules, env, guard, ctx)
+            report = self.summary.get("accuracy_guard", {})
+            if report.get("fallback") or report.get("refused"):
+                # The guard changed the model: what speed it gave up, on the whole model.
+                final, final_error = judge.cost(model.to_proto(check=False)) if changed else judge.cost(original)
+                report["cycles_as_decided"] = self.summary.get("after")
+                self.summary["after"] = _summary(final, final_error)
         if self.summary:
             self.summary["scope"] = scope
         ctx.count("oracle_calls", judge.calls)
@@ -569,6 +575,7 @@ class SubstituteBlocksPass(Pass):
             chosen, rest = n, 0
         elif any(d.fallback for d in order) and verdict(0, n).ok:
             chosen = longest(lambda k: verdict(k, n - k).ok, n)
+            rest = n - chosen
         else:
             chosen = 0
             has = sum(1 for d in order if d.fallback)
@@ -610,6 +617,8 @@ class SubstituteBlocksPass(Pass):
             if now == d.chosen:
                 settled.append(replace(d, int8=int8))
                 continue
+            # A refused rewrite shows the verdict that refused it: every rewrite as decided.
+            int8 = {**measured[len(order), 0].to_json(), "saved_cycles": _saved_cycles(d)}
             why = (
                 f"the accuracy guard refused {d.chosen}: with every rewrite as decided int8 SNR drops "
                 f"{measured[len(order), 0].drop:.2f} dB (> {guard.max_snr_drop:.2f} dB)"
