@@ -65,6 +65,7 @@ class Case:
     val: np.ndarray
     labels: np.ndarray | None
     note: str
+    npu_samples: int = 0
 
 
 def _crops(count: int, size: int, seed: int) -> np.ndarray:
@@ -80,7 +81,9 @@ def cases(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
     if digits.exists():
         calib = np.load(ROOT / "examples" / "digits_calib.npz")["input"][:16]
         val = np.load(ROOT / "examples" / "digits_val.npz")
-        found.append(Case("digits_cnn", digits, calib, val["input"], val["labels"], "trained, real held-out digits"))
+        found.append(
+            Case("digits_cnn", digits, calib, val["input"], val["labels"], "trained, real held-out digits", 64)
+        )
     fixture = ROOT / "tests" / "fixtures" / "accuracy" / "repvgg_narrow_64.onnx"
     found.append(
         Case("repvgg_narrow_64", fixture, _crops(16, 64, 7), _crops(16, 64, 8), None, "timm RepVGG blocks, training")
@@ -156,6 +159,22 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
         if case.labels is not None:
             top1_float = float(np.mean(ref.argmax(-1) == case.labels))
             top1_int8 = float(np.mean(out.argmax(-1) == case.labels))
+    npu = None
+    if case.npu_samples:
+        # Vela's command stream executed in nirc's NPU model against LiteRT on the int8 TFLite: where they
+        # agree bit for bit, the NPU's top-1 is the int8 top-1.
+        from nirc.targets.ethos_u.npu_check import check_npu_artifact
+
+        from nirc.plugin import load_registry
+
+        target = load_registry().get_target("ethos-u65")
+        stem = case.model.stem
+        run = check_npu_artifact(
+            "sim", target, result.artifacts[f"{stem}_vela.tflite"], result.artifacts[f"{stem}_int8.tflite"],
+            tflite, feeds[: case.npu_samples], [],
+        )
+        if run is not None and "bit_exact_samples" in run:
+            npu = f"{run['bit_exact_samples']}/{run['samples']}"
     report = result.report
     refused = sum(
         r["stats"].get("accuracy_refused", 0) + r["stats"].get("accuracy_guard.reverted", 0) for r in report["passes"]
@@ -173,6 +192,7 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
         "guard_s": guard.get("seconds"),
         "guard_n": guard.get("measurements"),
         "seconds": seconds,
+        "npu": npu,
     }
 
 
@@ -191,18 +211,22 @@ def write(rows: Sequence[tuple[str, str, str, dict[str, Any]]], skipped: Sequenc
         "`no-hw` = `--no-hw-passes`; `mse-w` = defaults + `--weight-range mse`; "
         "`bc` = defaults + `--bias-correction`. "
         "`agree` = int8 arg-max equals float arg-max; `top-1` only for the trained digits CNN (real labels). "
+        "`NPU = int8`: held-out inputs on which Vela's compiled command stream, run in nirc's NPU functional "
+        "model, equals LiteRT on the int8 TFLite bit for bit (there the NPU's top-1 is the int8 top-1). "
         "`guard` = rewrites the guard refused (r) or replaced by their accuracy-preferred fallback (f), and the "
         "int8 measurements it made / their seconds. TensorFlow Lite converter and onnx2tf columns: not installed "
         "in this environment (see `benchmarks/tf_reference.py` for the TF converter on the seed models).",
         "",
-        "| model | config | int8 SNR dB | agree | top-1 float / int8 | Vela ms | guard r/f | guard n / s | compile s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | config | int8 SNR dB | agree | top-1 float / int8 | NPU = int8 | Vela ms | guard r/f | guard n / s "
+        "| compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case_name, config, _, m in rows:
         top1 = "-" if m["top1_float"] is None else f"{m['top1_float']:.3f} / {m['top1_int8']:.3f}"
         guard = "-" if m["guard_n"] is None else f"{m['guard_n']} / {m['guard_s']:.1f}"
         lines.append(
-            f"| {case_name} | {config} | {m['snr']:.2f} | {_fmt(m['agree'], '.2f')} | {top1} | {_fmt(m['ms'], '.3f')} "
+            f"| {case_name} | {config} | {m['snr']:.2f} | {_fmt(m['agree'], '.2f')} | {top1} | {m.get('npu') or '-'} "
+            f"| {_fmt(m['ms'], '.3f')} "
             f"| {m['refused']}/{m['fallback']} | {guard} | {m['seconds']:.0f} |"
         )
     notes = {name: note for name, _, note, _ in rows}
