@@ -149,7 +149,8 @@ def _keep_if_accurate(pass_: Pass, model: IRModel, ctx: PassContext, previous: o
     feeds = [pass_.adapt_inputs(dict(s)) for s in guard.calibration.samples]
     verdict = guard.judge(previous, model.to_proto(check=False), feeds)
     kept = verdict.ok
-    ctx.decide({"pass": pass_.name, "accuracy_guard": {**verdict.to_json(), "kept": kept}})
+    cycles = {k: v for k, v in ctx.stats.items() if "cycles" in k}  # the pass's own speed claim, if it has one
+    ctx.decide({"pass": pass_.name, "accuracy_guard": {**verdict.to_json(), "kept": kept, **cycles}})
     ctx.count("accuracy_guard.kept" if kept else "accuracy_guard.reverted")
     if not kept:
         logger.warning(
