@@ -134,6 +134,11 @@ class AccuracyGuard:
             self.seconds += time.perf_counter() - start
         return dict(self._cache[key])
 
+    def follow(self, pass_: Any) -> None:
+        """Re-lay out the samples as ``pass_`` changed the model's inputs (identity for almost every pass)."""
+        samples = tuple(pass_.adapt_inputs(dict(s)) for s in self.calibration.samples)
+        self.calibration = CalibrationSet(samples, self.calibration.synthetic, self.calibration.source)
+
     def judge(
         self,
         before: onnx.ModelProto,

@@ -91,6 +91,8 @@ class PassManager:
             changed = bool(pass_.run(model, ctx))
             if changed and previous is not None:
                 changed = _keep_if_accurate(pass_, model, ctx, previous)
+            if changed and ctx.accuracy is not None:
+                ctx.accuracy.follow(pass_)  # later passes see the inputs this one re-laid out
         except NircError as exc:
             raise PassError(f"pass {pass_.name}: {exc}") from exc
         except Exception as exc:

@@ -172,3 +172,24 @@ def test_mse_weight_ranges_never_raise_weight_error_and_max_is_the_default() -> 
         return float(np.sum((np.clip(np.round(weight / s), -127, 127) * s - weight) ** 2))
 
     assert error(clipped) <= error(full)
+
+
+def test_guard_follows_input_relayouts_of_earlier_passes() -> None:
+    """After a pass that re-lays out the model input (a stem rewrite), later verdicts feed the new layout."""
+
+    @dataclass(frozen=True)
+    class PadInput(Pass):
+        """Stand-in for a stem rewrite: the model after it takes 10 input channels."""
+
+        name: ClassVar[str] = "pad-input"
+        exact: ClassVar[bool] = True
+
+        def adapt_inputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {"x": np.pad(feed["x"], ((0, 0), (0, 2), (0, 0), (0, 0)))}
+
+        def run(self, model: IRModel, ctx: PassContext) -> bool:
+            return True
+
+    guard = AccuracyGuard(calibration(2))
+    PassManager([PadInput()]).run(IRModel.load(two_convs()), PassContext(accuracy=guard))
+    assert all(s["x"].shape == (1, 10, 8, 8) for s in guard.calibration.samples)
