@@ -273,7 +273,7 @@ def test_oracle_veto_keeps_the_branches() -> None:
 
 
 def test_residual_candidate_keeps_the_identity_branch_and_is_exact() -> None:
-    """The accuracy-preferred variant: 3x3 + 1x1 merged, the identity BN kept as ``x * s`` added after the conv."""
+    """The accuracy-preferred variant: 3x3 + 1x1 merged, the identity BN kept as a depthwise 1x1 conv added after."""
     from nirc.passes._rewrite import Namer
     from nirc.passes._rules_reparam import ReparamRule
 
@@ -287,7 +287,8 @@ def test_residual_candidate_keeps_the_identity_branch_and_is_exact() -> None:
     assert residual.accuracy_preferred and residual.exact and not by_name["reparameterised"].accuracy_preferred
     residual.build(model.graph, Namer(model.graph))
     model.graph.cleanup().toposort()
-    assert ops(model) == {"Conv": 1, "Mul": 1, "Add": 1, "Relu": 1}
+    assert ops(model) == {"Conv": 2, "Add": 1, "Relu": 1}
+    assert sorted(n.attrs.get("group", 1) for n in model.graph.nodes if n.op == "Conv") == [1, 8]
     assert_same_function(proto, model.to_proto(), rtol=1e-5, atol=1e-5)
     # Idempotent: the residual form offers no residual candidate of its own (only the full merge).
     (again,) = list(rule.matches(model.graph))
