@@ -15,8 +15,10 @@ Models (each skipped with a note when its file is missing):
 * ``repvgg_a0_224`` -- timm RepVGG-A0 in training form (``examples/export_repvgg.py --model repvgg_a0``).
 * zoo models (``--zoo``: torchvision exports with BN statistics re-estimated, random weights).
 
-Image models are calibrated on 16 crops of scikit-learn's two sample photos and scored on 16 other crops
-(``examples/export_repvgg.py: crops``; ImageNet mean/std). Random-weight networks have no task accuracy:
+The RepVGG models (BN statistics from photo crops) are calibrated on 16 crops of scikit-learn's two
+sample photos and scored on 16 other crops (``examples/export_repvgg.py: crops``; ImageNet mean/std);
+the zoo models and ``repvgg_a0_224_nbn``, whose BN statistics came from N(0,1) batches, on N(0,1)
+inputs (seeds 7 and 8): the data their statistics describe. Random-weight networks have no task accuracy:
 for them only SNR means something, and "top-1" is agreement between int8 and float arg-max.
 
 Configurations (all ethos-u65, full pipeline unless said): ``nirc`` = defaults (accuracy guard on,
@@ -68,6 +70,11 @@ class Case:
     npu_samples: int = 0
 
 
+def _noise(count: int, size: int, seed: int) -> np.ndarray:
+    """N(0,1) images: the distribution the zoo exports' BatchNorm statistics were estimated on."""
+    return np.random.default_rng(seed).standard_normal((count, 3, size, size)).astype(np.float32)
+
+
 def _crops(count: int, size: int, seed: int) -> np.ndarray:
     from export_repvgg import crops
 
@@ -97,14 +104,16 @@ def cases(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
         skipped.append(f"repvgg_a0_224: no file (--repvgg-a0 {args.repvgg_a0})")
     if args.repvgg_a0_noise_bn and Path(args.repvgg_a0_noise_bn).exists():
         found.append(
-            Case("repvgg_a0_224_nbn", Path(args.repvgg_a0_noise_bn), _crops(16, 224, 7), _crops(16, 224, 8), None,
-                 "timm RepVGG-A0, training form, BN statistics from N(0,1) batches as in the zoo exports")
+            Case("repvgg_a0_224_nbn", Path(args.repvgg_a0_noise_bn), _noise(16, 224, 7), _noise(16, 224, 8), None,
+                 "timm RepVGG-A0, training form, BN statistics and data N(0,1), as the zoo exports")
         )
     zoo = Path(args.zoo)
     for arch in ZOO:
         path = zoo / f"torchvision__{arch}__torchscript.onnx"
         if path.exists():
-            found.append(Case(arch, path, _crops(16, 224, 7), _crops(16, 224, 8), None, "torchvision, BN re-estimated"))
+            found.append(
+                Case(arch, path, _noise(16, 224, 7), _noise(16, 224, 8), None, "torchvision, BN stats and data N(0,1)")
+            )
         else:
             skipped.append(f"{arch}: not in {zoo}")
     if args.models:
