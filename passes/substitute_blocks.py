@@ -239,6 +239,15 @@ class SubstituteBlocksPass(Pass):
     re-decided one by one on the whole model. ``decisions`` holds one
     :class:`BlockDecision` per matched block (also appended to
     ``ctx.decisions``).
+
+    int8 accuracy: exact rules are exact in float, not in int8 (a merged
+    RepVGG kernel's centre tap widens each channel's weight range). With
+    ``ctx.accuracy`` set the applied rewrites are kept only as far as the int8
+    SNR of every output stays within the guard's tolerance of the model
+    before the pass (see ``_keep_accurate``: one measurement when all is
+    well, a bisection over rewrites by cycles saved otherwise); a rewrite the
+    guard refuses falls back to its rule's accuracy-preferred candidate when
+    there is one that still beats the block, else the block is kept.
     """
 
     name = "substitute-blocks"
