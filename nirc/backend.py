@@ -15,6 +15,7 @@ import onnx
 from nirc.options import CalibrationOptions as CalibrationOptions  # where it lived before nirc.options
 from nirc.quant import CalibrationSet, RangeMethod, collect_ranges, load_calibration
 from nirc.tflite import TFLiteModel, check_supported, emit_tflite
+from nirc.tflite.quantize import WEIGHT_RANGE, WeightRange
 from nirc.validate import OutputCheck, compare
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def emit(
     method: RangeMethod = DEFAULT_RANGE_METHOD,
     io_dtype: Literal["int8", "float32"] = "int8",
     label: str = "<model>",
+    weights: WeightRange = "max",
+    bias_correction: bool = False,
 ) -> EmitResult:
     """Emit TFLite; for int8 the ranges are measured on ``calib`` with ORT on this very graph."""
     check_supported(proto, label)
@@ -61,7 +64,15 @@ def emit(
         if calib is None:
             raise ValueError("int8 emission needs calibration samples")
         ranges = collect_ranges(proto, calib, method=method)
-    model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label)
+    token = WEIGHT_RANGE.set(weights)
+    try:
+        if dtype == "int8" and bias_correction and calib is not None:
+            from nirc.quant.bias_correction import correct_biases
+
+            proto, _ = correct_biases(proto, calib)  # same weights, so the same int8 weights and ranges
+        model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label)
+    finally:
+        WEIGHT_RANGE.reset(token)
     return EmitResult(model, ranges)
 
 

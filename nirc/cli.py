@@ -27,7 +27,14 @@ from nirc.analysis import Analysis, analyze, with_layer_costs
 from nirc.cost import cli as cost_cli
 from nirc.errors import NircError
 from nirc.ir import IRModel
-from nirc.options import DEFAULT_TARGET, DEFAULT_TARGET_TEXT, TARGET_HELP, CalibrationOptions, OptimizeOptions
+from nirc.options import (
+    DEFAULT_MAX_SNR_DROP_DB,
+    DEFAULT_TARGET,
+    DEFAULT_TARGET_TEXT,
+    TARGET_HELP,
+    CalibrationOptions,
+    OptimizeOptions,
+)
 from nirc.plugin import Registry, load_registry
 from nirc.target import Target
 
@@ -102,11 +109,24 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
         "observed range), percentile (clips rare outliers), mse (minimises quantization error)",
     )
     p.add_argument("--calib-count", type=int, default=16, help="use at most this many samples")
+    p.add_argument(
+        "--weight-range",
+        choices=("max", "mse"),
+        default="max",
+        help="per-channel int8 weight ranges: max|w| (default) or clipped where that lowers the weights' MSE",
+    )
+    p.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="fold each Conv/Gemm's mean int8 weight-rounding error (on --calib data) into its bias",
+    )
 
 
 def _calibration(args: argparse.Namespace) -> CalibrationOptions:
     return CalibrationOptions(
-        path=args.calib, mean=args.calib_mean, std=args.calib_std, method=args.calib_method, count=args.calib_count
+        path=args.calib, mean=args.calib_mean, std=args.calib_std, method=args.calib_method, count=args.calib_count,
+        weights=args.weight_range,
+        bias_correction=args.bias_correction,
     )
 
 
@@ -199,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PASS.KEY=VALUE",
         help="set a pass option, e.g. tile-activations.max_trials=40 (repeatable)",
+    )
+    p.add_argument(
+        "--max-snr-drop",
+        type=float,
+        metavar="DB",
+        help="hardware passes keep a rewrite only if int8 SNR drops at most DB on every output "
+        "(default 0.5 with --calib data; giving it also guards synthetic-data runs)",
+    )
+    p.add_argument(
+        "--no-accuracy-guard", action="store_true", help="keep hardware rewrites whatever they cost in int8 SNR"
     )
     p.add_argument("--verify", action="store_true", help="check every exact pass numerically with ORT")
     p.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the ONNX after each pass")
@@ -451,6 +481,8 @@ def optimize_options(args: argparse.Namespace) -> OptimizeOptions:
         validate_npu=args.validate,
         npu_format=args.npu_format,
         require_fit=False,  # show the summary first, then fail
+        accuracy=False if args.no_accuracy_guard else (True if args.max_snr_drop is not None else None),
+        max_snr_drop=args.max_snr_drop if args.max_snr_drop is not None else DEFAULT_MAX_SNR_DROP_DB,
     )
 
 
@@ -510,6 +542,23 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         for out in validation.get(key, []):
             top1 = f"   top-1 agreement {out['top1_agreement']:.0%}" if out["top1_agreement"] is not None else ""
             write(f"{which} vs {what} '{out['name']}': SNR {out['snr_db']} dB{top1}\n")
+    for layer in (validation.get("layers") or {}).get("worst", [])[:3]:
+        write(
+            f"  int8 error enters at {layer['op']} '{layer['tensor']}': SNR {layer['input_snr_db']} -> "
+            f"{layer['snr_db']} dB\n"
+        )
+    guard = validation.get("accuracy_guard")
+    if guard:
+        refused = sum(
+            r["stats"].get("accuracy_refused", 0) + r["stats"].get("accuracy_guard.reverted", 0)
+            for r in report["passes"]
+        )
+        fallback = sum(r["stats"].get("accuracy_fallback", 0) for r in report["passes"])
+        write(
+            f"accuracy guard (max int8 SNR drop {guard['max_snr_drop_db']} dB): {refused} rewrite(s) refused, "
+            f"{fallback} replaced by a more accurate variant; "
+            f"{guard['measurements']} int8 measurements in {guard['seconds']:.1f} s\n"
+        )
     npu = validation.get("npu")
     if npu and "bit_exact" in npu:
         verdict = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']} LSB"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nirc.errors import PassError
 from nirc.ir import IRModel
@@ -18,6 +18,9 @@ from nirc.pass_manager import PassManager, PassRecord
 from nirc.quant import CalibrationSet
 from nirc.registry import Registry
 from nirc.target import Target
+
+if TYPE_CHECKING:
+    from nirc.accuracy import AccuracyGuard
 
 
 def select_passes(
@@ -82,6 +85,7 @@ def run_passes(
     verify: bool = False,
     dump_ir: Path | None = None,
     calibration: CalibrationSet | None = None,
+    accuracy: AccuracyGuard | None = None,
 ) -> list[PassRecord]:
     manager = PassManager(pass_list, verify=verify, dump_ir=dump_ir)
-    return manager.run(model, PassContext(target=target, calibration=calibration))
+    return manager.run(model, PassContext(target=target, calibration=calibration, accuracy=accuracy))

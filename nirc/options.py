@@ -21,6 +21,8 @@ from nirc.target import Target
 
 ChannelRounding = Literal["off", "pad", "prune"]
 RangeMethodName = Literal["minmax", "percentile", "mse"]
+DEFAULT_MAX_SNR_DROP_DB = 0.5
+"""The accuracy guard's default tolerance: int8 SNR may drop this much on any output."""
 DEFAULT_TARGET = "ethos-u65"
 """``ethos-u65-256`` on ``Ethos_U65_High_End`` + ``Dedicated_Sram_384KB``: the reference platform."""
 DEFAULT_TARGET_TEXT = f"{DEFAULT_TARGET} = ethos-u65-256 on Ethos_U65_High_End with Dedicated_Sram_384KB"
@@ -36,6 +38,10 @@ class CalibrationOptions:
         mean, std: per-channel normalisation for image folders.
         method: ``minmax`` | ``percentile`` | ``mse``.
         count: at most this many samples are used.
+        weights: per-channel weight ranges: ``max`` (max|w|) or ``mse`` (clipped where that lowers
+            the weights' squared quantization error).
+        bias_correction: fold the mean int8 weight-rounding error of each Conv/Gemm into its bias
+            (:mod:`nirc.quant.bias_correction`); the float model is unchanged.
     """
 
     path: Path | None = None
@@ -43,6 +49,8 @@ class CalibrationOptions:
     std: Sequence[float] | None = None
     method: RangeMethodName = "minmax"
     count: int = 16
+    weights: Literal["max", "mse"] = "max"
+    bias_correction: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,11 @@ class OptimizeOptions:
         io_dtype: the TFLite model's input/output type.
         compile: run Vela (False stops after the int8 TFLite).
         validate_npu: execute Vela's output in the functional model (``sim``), on an FVP, or not.
+        accuracy: the hardware passes keep a rewrite only if the int8 SNR of every output stays
+            within ``max_snr_drop`` dB of the model without it (None: on with ``--calib`` data, off
+            with synthetic inputs, where SNR says nothing about real inputs).
+        max_snr_drop: the accuracy guard's tolerance in dB.
+        layer_report: per-layer int8 SNR (where the int8 error enters) in the report.
         npu_format: what Vela reads: the int8 TFLite, or it lifted to TOSA 1.0 (``tosa``: one-input
             functions such as SiLU become one TABLE; ``auto``: TOSA where it can be used).
         require_fit: raise :class:`~nirc.errors.TargetError` when the compiled model does not fit.
@@ -82,6 +95,9 @@ class OptimizeOptions:
     compile: bool = True
     validate_npu: Literal["sim", "fvp", "none"] = "sim"
     npu_format: Literal["tflite", "tosa", "auto"] = "tflite"
+    accuracy: bool | None = None
+    max_snr_drop: float = DEFAULT_MAX_SNR_DROP_DB
+    layer_report: bool = True
     require_fit: bool = True
 
 

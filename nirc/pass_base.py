@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
+    from nirc.accuracy import AccuracyGuard
     from nirc.ir import IRModel
     from nirc.quant import CalibrationSet
     from nirc.target import Target
@@ -34,12 +35,16 @@ class PassContext:
             before each pass and copies it into that pass's record.
         decisions: per-pass decision log (``ctx.decide({...})``): what was considered,
             what each candidate cost, what was chosen. Reset and recorded like ``stats``.
+        accuracy: when set, passes with ``accuracy_guarded`` keep a rewrite only if the int8
+            model's SNR on every output stays within its tolerance of the model without it
+            (:class:`nirc.accuracy.AccuracyGuard`); None disables the check.
     """
 
     target: Target | None = None
     calibration: CalibrationSet | None = None
     stats: Counter[str] = field(default_factory=Counter)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: AccuracyGuard | None = None
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] += n
@@ -62,6 +67,11 @@ class Pass(ABC):
     legalizes: ClassVar[frozenset[str]] = frozenset()
     """ONNX op types this pass rewrites away (e.g. LayerNormalization): a model holding them is
     not rejected as unsupported up front when the pass is in the pipeline."""
+    accuracy_guarded: ClassVar[bool] = False
+    """Exact in float but not necessarily in int8 (hardware rewrites): with ``ctx.accuracy`` set the
+    pass manager reverts the pass when its int8 SNR loss exceeds the tolerance, unless the pass
+    judges its own rewrites (``judges_accuracy``) and keeps only those within it."""
+    judges_accuracy: ClassVar[bool] = False
 
     @classmethod
     def description(cls) -> str:

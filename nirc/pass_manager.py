@@ -85,8 +85,14 @@ class PassManager:
         ctx.stats.clear()
         ctx.decisions = []
         start = time.perf_counter()
+        guarded = ctx.accuracy is not None and pass_.accuracy_guarded and not pass_.judges_accuracy
+        previous = model.to_proto(check=False) if guarded else None
         try:
             changed = bool(pass_.run(model, ctx))
+            if changed and previous is not None:
+                changed = _keep_if_accurate(pass_, model, ctx, previous)
+            if changed and ctx.accuracy is not None:
+                ctx.accuracy.follow(pass_)  # later passes see the inputs this one re-laid out
         except NircError as exc:
             raise PassError(f"pass {pass_.name}: {exc}") from exc
         except Exception as exc:
@@ -132,6 +138,28 @@ class PassManager:
         # accumulate silently across passes, and each pass answers only for itself.
         state.outputs = new_outputs
         return True
+
+
+def _keep_if_accurate(pass_: Pass, model: IRModel, ctx: PassContext, previous: onnx.ModelProto) -> bool:
+    """Whole-pass int8 check: revert the pass when it costs more SNR than the guard allows.
+
+    One measurement per guarded pass (the model before it is usually cached from the pass
+    before); passes that can drop single rewrites judge themselves (``judges_accuracy``).
+    """
+    guard = ctx.accuracy
+    assert guard is not None
+    feeds = [pass_.adapt_inputs(dict(s)) for s in guard.calibration.samples]
+    verdict = guard.judge(previous, model.to_proto(check=False), feeds)
+    kept = verdict.ok
+    cycles = {k: v for k, v in ctx.stats.items() if "cycles" in k}  # the pass's own speed claim, if it has one
+    ctx.decide({"pass": pass_.name, "accuracy_guard": {**verdict.to_json(), "kept": kept, **cycles}})
+    ctx.count("accuracy_guard.kept" if kept else "accuracy_guard.reverted")
+    if not kept:
+        logger.warning(
+            "pass %s reverted: int8 SNR drops %.2f dB > %.2f dB", pass_.name, verdict.drop, verdict.max_drop
+        )
+        model.graph = IRModel.from_proto(previous, model.label).graph
+    return kept
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from nirc import __version__
+from nirc.accuracy import AccuracyGuard
 from nirc.analysis import Analysis, analyze
 from nirc.backend import SYNTHETIC_WARNING, emit, load_samples, validate
 from nirc.errors import BackendError, PassError, TargetError, UnsupportedOperatorError
@@ -32,6 +33,7 @@ from nirc.outdir import check_outdir, make_dir, scratch_dir, staged_outdir
 from nirc.pass_base import Pass
 from nirc.pass_manager import PassRecord
 from nirc.plugin import Registry, load_registry
+from nirc.quant import CalibrationSet
 from nirc.report import build_report, fits_summary, report_json_bytes
 from nirc.target import Target
 from nirc.tflite import TFLiteModel, check_supported, format_unsupported, unsupported_ops
@@ -102,6 +104,25 @@ class OptimizeResult:
         return replace(self, outdir=outdir, artifacts=artifacts)
 
 
+def accuracy_guard(
+    calib: CalibrationSet, options: CalibrationOptions, enabled: bool | None, max_snr_drop: float
+) -> AccuracyGuard | None:
+    """The int8 guard of the hardware passes: on by default with real calibration data.
+
+    Synthetic noise says nothing about the accuracy of a real input distribution, so without
+    ``--calib`` the guard runs only when asked for (``enabled=True``).
+    """
+    if enabled is False or (enabled is None and calib.synthetic):
+        return None
+    return AccuracyGuard(
+        calib,
+        max_snr_drop=max_snr_drop,
+        method=options.method,
+        weights=options.weights,
+        bias_correction=options.bias_correction,
+    )
+
+
 def _quiet(_message: str) -> None:
     pass
 
@@ -144,6 +165,10 @@ def optimize(
     caller's ModelProto is not modified, and concurrent calls from several threads are safe
     (Vela itself runs one compilation at a time).
 
+    ``accuracy``: the hardware passes keep a rewrite only if the int8 SNR of every output stays
+    within ``max_snr_drop`` dB of the model without it (None: on with ``--calib`` data, off with
+    synthetic inputs). ``layer_report``: per-layer int8 SNR in the report.
+
     Raises:
         NircError: a subclass with a one-line message for anything the caller can fix.
         TargetError: with ``require_fit``, after writing every artifact, when the compiled
@@ -176,7 +201,10 @@ def optimize(
     memory_before, _ = _memory(model, tgt)
     original = model.to_proto()
     progress(f"running {len(pass_list)} passes")
-    records = run_passes(model, tgt, pass_list, verify=opts.verify, dump_ir=opts.dump_ir, calibration=calib)
+    guard = accuracy_guard(calib, opts.calibration, opts.accuracy, opts.max_snr_drop)
+    records = run_passes(
+        model, tgt, pass_list, verify=opts.verify, dump_ir=opts.dump_ir, calibration=calib, accuracy=guard
+    )
     after = analyze(model, tgt)
     warnings.extend(_lossy_pass_warnings(records))
     layout_changes = _input_layout_changes(pass_list)
@@ -196,13 +224,21 @@ def optimize(
 
     method = opts.calibration.method
     progress(f"calibrating ({len(calib)} samples, {method}) and emitting int8 TFLite")
-    emitted = emit(proto, dtype="int8", calib=calib, method=method, io_dtype=opts.io_dtype, label=label)
+    emitted = emit(
+        proto, dtype="int8", calib=calib, method=method, io_dtype=opts.io_dtype, label=label,
+        weights=opts.calibration.weights, bias_correction=opts.calibration.bias_correction,
+    )
     progress("validating int8 against float (LiteRT vs ONNX Runtime)")
     checks = validate(proto, emitted.tflite, calib)
     for check in checks:
         if check.low_snr:
             warnings.append(f"output '{check.name}' int8 SNR {check.snr_db:.1f} dB is low")
     validation: dict[str, Any] = {"samples": len(calib), "outputs": [c.to_json() for c in checks]}
+    if opts.layer_report:
+        progress("measuring per-layer int8 error")
+        validation["layers"] = _layer_section(proto, emitted.tflite, calib)
+    if guard is not None:
+        validation["accuracy_guard"] = guard.stats()
     if any(not r.exact and r.changed for r in records):
         # A lossy pass moved the float reference too: also measure against the input model.
         vs_original = validate(original, emitted.tflite, calib)
@@ -335,6 +371,22 @@ def _check_ops_before_work(proto: onnx.ModelProto, label: str, pass_list: Sequen
     left = Counter({op: n for op, n in unsupported_ops(proto).items() if op not in legalized})
     if left:
         raise UnsupportedOperatorError(f"{label}: {format_unsupported(left)}")
+
+
+LAYER_SAMPLES = 4
+"""Samples the per-layer comparison runs on: it keeps every intermediate tensor of the model."""
+
+
+def _layer_section(proto: onnx.ModelProto, tflite: Any, calib: CalibrationSet) -> dict[str, Any]:
+    """int8 SNR of every activation against the float model, and the layers where it falls most."""
+    from nirc.accuracy import layer_errors, worst_steps
+
+    errors = layer_errors(proto, tflite, list(calib.samples[:LAYER_SAMPLES]))
+    return {
+        "samples": min(LAYER_SAMPLES, len(calib)),
+        "worst": worst_steps(proto, errors),
+        "tensors": [e.to_json() for e in errors],
+    }
 
 
 def _placement(int8_path: Path, target: Target, vela: dict[str, Any] | None) -> dict[str, Any]:

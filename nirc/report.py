@@ -13,7 +13,15 @@ Schema (version 1), top-level keys:
               (int8 vs the float model after the passes), outputs_vs_original [...] (only when a
               lossy pass changed the model: int8 vs the float input model),
               npu {method (sim|fvp), samples, bit_exact, bit_exact_samples, max_abs_diff_lsb,
-                   first_divergence, details} (Vela's output executed vs LiteRT on the int8 TFLite)},
+                   first_divergence, details} (Vela's output executed vs LiteRT on the int8 TFLite),
+              layers {samples, tensors [{tensor, op, index, snr_db, scale}] (every int8 activation of the
+                      TFLite vs the float tensor of the same name; index -1 = a graph input),
+                      worst [{..., input_snr_db, drop_db}] (the layers that lose the most SNR)},
+              accuracy_guard {max_snr_drop_db, samples, measurements, seconds} (only when the int8 guard
+                      of the hardware passes ran; each guarded pass records its verdict in its decisions:
+                      accuracy_guard {int8_snr_db_before, int8_snr_db_after, snr_drop_db, max_snr_drop_db,
+                      within_tolerance, kept}, and substitute-blocks one ``int8`` entry per block
+                      {..., saved_cycles, refused} plus its summary's accuracy_guard)},
   vela (null with --no-compile) {inference_time_ms, cycles_total, cycles_npu, sram_used_kib, dram_used_kib,
         dram_feature_map_read_bytes, dram_feature_map_write_bytes, dram_weight_bytes, nn_macs, npu_ops,
         cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},

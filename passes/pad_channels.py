@@ -216,6 +216,7 @@ class PadChannelsPass(Pass):
 
     name = "pad-channels"
     exact = True
+    accuracy_guarded = True
 
     align: int | None = None
     scope: Literal["auto", "model", "subgraph"] = "auto"

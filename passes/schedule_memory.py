@@ -324,6 +324,7 @@ class ScheduleMemoryPass(Pass):
 
     name = "schedule-memory"
     exact = True
+    accuracy_guarded = True
 
     max_states: int = 50_000
     steer_vela: bool = True

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -27,6 +27,9 @@ from nirc.target import Target
 from nirc.verify import run_tensors
 
 from ._rewrite import Namer, has_any_op
+
+if TYPE_CHECKING:
+    from nirc.accuracy import AccuracyGuard, Verdict
 from .block_rules.base import Build, Candidate, InputLayout, Match, Rule, RuleEnv, fused_activation
 from .block_rules.grouped import GroupedConvRule
 from .block_rules.large_kernel import LargeKernelRule
@@ -135,6 +138,8 @@ class BlockDecision:
     chosen: str | None
     reason: str
     input_layout: InputLayout | None = None
+    int8: Mapping[str, Any] | None = None
+    fallback: str | None = None
 
     @property
     def key(self) -> tuple[str, tuple[str, ...]]:
@@ -155,6 +160,10 @@ class BlockDecision:
         }
         if self.input_layout is not None:
             data["input_layout"] = self.input_layout.to_json()
+        if self.int8 is not None:
+            data["int8"] = dict(self.int8)
+        if self.fallback is not None:
+            data["fallback"] = self.fallback
         return data
 
 
@@ -230,10 +239,21 @@ class SubstituteBlocksPass(Pass):
     re-decided one by one on the whole model. ``decisions`` holds one
     :class:`BlockDecision` per matched block (also appended to
     ``ctx.decisions``).
+
+    int8 accuracy: exact rules are exact in float, not in int8 (a merged
+    RepVGG kernel's centre tap widens each channel's weight range). With
+    ``ctx.accuracy`` set the applied rewrites are kept only as far as the int8
+    SNR of every output stays within the guard's tolerance of the model
+    before the pass (see ``_keep_accurate``: one measurement when all is
+    well, a bisection over rewrites by cycles saved otherwise); a rewrite the
+    guard refuses falls back to its rule's accuracy-preferred candidate when
+    there is one that still beats the block, else the block is kept.
     """
 
     name = "substitute-blocks"
     exact = True
+    accuracy_guarded = True
+    judges_accuracy = True
 
     allow_lossy: bool = False
     stem: StemMode = "none"
@@ -312,6 +332,15 @@ class SubstituteBlocksPass(Pass):
             changed = self._guard(model, original, rules, judge, env)
         elif changed and scope == "model":
             self._model_summary()
+        guard = getattr(ctx, "accuracy", None)
+        if changed and guard is not None:
+            changed = self._keep_accurate(model, original, rules, env, guard, ctx)
+            report = self.summary.get("accuracy_guard", {})
+            if report.get("fallback") or report.get("refused"):
+                # The guard changed the model: what speed it gave up, on the whole model.
+                final, final_error = judge.cost(model.to_proto(check=False)) if changed else judge.cost(original)
+                report["cycles_as_decided"] = self.summary.get("after")
+                self.summary["after"] = _summary(final, final_error)
         if self.summary:
             self.summary["scope"] = scope
         ctx.count("oracle_calls", judge.calls)
@@ -385,6 +414,7 @@ class SubstituteBlocksPass(Pass):
             before_error: str | None = None,
             results: Sequence[CandidateResult] = (),
             chosen: Candidate | None = None,
+            fallback: str | None = None,
         ) -> tuple[BlockDecision, Candidate | None]:
             decision = BlockDecision(
                 rule=rule.name,
@@ -398,6 +428,7 @@ class SubstituteBlocksPass(Pass):
                 chosen=chosen.name if chosen is not None else None,
                 reason=reason,
                 input_layout=chosen.input_layout if chosen is not None else None,
+                fallback=fallback,
             )
             logger.info(
                 "substitute-blocks: %s %s: %s (%s)",
@@ -447,6 +478,8 @@ class SubstituteBlocksPass(Pass):
                 continue
             cost, error_text = by_name[cand.name]
             results.append(CandidateResult(cand.name, cand.note, cand.exact, cost, error_text, cand.accuracy))
+            if cand.accuracy_preferred:
+                continue  # only a fallback of the int8 guard: never chosen for speed alone
             if cost is not None and (best is None or cost_key(cost) < cost_key(best[1])):
                 best = (cand, cost)
         if best is None:
@@ -458,7 +491,16 @@ class SubstituteBlocksPass(Pass):
             )
         if cost_key(cost) < cost_key(before):
             why = _improvement(before, cost)
-            return record(why, before, before_error, results, cand)
+            # The cheapest accuracy-preferred variant that still beats the block: what the int8 guard
+            # falls back to if it refuses ``cand``.
+            safer = [
+                (c, by_name[c.name][0])
+                for c in candidates
+                if c.accuracy_preferred and c is not cand and c.name in by_name and by_name[c.name][0] is not None
+            ]
+            beats = [(c, k) for c, k in safer if k is not None and cost_key(k) < cost_key(before)]
+            fallback = min(beats, key=lambda item: cost_key(item[1]))[0].name if beats else None
+            return record(why, before, before_error, results, cand, fallback)
         return record("no candidate beats the block in Vela's estimate", before, before_error, results)
 
     def _guard(
@@ -485,6 +527,156 @@ class SubstituteBlocksPass(Pass):
         self.summary["guard"] = "re-decided on the whole model"
         return changed
 
+    def _keep_accurate(
+        self,
+        model: IRModel,
+        original: onnx.ModelProto,
+        rules: Sequence[Rule],
+        env: _Env,
+        guard: AccuracyGuard,
+        ctx: PassContext,
+    ) -> bool:
+        """Keep the applied rewrites only as far as int8 SNR stays within the guard's tolerance.
+
+        Cost is bounded: the accepted set is measured once; only if it loses too much are the
+        applied rewrites ordered by the cycles each saved (largest first) and the longest prefix
+        within tolerance found by bisection, the rest replaced by their decision's accuracy-preferred
+        ``fallback`` candidate (e.g. RepVGG's identity kept as a residual Add) where they have one;
+        if even all-fallbacks lose too much, the fallbacks are bisected the same way. About
+        2 log2(n) + 2 int8 measurements for n rewrites, each a replay of already-costed candidates
+        (no new Vela runs). Refused rewrites say why in their decision.
+        """
+        applied = [d for d in self.decisions if d.chosen is not None]
+        order = sorted(applied, key=lambda d: -_saved_cycles(d))
+        measured: dict[tuple[int, int], Verdict] = {}
+
+        def plan(chosen: int, fallbacks: int) -> dict[tuple[str, tuple[str, ...]], str]:
+            """The first ``chosen`` rewrites as decided, then ``fallbacks`` of the rest by their fallback."""
+            out = {d.key: str(d.chosen) for d in order[:chosen]}
+            for d in order[chosen : chosen + fallbacks]:
+                if d.fallback is not None:
+                    out[d.key] = d.fallback
+            return out
+
+        def verdict(chosen: int, fallbacks: int) -> Verdict:
+            if (chosen, fallbacks) not in measured:
+                if (chosen, fallbacks) != (len(order), 0):
+                    self._replay(model, original, rules, env, plan(chosen, fallbacks))
+                feeds = [adapt_inputs(self.input_layouts, dict(s)) for s in guard.calibration.samples]
+                measured[chosen, fallbacks] = guard.judge(original, model.to_proto(check=False), feeds)
+                ctx.count("accuracy_measurements")
+            return measured[chosen, fallbacks]
+
+        def longest(ok_at: Callable[[int], bool], high: int) -> int:
+            """Largest ``k`` in [0, high] with ``ok_at(k)``, given ``ok_at(0)`` and not ``ok_at(high)``."""
+            low = 0
+            while high - low > 1:
+                mid = (low + high) // 2
+                if ok_at(mid):
+                    low = mid
+                else:
+                    high = mid
+            return low
+
+        n = len(order)
+        rest = n
+        if verdict(n, 0).ok:
+            chosen, rest = n, 0
+        elif any(d.fallback for d in order) and verdict(0, n).ok:
+            chosen = longest(lambda k: verdict(k, n - k).ok, n)
+            rest = n - chosen
+        else:
+            chosen = 0
+            has = sum(1 for d in order if d.fallback)
+            rest = longest(lambda k: verdict(0, k).ok, n) if has else 0
+        final_plan = plan(chosen, rest)
+        if (chosen, rest) != (n, 0):
+            self._replay(model, original, rules, env, final_plan)
+        final = verdict(chosen, rest) if final_plan else None
+        self._settle(order, final_plan, final, measured, guard)
+        self.summary["accuracy_guard"] = {
+            **(final.to_json() if final is not None else {"int8_snr_db_after": "the model without the pass"}),
+            "as_decided": sum(1 for d in order if final_plan.get(d.key) == d.chosen),
+            "fallback": sum(1 for d in order if d.key in final_plan and final_plan[d.key] != d.chosen),
+            "refused": sum(1 for d in order if d.key not in final_plan),
+            "measured": {f"{c}+{f}": _round_db(v.drop) for (c, f), v in sorted(measured.items())},
+        }
+        ctx.count("accuracy_fallback", self.summary["accuracy_guard"]["fallback"])
+        ctx.count("accuracy_refused", self.summary["accuracy_guard"]["refused"])
+        return bool(final_plan)
+
+    def _settle(
+        self,
+        order: Sequence[BlockDecision],
+        final_plan: Mapping[tuple[str, tuple[str, ...]], str],
+        final: Verdict | None,
+        measured: Mapping[tuple[int, int], Verdict],
+        guard: AccuracyGuard,
+    ) -> None:
+        """Rewrite the decisions to what the guard kept: chosen, fallen back, or refused, with int8 numbers."""
+        worst = max(measured.values(), key=lambda v: v.drop)
+        by_key = {d.key: d for d in order}
+        settled = []
+        for d in self.decisions:
+            if d.key not in by_key:
+                settled.append(d)
+                continue
+            now = final_plan.get(d.key)
+            int8: dict[str, Any] = {**(final or worst).to_json(), "saved_cycles": _saved_cycles(d)}
+            if now == d.chosen:
+                settled.append(replace(d, int8=int8))
+                continue
+            # A refused rewrite shows the verdict that refused it: every rewrite as decided.
+            int8 = {**measured[len(order), 0].to_json(), "saved_cycles": _saved_cycles(d)}
+            why = (
+                f"the accuracy guard refused {d.chosen}: with every rewrite as decided int8 SNR drops "
+                f"{measured[len(order), 0].drop:.2f} dB (> {guard.max_snr_drop:.2f} dB)"
+            )
+            int8["refused"] = d.chosen
+            if now is None:
+                settled.append(replace(d, chosen=None, reason=f"{why}; block kept", input_layout=None, int8=int8))
+            else:
+                int8["saved_cycles"] = _saved_cycles(d, now)
+                settled.append(replace(d, chosen=now, reason=f"{why}; fell back to {now}", int8=int8))
+        self.decisions[:] = settled
+
+    def _replay(
+        self,
+        model: IRModel,
+        original: onnx.ModelProto,
+        rules: Sequence[Rule],
+        env: _Env,
+        wanted: Mapping[tuple[str, tuple[str, ...]], str],
+    ) -> None:
+        """``original`` with exactly the candidates ``wanted`` (block key -> candidate name) applied, uncosted."""
+        model.graph = IRModel.from_proto(original, model.label).graph
+        self.input_layouts.clear()
+        done: set[tuple[str, tuple[str, ...]]] = set()
+        for _ in range(_MAX_ROUNDS):
+            applied = False
+            for rule in rules:
+                for match in rule.matches(model.graph):
+                    if match.key in done or match.key not in wanted:
+                        continue
+                    done.add(match.key)
+                    chosen = next(
+                        (c for c in rule.candidates(model.graph, match, env) if c.name == wanted[match.key]), None
+                    )
+                    if chosen is None:
+                        continue
+                    chosen.build(model.graph, Namer(model.graph))
+                    model.graph.cleanup().toposort()
+                    if _unshaped(model):
+                        model.refresh_shapes()
+                    if chosen.input_layout is not None:
+                        self.input_layouts.append(chosen.input_layout)
+                    applied = True
+                    break
+                if applied:
+                    break
+            if not applied:
+                break
+
     def _model_summary(self) -> None:
         """Whole-model scope: the first decision's 'before' and the last applied candidate are whole-model costs."""
         costed = [d for d in self.decisions if d.candidates]
@@ -498,6 +690,19 @@ class SubstituteBlocksPass(Pass):
 
     def _applied(self) -> list[str]:
         return [f"{d.rule}:{d.output}:{d.chosen}" for d in self.decisions if d.chosen is not None]
+
+
+def _round_db(value: float) -> float | str:
+    return round(value, 3) if np.isfinite(value) else str(value)
+
+
+def _saved_cycles(decision: BlockDecision, name: str | None = None) -> int:
+    """Cycles candidate ``name`` (default: the chosen one) saved over the block as it was (0 when not costed)."""
+    name = name or decision.chosen
+    chosen = next((c for c in decision.candidates if c.name == name), None)
+    if chosen is None or chosen.cost is None or decision.before is None:
+        return 0
+    return int(decision.before.cycles) - int(chosen.cost.cycles)
 
 
 def _unshaped(model: IRModel) -> bool:

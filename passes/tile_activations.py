@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import onnx
@@ -94,8 +94,10 @@ class TileDecision:
     trials: int
     accepted: bool
     reason: str
+    int8: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"int8": self.int8} if self.int8 is not None else {}
         return {
             "region": [self.first, self.last],
             "nodes": self.nodes,
@@ -108,6 +110,7 @@ class TileDecision:
             "trials": self.trials,
             "accepted": self.accepted,
             "reason": self.reason,
+            **extra,
         }
 
 
@@ -288,6 +291,8 @@ class TileActivationsPass(Pass):
 
     name = "tile-activations"
     exact = True
+    accuracy_guarded = True
+    judges_accuracy = True
 
     arena_size: int | None = None
     max_tiles: int = 8
@@ -364,12 +369,36 @@ class TileActivationsPass(Pass):
             self._log(model, cand, prof.peak, peak_after, baseline, cost, judge, ok, reason, halo)
             if ok:
                 before = {n.name for n in model.graph.nodes}
+                previous = model.to_proto(check=False) if ctx.accuracy is not None else None
                 apply_candidate(model, cand)
+                if previous is not None and not self._accurate(model, previous, ctx):
+                    ok = False
+            if ok:
                 done_spans.update(n.name for n in model.graph.nodes if n.name not in before)  # the tiles
                 changed = True
             else:
                 done_spans.update(names[p] for p in range(span[0], span[1] + 1))
         return changed
+
+    def _accurate(self, model: IRModel, previous: onnx.ModelProto, ctx: PassContext) -> bool:
+        """Keep the region just tiled only if int8 SNR stays within the guard's tolerance (else restore).
+
+        Tiles get their own activation ranges at the Concat that joins them, so a float-exact tiling
+        can move int8 error; one measurement per accepted region (a handful per model). The budget
+        mode (``arena_size``) is a requirement and is not guarded.
+        """
+        guard = ctx.accuracy
+        assert guard is not None
+        verdict = guard.judge(previous, model.to_proto(check=False))
+        last = self.decisions[-1]
+        if verdict.ok:
+            self.decisions[-1] = replace(last, int8=verdict.to_json())
+            return True
+        model.graph = IRModel.from_proto(previous, model.label).graph
+        why = f"refused by the accuracy guard: int8 SNR drops {verdict.drop:.2f} dB (> {verdict.max_drop:.2f} dB)"
+        self.decisions[-1] = replace(last, accepted=False, reason=f"{why}; {last.reason}", int8=verdict.to_json())
+        ctx.count("accuracy_refused")
+        return False
 
     def _search(
         self, model: IRModel, span: tuple[int, int], judge: _Judge

@@ -162,3 +162,17 @@ def test_pass_options_from_the_command_line(tmp_path: Path, capsys: pytest.Captu
     assert main(["optimize", str(EXAMPLE), "-o", str(out), "--pass-option", "fuse-batchnorm.nope=1"]) == 5
     assert "pass fuse-batchnorm: bad options" in capsys.readouterr().err
     assert main(["optimize", str(EXAMPLE), "-o", str(out), "--pass-option", "oops"]) == 2
+
+
+def test_optimize_accuracy_options_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-snr-drop turns the int8 guard on (here with synthetic data); the summary says what it did and
+    where int8 error enters; --weight-range/--bias-correction reach the emitter."""
+    out = tmp_path / "o"
+    args = ["optimize", str(EXAMPLE), "-o", str(out), "--no-compile", "--max-snr-drop", "0.25"]
+    assert main([*args, "--weight-range", "mse", "--bias-correction"]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy guard (max int8 SNR drop 0.25 dB)" in text and "int8 error enters at" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["accuracy_guard"]["max_snr_drop_db"] == 0.25
+    assert main(["optimize", str(EXAMPLE), "-o", str(tmp_path / "p"), "--no-compile", "--no-accuracy-guard"]) == 0
+    assert "accuracy guard" not in capsys.readouterr().out

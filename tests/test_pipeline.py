@@ -261,3 +261,21 @@ def test_stem_relayout_is_fed_consistently(tmp_path: Path) -> None:
     (output,) = result.report["validation"]["outputs"]
     assert output["snr_db"] > 30
     assert result.report["validation"]["npu"]["max_abs_diff_lsb"] <= 1
+
+
+def test_report_has_the_accuracy_guard_and_per_layer_error(example_run: tuple[Path, dict[str, object]]) -> None:
+    """With --calib data the guard is on by default (0.5 dB) and the report shows where int8 error enters."""
+    _, report = example_run
+    validation = report["validation"]
+    guard = validation["accuracy_guard"]  # type: ignore[index]
+    assert guard["max_snr_drop_db"] == 0.5 and guard["samples"] == 8
+    layers = validation["layers"]  # type: ignore[index]
+    assert layers["tensors"][0]["op"] == "input" and len(layers["tensors"]) > 3
+    assert all(w["drop_db"] > 0 and w["input_snr_db"] is not None for w in layers["worst"])
+
+
+def test_guard_is_off_with_synthetic_data_unless_asked(tmp_path: Path) -> None:
+    plain = optimize(EXAMPLE, "ethos-u65", outdir=tmp_path / "a", compile=False, layer_report=False)
+    assert "accuracy_guard" not in plain.report["validation"] and "layers" not in plain.report["validation"]
+    asked = optimize(EXAMPLE, "ethos-u65", outdir=tmp_path / "b", compile=False, accuracy=True, max_snr_drop=1.0)
+    assert asked.report["validation"]["accuracy_guard"]["max_snr_drop_db"] == 1.0

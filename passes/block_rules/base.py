@@ -124,6 +124,9 @@ class Candidate:
         note: what the replacement is, for the report.
         input_layout: set when the replacement changes a graph input's layout.
         accuracy: for inexact candidates, the measured error (filled by the rule).
+        accuracy_preferred: a slower variant that keeps more int8 accuracy (e.g. a residual kept
+            out of a merged kernel); the pass falls back to it when the int8 accuracy guard
+            refuses the cheapest candidate.
     """
 
     name: str
@@ -132,6 +135,7 @@ class Candidate:
     note: str = ""
     input_layout: InputLayout | None = None
     accuracy: Mapping[str, float] | None = None
+    accuracy_preferred: bool = False
 
 
 class RuleEnv(ABC):

@@ -265,3 +265,48 @@ def test_parallel_costing_decides_the_same() -> None:
         (decision,) = pass_.decisions
         answers.append((decision.chosen, [(c.name, c.cost.cycles if c.cost else None) for c in decision.candidates]))
     assert answers[0] == answers[1]
+
+
+# -- int8 accuracy guard (issue 16) ------------------------------------------------------------------
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "accuracy"
+
+
+def _repvgg_fixture() -> tuple[IRModel, object]:
+    """timm RepVGG blocks in training form, BN re-estimated on real photo crops (examples/export_repvgg.py)."""
+    from nirc.backend import input_shapes
+    from nirc.pipeline import select_passes
+    from nirc.quant import load_calibration
+
+    model = IRModel.load(FIXTURES / "repvgg_narrow_64.onnx")
+    PassManager(select_passes(REGISTRY, TARGET, no_hw_passes=True)).run(model, PassContext(target=TARGET))
+    calib = load_calibration(FIXTURES / "repvgg_narrow_64_calib.npz", input_shapes(model.to_proto()))
+    return model, calib
+
+
+def test_accuracy_guard_refuses_reparam_that_costs_int8_snr() -> None:
+    """Merging every RepVGG block costs this model > 0.5 dB int8 SNR: the guard refuses or falls back
+    (identity kept as a residual) until the loss is within tolerance, and says so per decision."""
+    from nirc.accuracy import AccuracyGuard
+
+    model, calib = _repvgg_fixture()
+    original = model.to_proto()
+    unguarded = model.copy()
+    assert SubstituteBlocksPass().run(unguarded, PassContext(target=TARGET))
+    guard = AccuracyGuard(calib, max_snr_drop=0.5)  # type: ignore[arg-type]
+    assert guard.judge(original, unguarded.to_proto()).drop > 0.5  # the float-exact rewrite hurts int8
+
+    pass_ = SubstituteBlocksPass()
+    ctx = PassContext(target=TARGET, calibration=calib, accuracy=guard)  # type: ignore[arg-type]
+    assert pass_.run(model, ctx)
+    assert guard.judge(original, model.to_proto()).drop <= 0.5
+    assert_same_function(original, model.to_proto(), rtol=1e-3, atol=1e-4)
+    decisions = [d.to_json() for d in pass_.decisions if d.candidates]
+    refused = [d for d in decisions if "refused" in d.get("int8", {})]
+    assert refused and all("accuracy guard refused" in d["reason"] for d in refused)
+    assert any(d["chosen"] == "reparameterised-residual" for d in refused)
+    assert all("int8" in d for d in decisions if d["chosen"])
+    summary = pass_.summary["accuracy_guard"]
+    assert summary["within_tolerance"] and summary["refused"] + summary["fallback"] == len(refused)
+    assert ctx.stats["accuracy_measurements"] <= 2 * len(decisions).bit_length() + 2
+    # Still faster than the unmerged model: the guard keeps what int8 allows.
+    assert estimate(model.to_proto(), TARGET).cycles < estimate(original, TARGET).cycles

@@ -355,3 +355,31 @@ g (float[1,3,192,192] x) => (float[1,32,1,1] y) {
     assert changed == (new.cycles < old.cycles)
     if changed:
         assert_same_function(before, model.to_proto(), rtol=1e-4, atol=1e-4)
+
+
+def _guarded(max_drop: float) -> tuple[IRModel, bool, PassContext]:
+    from nirc.accuracy import AccuracyGuard
+    from nirc.quant import CalibrationSet
+
+    rng = np.random.default_rng(0)
+    calib = CalibrationSet(
+        tuple({"x": rng.standard_normal((1, 8, 96, 96)).astype(np.float32)} for _ in range(8)), False, "test"
+    )
+    model = IRModel.load(big())
+    ctx = PassContext(target=TARGET, accuracy=AccuracyGuard(calib, max_snr_drop=max_drop))  # type: ignore[arg-type]
+    changed = TileActivationsPass(cost_fn=likes_tiles, max_trials=12).run(model, ctx)
+    return model, changed, ctx
+
+
+def test_accuracy_guard_keeps_a_tiling_within_tolerance_and_refuses_one_beyond() -> None:
+    """Tiles meet at a Concat with one int8 range: here tiling costs ~0.2 dB SNR, exact in float."""
+    model, changed, ctx = _guarded(0.5)
+    assert changed
+    (decision,) = [d for d in ctx.decisions if d["accepted"]]
+    drop = decision["int8"]["snr_drop_db"]
+    assert 0.05 < drop <= 0.5 and decision["int8"]["within_tolerance"]
+
+    model, changed, ctx = _guarded(drop / 2)
+    assert not changed and ops(model) == ops(IRModel.load(big()))
+    assert ctx.stats["accuracy_refused"] == 1 and not any(d["accepted"] for d in ctx.decisions)
+    assert any("refused by the accuracy guard" in d["reason"] for d in ctx.decisions)

@@ -270,3 +270,35 @@ def test_oracle_veto_keeps_the_branches() -> None:
     (decision,) = pass_.decisions
     assert decision.chosen is None and "no candidate beats" in decision.reason
     assert decision.before is not None and decision.candidates[0].cost is not None
+
+
+def test_residual_candidate_keeps_the_identity_branch_and_is_exact() -> None:
+    """The accuracy-preferred variant: 3x3 + 1x1 merged, the identity BN kept as a depthwise 1x1 conv added after."""
+    from nirc.passes._rewrite import Namer
+    from nirc.passes.block_rules.reparam import ReparamRule
+
+    proto = repvgg_block()
+    model = IRModel.load(proto)
+    rule = ReparamRule()
+    (match,) = list(rule.matches(model.graph))
+    by_name = {c.name: c for c in rule.candidates(model.graph, match, None)}  # type: ignore[arg-type]
+    assert set(by_name) == {"reparameterised", "reparameterised-residual"}
+    residual = by_name["reparameterised-residual"]
+    assert residual.accuracy_preferred and residual.exact and not by_name["reparameterised"].accuracy_preferred
+    residual.build(model.graph, Namer(model.graph))
+    model.graph.cleanup().toposort()
+    assert ops(model) == {"Conv": 2, "Add": 1, "Relu": 1}
+    assert sorted(n.attrs.get("group", 1) for n in model.graph.nodes if n.op == "Conv") == [1, 8]
+    assert_same_function(proto, model.to_proto(), rtol=1e-5, atol=1e-5)
+    # Idempotent: the residual form offers no residual candidate of its own (only the full merge).
+    (again,) = list(rule.matches(model.graph))
+    assert [c.name for c in rule.candidates(model.graph, again, None)] == ["reparameterised"]  # type: ignore[arg-type]
+
+
+def test_no_residual_candidate_without_an_identity_branch() -> None:
+    from nirc.passes.block_rules.reparam import ReparamRule
+
+    model = IRModel.load(repvgg_block(stride=2, identity=False))
+    rule = ReparamRule()
+    (match,) = list(rule.matches(model.graph))
+    assert [c.name for c in rule.candidates(model.graph, match, None)] == ["reparameterised"]  # type: ignore[arg-type]
