@@ -1,15 +1,16 @@
-"""Remove Identity and inference-mode Dropout nodes."""
+"""Remove nodes that return their input unchanged: Identity, Dropout, and exporter noise such as full-range Slices."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
+from nirc.passes._rewrite import const_value, input_at, static_shape
 
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
-
-_PASS_THROUGH = ("Identity", "Dropout")
 
 
 def bypass(graph: gs.Graph, node: gs.Node) -> bool:
@@ -43,10 +44,24 @@ def bypass(graph: gs.Graph, node: gs.Node) -> bool:
 
 @dataclass(frozen=True)
 class EliminateIdentityPass(Pass):
-    """Remove Identity and inference-mode Dropout: both return their input unchanged.
+    """Remove nodes that return their input unchanged: Identity, inference Dropout, and no-op exporter noise.
+
+    Identity: each removed node's output equals its first input element for
+    element, so its readers may read the input instead. Exact (no arithmetic).
+    The no-op forms, checked on static shapes and constant parameters:
+
+    * ``Slice`` whose every sliced axis starts at 0, ends at or past the dim and
+      steps by 1 (TorchScript writes ``x[:, :c]`` with ``c`` the full width as one);
+    * ``Split`` with a single output; ``Concat`` with a single input;
+    * ``Pad`` whose amounts are all zero (any mode);
+    * ``Cast`` to the input's own type; ``Expand`` to the input's own shape;
+      ``Tile`` with every repeat 1.
 
     Dropout is the identity at inference unless ``training_mode`` is a true
-    input; a Dropout whose mask output is used is kept.
+    input; a Dropout whose mask output is used is kept. A node whose output
+    shape or type differs from its input's is never removed (a Slice or Expand
+    that broadcasts or crops is not a no-op), nor one with a non-constant
+    parameter. Identity reshapes are ``collapse-reshapes``'s.
     """
 
     name = "eliminate-identity"
@@ -56,9 +71,9 @@ class EliminateIdentityPass(Pass):
         graph = model.graph
         changed = False
         for node in list(graph.nodes):
-            if node.op not in _PASS_THROUGH or not node.inputs or not node.outputs:
+            if node.op not in _NO_OPS or not node.inputs or not node.outputs:
                 continue
-            if node.op == "Dropout" and not _is_inference_dropout(node):
+            if not _NO_OPS[node.op](node):
                 continue
             if bypass(graph, node):
                 ctx.count(f"removed_{node.op.lower()}")
@@ -75,3 +90,67 @@ def _is_inference_dropout(node: gs.Node) -> bool:
         mode = node.inputs[2]
         return isinstance(mode, gs.Constant) and not bool(mode.values)
     return True
+
+
+def _same_tensor_type(node: gs.Node) -> bool:
+    """Output has the input's static shape and type: the precondition of every no-op below."""
+    src, dst = node.inputs[0], node.outputs[0]
+    shape = static_shape(src)
+    if shape is None or shape != static_shape(dst) or len(node.outputs) != 1:
+        return False
+    return src.dtype is None or dst.dtype is None or np.dtype(src.dtype) == np.dtype(dst.dtype)
+
+
+def _full_slice(node: gs.Node) -> bool:
+    shape = static_shape(node.inputs[0])
+    if shape is None or not _same_tensor_type(node):
+        return False
+    starts, ends = const_value(input_at(node, 1)), const_value(input_at(node, 2))
+    if starts is None or ends is None:
+        return False
+    axes_input, steps_input = input_at(node, 3), input_at(node, 4)
+    axes = const_value(axes_input) if axes_input is not None else np.arange(starts.size)
+    steps = const_value(steps_input) if steps_input is not None else np.ones(starts.size, dtype=np.int64)
+    if axes is None or steps is None:
+        return False
+    params = (starts, ends, axes, steps)
+    for start, end, axis, step in zip(*(p.reshape(-1) for p in params), strict=True):
+        dim = shape[int(axis)]
+        if int(step) != 1:
+            return False
+        begin = int(start) + dim if start < 0 else int(start)
+        stop = int(end) + dim if end < 0 else min(int(end), dim)
+        if max(begin, 0) != 0 or stop < dim:
+            return False
+    return True
+
+
+def _zero_pad(node: gs.Node) -> bool:
+    pads = const_value(input_at(node, 1))
+    return pads is not None and not pads.any() and _same_tensor_type(node)
+
+
+def _same_cast(node: gs.Node) -> bool:
+    return _same_tensor_type(node) and node.inputs[0].dtype is not None and node.outputs[0].dtype is not None
+
+
+def _unit_tile(node: gs.Node) -> bool:
+    repeats = const_value(input_at(node, 1))
+    return repeats is not None and bool((repeats == 1).all()) and _same_tensor_type(node)
+
+
+def _single_operand(node: gs.Node) -> bool:
+    return len(node.inputs) == 1 and _same_tensor_type(node)
+
+
+_NO_OPS: dict[str, Callable[[gs.Node], bool]] = {
+    "Identity": lambda node: True,
+    "Dropout": _is_inference_dropout,
+    "Slice": _full_slice,
+    "Split": lambda node: len(node.outputs) == 1 and _same_tensor_type(node),
+    "Concat": _single_operand,
+    "Pad": _zero_pad,
+    "Cast": _same_cast,
+    "Expand": _same_tensor_type,
+    "Tile": _unit_tile,
+}

@@ -18,12 +18,14 @@ from google.protobuf.message import DecodeError
 from onnx import shape_inference, version_converter
 
 from nirc.errors import DynamicShapeError, ModelLoadError, UnsupportedOperatorError
+from nirc.ir.opset import downgrade
 
 logger = logging.getLogger(__name__)
 
 CANONICAL_OPSET = 18
-"""The opset every model is converted to: PyTorch's default export opset, and one
-ONNX Runtime and the version converter handle well."""
+"""The opset every model is converted to (see the module docstring for why 18)."""
+OLDEST_OPSET = 7
+"""The oldest opset read: ONNX's converter has adapters upwards from here (BatchNorm-7 on)."""
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -66,11 +68,25 @@ def check_domains(model: onnx.ModelProto, label: str) -> None:
 
 
 def convert_opset(model: onnx.ModelProto, label: str, opset: int = CANONICAL_OPSET) -> onnx.ModelProto:
+    """Bring the model to ``opset``: ONNX's converter upwards, :mod:`nirc.ir.opset` downwards.
+
+    Read: opsets :data:`OLDEST_OPSET` through the newest the installed ``onnx`` knows.
+    """
     current = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
     if current is None:
         raise ModelLoadError(f"{label}: model declares no default-domain opset")
+    newest = onnx.defs.onnx_opset_version()
+    if current < OLDEST_OPSET or current > newest:
+        raise ModelLoadError(
+            f"{label}: opset {current} is outside the opsets nirc reads "
+            f"({OLDEST_OPSET} to {newest}, the newest onnx {onnx.__version__} knows)"
+        )
     if current == opset:
         return model
+    if current > opset:
+        converted = downgrade(model, label, current, opset)
+        logger.info("%s: lowered opset %d -> %d", label, current, opset)
+        return converted
     try:
         converted = version_converter.convert_version(model, opset)
     except Exception as exc:  # the converter raises bare RuntimeError/ValueError variants

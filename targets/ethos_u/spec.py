@@ -12,8 +12,8 @@ from nirc.target import KIB, MIB, Target
 # Canonicalisation first, then hardware-aware passes (``--no-hw-passes`` drops
 # the latter, which gives the benchmark baseline: the same model through Vela alone).
 CANONICAL_PIPELINE: tuple[str, ...] = (
-    "eliminate-identity",
     "fold-constants",  # makes shape inputs, Clip bounds and Pad amounts plain initializers
+    "eliminate-identity",  # after fold-constants: Slice ends and Pad amounts from Shape chains are constants now
     "eliminate-common-subexpressions",
     "canonicalize-activations",
     "collapse-reshapes",
