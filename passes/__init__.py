@@ -22,6 +22,7 @@ from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 from nirc.passes.legalize_channel_shuffle import LegalizeChannelShufflePass
 from nirc.passes.legalize_resize import LegalizeResizePass
 from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
+from nirc.passes.merge_slices import MergeSlicesPass
 from nirc.passes.pad_channels import PadChannelsPass
 from nirc.passes.propagate_transposes import PropagateTransposesPass
 from nirc.passes.prune_channels import PruneChannelsPass
@@ -36,6 +37,7 @@ BUILTIN_PASSES = (
     EliminateIdentityPass,
     FoldConstantsPass,
     EliminateCommonSubexpressionsPass,
+    MergeSlicesPass,
     CanonicalizeActivationsPass,
     CollapseReshapesPass,
     ComposeTransposesPass,

@@ -15,6 +15,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "fold-constants",  # makes shape inputs, Clip bounds and Pad amounts plain initializers
     "eliminate-identity",  # after fold-constants: Slice ends and Pad amounts from Shape chains are constants now
     "eliminate-common-subexpressions",
+    "merge-slices",  # after CSE (a repeated slice would not tile the axis) and eliminate-identity (whole-range ones)
     "canonicalize-activations",
     "collapse-reshapes",
     "compose-transposes",

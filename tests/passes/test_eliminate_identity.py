@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 from nirc.passes.eliminate_identity import EliminateIdentityPass
 from nirc_testing import assert_same_function, ops, parse, run_pass
 
@@ -69,3 +70,56 @@ def test_second_run_changes_nothing() -> None:
     model, _, _ = run_pass(EliminateIdentityPass(), proto)
     _, changed, _ = run_pass(EliminateIdentityPass(), model.to_proto())
     assert not changed
+
+
+def test_removes_exporter_noise() -> None:
+    """Whole-range Slice (TorchScript's ``x[:, :c]``), one-output Split, one-input Concat, zero Pad,
+    same-type Cast, same-shape Expand and unit Tile all return their input."""
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,4,3,3] x) => (float[1,4,3,3] y) {
+        a = Relu (x)
+        b = Slice (a, zero, big, one)
+        c = Split <axis = 1, num_outputs = 1> (b)
+        d = Concat <axis = 1> (c)
+        e = Pad (d, pads)
+        f = Cast <to = 1> (e)
+        g = Expand (f, shape)
+        h = Tile (g, reps)
+        y = Sigmoid (h)
+    }""",
+        zero=np.array([0], np.int64),
+        big=np.array([np.iinfo(np.int64).max], np.int64),
+        one=np.array([1], np.int64),
+        pads=np.zeros(8, np.int64),
+        shape=np.array([1, 4, 3, 3], np.int64),
+        reps=np.ones(4, np.int64),
+    )
+    model, changed, ctx = run_pass(EliminateIdentityPass(), proto)
+    assert changed
+    assert ops(model) == {"Relu": 1, "Sigmoid": 1}
+    assert ctx.stats == {f"removed_{op}": 1 for op in ("slice", "split", "concat", "pad", "cast", "expand", "tile")}
+    assert_same_function(proto, model.to_proto(), rtol=0, atol=0)
+
+
+def test_keeps_ops_that_change_the_tensor() -> None:
+    """A Slice that crops, a Cast that converts, a Pad that pads, an Expand that broadcasts."""
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,4,3,3] x) => (float[1,3,5,3] y, int32[1,4,3,3] z, float[2,4,3,3] w) {
+        a = Slice (x, zero, three, one)
+        y = Pad (a, pads)
+        z = Cast <to = 6> (x)
+        w = Expand (x, shape)
+    }""",
+        zero=np.array([0], np.int64),
+        three=np.array([3], np.int64),
+        one=np.array([1], np.int64),
+        pads=np.array([0, 0, 1, 0, 0, 0, 1, 0], np.int64),
+        shape=np.array([2, 1, 1, 1], np.int64),
+    )
+    model, changed, _ = run_pass(EliminateIdentityPass(), proto)
+    assert not changed
+    assert ops(model) == {"Slice": 1, "Pad": 1, "Cast": 1, "Expand": 1}
