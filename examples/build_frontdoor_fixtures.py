@@ -122,7 +122,8 @@ def export(model: nn.Module, shape: tuple[int, ...], stem: Path, *, dynamo: bool
 
 def main() -> None:
     warnings.filterwarnings("ignore")
-    outdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "tests/fixtures/frontdoor"
+    default = Path(__file__).resolve().parents[1] / "tests/fixtures/frontdoor"
+    outdir = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     outdir.mkdir(parents=True, exist_ok=True)
     networks: dict[str, tuple[type[nn.Module], tuple[int, ...]]] = {
         "ghost": (GhostTiny, (1, 3, RESOLUTION, RESOLUTION)),
