@@ -195,6 +195,13 @@ def downgrade(model: onnx.ModelProto, label: str, current: int, opset: int) -> o
     return out
 
 
+# Attribute values given a meaning after opset 18, on attributes that existed before.
+_NEW_VALUES: dict[tuple[str, str], frozenset[str]] = {
+    ("Pad", "mode"): frozenset({"wrap"}),  # Pad-19
+    ("Resize", "coordinate_transformation_mode"): frozenset({"half_pixel_symmetric"}),  # Resize-19
+}
+
+
 def _schema(op: str, opset: int) -> defs.OpSchema | None:
     try:
         return defs.get_schema(op, opset, "")
@@ -223,6 +230,8 @@ def _retag(node: onnx.NodeProto, current: int, opset: int) -> str | None:
         return None
     for attribute in list(node.attribute):
         if attribute.name in old.attributes:
+            if _show(attribute) in _NEW_VALUES.get((node.op_type, attribute.name), ()):
+                return f"{node.op_type}({attribute.name}={_show(attribute)})"
             continue
         declared = new.attributes.get(attribute.name)
         if declared is None or not _is_default(attribute, declared):
