@@ -4,6 +4,23 @@ Every pass and the backend rely on three invariants established here: a single
 opset (:data:`CANONICAL_OPSET`), only the default ONNX domain, and a static
 shape for every tensor. Checking them once at the door keeps the passes simple
 and lets bad input fail with one line that names the file.
+
+Opsets read: :data:`OLDEST_OPSET` (7) through the newest the installed ``onnx``
+knows. Older models go up with ONNX's version converter; newer ones come down
+with :mod:`nirc.ir.opset`, which lowers ops born after 18 (``Gelu``-20,
+``Swish``-24, ``RMSNormalization``-23) to the opset-18 spelling the TorchScript
+exporter writes and retags ops that only widened their types, because the
+converter has no adapter "down" for a newer op (dynamo exports with GELU used
+to stop here with exit 2). Anything else is refused in one line naming each op
+type and its count.
+
+Why the canonical opset stays 18 (measured 2026-12, onnx 1.23, ORT 1.32): with
+20 or 21 instead, TorchScript opset-17 exports still convert up and compile
+(GhostNet, tiny_cnn), but a dynamo ``Gelu`` then reaches the emitter as an op
+with no TFLite rule (exit 3, "unsupported ops: Gelu x2") and the two exporters'
+GELUs stay in different forms; at 18 both exports of a GELU/LayerNorm network
+give the same int8 op sequence and the same Vela cycles (20,448). No op nirc
+emits or rewrites needs a version newer than 18, so moving up buys nothing yet.
 """
 
 from __future__ import annotations
