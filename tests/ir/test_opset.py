@@ -10,8 +10,10 @@ from nirc_testing import assert_same_function, ops, parse
 from nirc.errors import ModelLoadError, UnsupportedOperatorError
 from nirc.ir import CANONICAL_OPSET, IRModel
 
+SIGNATURE = "(float[1,4,3,3] x) => (float[1,4,3,3] y)"
 
-def _model(opset: int, body: str, signature: str = "(float[1,4,3,3] x) => (float[1,4,3,3] y)", **inits: np.ndarray) -> onnx.ModelProto:
+
+def _model(opset: int, body: str, signature: str = SIGNATURE, **inits: np.ndarray) -> onnx.ModelProto:
     return parse(f'<ir_version: 10, opset_import: ["" : {opset}]>\ng {signature} {{\n{body}\n}}', **inits)
 
 
