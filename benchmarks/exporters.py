@@ -56,7 +56,8 @@ def compile_one(path: Path, no_hw_passes: bool) -> dict[str, object]:
 
 def _cell(run: dict[str, object]) -> str:
     if "error" in run:
-        return f"error: {run['error']}"
+        text = str(run["error"]).split(": ", 1)[-1]  # drop the path, the row names the arch
+        return f"error: {text[:140]}{'...' if len(text) > 140 else ''}"
     cpu = f", {run['cpu_ops']} CPU ops" if run["cpu_ops"] else ""
     return f"{run['ms']:.3f} ms ({run['nodes_in']} -> {run['nodes_out']} nodes{cpu})"
 

@@ -6,7 +6,11 @@ changed on the way; it has none for ops born after the target (``Gelu`` at 20,
 to fail at the door. Most ops that changed after opset 18 only widened their type
 lists (bfloat16, float8, int4) or gained an attribute whose default is the old
 behaviour; nirc's models use neither, so the node is already a valid opset-18
-node once such attributes, when left at their defaults, are dropped. The newer
+node once such attributes, when left at their defaults, are dropped (checked
+by comparing the two schemas: same inputs, outputs and attributes but for
+those). The few that kept their name but changed meaning (GroupNormalization-21
+scales per channel, GridSample-20 renamed its modes, DFT-20 moved ``axis``) and
+attribute values new after 18 (Pad ``wrap``) are never retagged. The newer
 ops are lowered to the opset-18 spelling the TorchScript exporter writes for the
 same PyTorch module, so the two exporters' models meet in one form and every
 pattern the passes and the emitter know (e.g. exact GELU → TFLite ``GELU``)
@@ -40,6 +44,7 @@ class _Names:
         self.used.update(i.name for i in graph.initializer)
         self.used.update(i.name for i in graph.input)
         self.constants: list[onnx.TensorProto] = []
+        self.ranks = _ranks(model)
 
     def fresh(self, base: str) -> str:
         name, index = base, 1
@@ -53,6 +58,20 @@ class _Names:
         name = self.fresh(base)
         self.constants.append(numpy_helper.from_array(value, name))
         return name
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor ranks from ONNX's shape inference at the model's own opset (best effort: missing ones are absent)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model the inference rejects is reported later, at the canonical opset
+        inferred = model
+    graph = inferred.graph
+    return {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*graph.input, *graph.value_info, *graph.output)
+        if v.type.tensor_type.HasField("shape")
+    }
 
 
 def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
@@ -147,6 +166,39 @@ def _lower_rms_normalization(node: onnx.NodeProto, names: _Names) -> list[onnx.N
     ]
 
 
+def _lower_group_normalization(node: onnx.NodeProto, names: _Names) -> list[onnx.NodeProto]:
+    """``GroupNormalization``-21 (per-channel scale and bias) as dynamo writes it at opset 18.
+
+    ``x`` viewed as ``[N, G, -1]`` and instance-normalised (mean and variance over each
+    group, the op's definition), viewed back, then ``* scale[c] + bias[c]``. Not
+    retagged: GroupNormalization-18 reads scale and bias per *group*.
+    """
+    x, scale, bias, y = node.input[0], node.input[1], node.input[2], node.output[0]
+    base = node.name or y
+    rank = names.ranks.get(x)
+    if rank is None or rank < 3:
+        raise _NoLowering
+    groups = int(_attr(node, "num_groups", 0))  # type: ignore[call-overload]
+    eps = float(_attr(node, "epsilon", 1e-5))  # type: ignore[arg-type]
+    grouped, normed, shape, back, scale4, bias4, scaled = (
+        names.fresh(f"{base}_{s}") for s in ("grouped", "normed", "shape", "back", "scale_nd", "bias_nd", "scaled")
+    )
+    per_channel = names.constant(f"{base}_channel_shape", np.array([-1] + [1] * (rank - 2), dtype=np.int64))
+    ones = np.ones(groups, dtype=np.float32)
+    return [
+        helper.make_node("Reshape", [x, names.constant(f"{base}_group_shape", np.array([0, groups, -1], np.int64))],
+                         [grouped], name=f"{base}_group"),
+        helper.make_node("InstanceNormalization", [grouped, names.constant(f"{base}_ones", ones),
+                         names.constant(f"{base}_zeros", ones * 0)], [normed], name=f"{base}_norm", epsilon=eps),
+        helper.make_node("Shape", [x], [shape], name=f"{base}_shape"),
+        helper.make_node("Reshape", [normed, shape], [back], name=f"{base}_ungroup"),
+        helper.make_node("Reshape", [scale, per_channel], [scale4], name=f"{base}_scale_nd"),
+        helper.make_node("Reshape", [bias, per_channel], [bias4], name=f"{base}_bias_nd"),
+        helper.make_node("Mul", [back, scale4], [scaled], name=f"{base}_scale"),
+        helper.make_node("Add", [scaled, bias4], [y], name=f"{base}_bias"),
+    ]  # fmt: skip
+
+
 class _NoLowering(Exception):
     """A lowering that does not apply to this node's attributes: the op check names it."""
 
@@ -156,7 +208,12 @@ LOWERINGS: dict[str, Lowering] = {
     "Gelu": _lower_gelu,
     "Swish": _lower_swish,
     "RMSNormalization": _lower_rms_normalization,
+    "GroupNormalization": _lower_group_normalization,
 }
+
+# Ops whose newer version means something else under the same name and attributes at opset 18:
+# never retagged (lowered above, or refused).
+_CHANGED_MEANING = frozenset({"GroupNormalization", "DFT", "GridSample"})
 
 
 def downgrade(model: onnx.ModelProto, label: str, current: int, opset: int) -> onnx.ModelProto:
@@ -228,6 +285,8 @@ def _retag(node: onnx.NodeProto, current: int, opset: int) -> str | None:
         return node.op_type
     if new is None or old.since_version == new.since_version:
         return None
+    if node.op_type in _CHANGED_MEANING:
+        return node.op_type
     for attribute in list(node.attribute):
         if attribute.name in old.attributes:
             if _show(attribute) in _NEW_VALUES.get((node.op_type, attribute.name), ()):

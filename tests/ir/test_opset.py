@@ -97,3 +97,17 @@ def test_opset_7_is_converted_up() -> None:
     loaded = IRModel.load(proto).to_proto()
     assert loaded.opset_import[0].version == CANONICAL_OPSET
     assert_same_function(proto, loaded)
+
+
+def test_group_normalization_21_is_lowered_not_retagged() -> None:
+    """GroupNormalization-21 scales per channel; the opset-18 op of that name scales per group."""
+    rng = np.random.default_rng(3)
+    proto = _model(
+        21,
+        "n = GroupNormalization <num_groups = 2, epsilon = 0.001> (x, s, b)\n y = Relu (n)",
+        s=rng.uniform(0.5, 1.5, 4).astype(np.float32),
+        b=rng.standard_normal(4).astype(np.float32),
+    )
+    loaded = IRModel.load(proto)
+    assert "GroupNormalization" not in ops(loaded) and ops(loaded)["InstanceNormalization"] == 1
+    assert_same_function(proto, loaded.to_proto(), rtol=1e-5, atol=1e-5)
