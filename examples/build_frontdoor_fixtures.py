@@ -20,6 +20,10 @@ Both exports of one network carry the same weights. Pairs written (``<name>_ts.o
   permutes, ``torch.flatten``.
 * ``noise``: one-input ``torch.cat``, a zero ``F.pad``, ``expand_as`` of itself, ``repeat(1, 1, 1, 1)``,
   a one-chunk ``split``, ``.float()`` of a float tensor, between convolutions.
+* ``chunk``: ShuffleNet's ``chunk(2)`` of channels and a q/k/v ``unbind`` -- Slices in one export,
+  Split in the other.
+* ``norms``: GroupNorm, RMSNorm, SiLU and GELU, dynamo only, at opset 23 (``norms_dy23.onnx``:
+  GroupNormalization-21, RMSNormalization-23, Gelu-20); the TorchScript exporter has no ``rms_norm``.
 
 Plus ``noise_opset9_ts.onnx``: the ``noise`` network through the TorchScript exporter at opset 9
 (ONNX's converter brings it up to nirc's opset).
@@ -94,6 +98,39 @@ class Noise(nn.Module):
         return self.conv3(y.float())
 
 
+class ChunkUnbind(nn.Module):
+    """ShuffleNet's ``chunk(2)`` of channels and an ``unbind`` of a stacked tensor (both exporters
+    spell one as Slices and the other as Split, in opposite ways)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1), nn.ReLU())
+        self.qkv = nn.Conv2d(16, 48, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv1(x).chunk(2, dim=1)
+        y = torch.cat([a, self.branch(b)], dim=1)
+        q, k, v = self.qkv(y).reshape(x.shape[0], 3, 16, 8, 8).unbind(1)
+        return torch.relu(q) + k * v
+
+
+class Norms(nn.Module):
+    """GroupNorm, RMSNorm (over channels, in NHWC), SiLU and GELU: newer ops in a dynamo export at opset 23."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.group = nn.GroupNorm(4, 16)
+        self.rms = nn.RMSNorm(16)
+        self.act = nn.SiLU()
+        self.gelu = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.group(self.conv(x)))
+        return self.gelu(self.rms(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
 def reestimate_batchnorm(model: nn.Module, shape: tuple[int, ...]) -> None:
     """Replace BatchNorm's default statistics by the cumulative average over random batches."""
     model.train()
@@ -107,15 +144,17 @@ def reestimate_batchnorm(model: nn.Module, shape: tuple[int, ...]) -> None:
     model.eval()
 
 
-def export(model: nn.Module, shape: tuple[int, ...], stem: Path, *, dynamo: bool, opset: int = 17) -> None:
+def export(model: nn.Module, shape: tuple[int, ...], stem: Path, *, dynamo: bool, opset: int | None = None) -> None:
+    """TorchScript at ``opset`` (17 by default); dynamo at ``opset`` (its own default when None)."""
     args = (torch.randn(*shape),)
     if dynamo:
-        program = torch.onnx.export(model, args, dynamo=True, verbose=False)
+        program = torch.onnx.export(model, args, dynamo=True, verbose=False, opset_version=opset)
         assert program is not None
         program.save(str(stem))
     else:
         torch.onnx.export(
-            model, args, str(stem), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"]
+            model, args, str(stem), dynamo=False, opset_version=opset or 17, input_names=["input"],
+            output_names=["output"],
         )
     print(f"wrote {stem} ({stem.stat().st_size // 1024} KiB)")
 
@@ -129,11 +168,16 @@ def main() -> None:
         "ghost": (GhostTiny, (1, 3, RESOLUTION, RESOLUTION)),
         "gelu_ln": (GeluLayerNorm, (1, 3, 8, 8)),
         "noise": (Noise, (1, 3, 16, 16)),
+        "chunk": (ChunkUnbind, (1, 3, 8, 8)),
+        "norms": (Norms, (1, 3, 8, 8)),
     }
     for name, (cls, shape) in networks.items():
         torch.manual_seed(0)
         model = cls()
         reestimate_batchnorm(model, shape)
+        if name == "norms":  # the TorchScript exporter has no aten::rms_norm: dynamo only
+            export(model, shape, outdir / f"{name}_dy23.onnx", dynamo=True, opset=23)
+            continue
         torch.manual_seed(1)
         export(model, shape, outdir / f"{name}_ts.onnx", dynamo=False)
         torch.manual_seed(1)

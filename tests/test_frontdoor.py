@@ -20,7 +20,7 @@ from nirc.plugin import load_registry
 from nirc.validate import run_tflite
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frontdoor"
-PAIRS = ("ghost", "gelu_ln", "noise")
+PAIRS = ("ghost", "gelu_ln", "noise", "chunk")
 ALL = sorted(p.name for p in FIXTURES.glob("*.onnx"))
 
 
@@ -45,7 +45,7 @@ def _feeds(proto: onnx.ModelProto, count: int = 3) -> list[dict[str, np.ndarray]
 def test_fixtures_cover_both_exporters_and_newer_opsets() -> None:
     assert {f"{n}_{e}.onnx" for n in PAIRS for e in ("ts", "dy")} <= set(ALL)
     opsets = {onnx.load(str(FIXTURES / f)).opset_import[0].version for f in ALL}
-    assert min(opsets) < CANONICAL_OPSET < max(opsets)  # converted up (TorchScript 9, 17) and down (dynamo 20)
+    assert min(opsets) < CANONICAL_OPSET < max(opsets)  # converted up (TorchScript 9, 17) and down (dynamo 20, 23)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -78,11 +78,14 @@ def test_both_exports_meet_in_one_form(name: str) -> None:
     assert programs[0] == programs[1]
 
 
-@pytest.mark.parametrize("name", PAIRS)
-def test_litert_runs_the_canonical_model_like_ort_runs_the_export(name: str) -> None:
+@pytest.mark.parametrize(
+    ("reference_name", "compiled_name"),
+    [(f"{n}_ts.onnx", f"{n}_dy.onnx") for n in PAIRS] + [("norms_dy23.onnx", "norms_dy23.onnx")],
+)
+def test_litert_runs_the_canonical_model_like_ort_runs_the_export(reference_name: str, compiled_name: str) -> None:
     """Float32 TFLite of the canonical dynamo model (LiteRT) against the untouched TorchScript export (ORT)."""
-    reference = onnx.load(str(FIXTURES / f"{name}_ts.onnx"))
-    proto = _canonical(FIXTURES / f"{name}_dy.onnx").to_proto()
+    reference = onnx.load(str(FIXTURES / reference_name))
+    proto = _canonical(FIXTURES / compiled_name).to_proto()
     tflite = emit(proto, dtype="float32", calib=None).tflite
     feeds = _feeds(reference)
     renamed = [dict(zip([i.name for i in tflite.inputs], f.values(), strict=True)) for f in feeds]
