@@ -18,8 +18,9 @@ Both exports of one network carry the same weights. Pairs written (``<name>_ts.o
   Shape->Gather->Unsqueeze->Concat->Reshape chain in the TorchScript export.
 * ``gelu_ln``: exact and tanh GELU (``Gelu``-20 in the dynamo export), LayerNormalization over NHWC
   permutes, ``torch.flatten``.
-* ``noise``: one-input ``torch.cat``, a zero ``F.pad``, ``expand_as`` of itself, ``repeat(1, 1, 1, 1)``,
-  a one-chunk ``split``, ``.float()`` of a float tensor, between convolutions.
+* ``noise``: a sum started from a literal 0, one-input ``torch.cat``, a zero ``F.pad``, ``expand_as``
+  of itself, ``repeat(1, 1, 1, 1)``, a one-chunk ``split``, ``.float()`` of a float tensor, ``* 1.0``,
+  between convolutions.
 * ``chunk``: ShuffleNet's ``chunk(2)`` of channels and a q/k/v ``unbind`` -- Slices in one export,
   Split in the other.
 * ``norms``: GroupNorm, RMSNorm, SiLU and GELU, dynamo only, at opset 23 (``norms_dy23.onnx``:
@@ -89,13 +90,14 @@ class Noise(nn.Module):
         self.conv3 = nn.Conv2d(16, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv1(x)
-        y = torch.cat([y], dim=1)
+        total: torch.Tensor | int = 0  # a branch sum started from a literal 0, as timm's MobileOne writes it
+        total = total + self.conv1(x)
+        y = torch.cat([total], dim=1)
         y = F.pad(y, (0, 0, 0, 0))
         y = y.expand_as(y)
         y = self.conv2(y.repeat(1, 1, 1, 1))
         (y,) = torch.split(y, y.shape[1], dim=1)
-        return self.conv3(y.float())
+        return self.conv3(y.float() * 1.0)
 
 
 class ChunkUnbind(nn.Module):

@@ -13,13 +13,13 @@ from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
 
 
-def bypass(graph: gs.Graph, node: gs.Node) -> bool:
-    """Reroute readers of ``node.outputs[0]`` to ``node.inputs[0]``; False when not possible.
+def bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor | None = None) -> bool:
+    """Reroute readers of ``node.outputs[0]`` to ``source`` (default ``node.inputs[0]``); False when not possible.
 
     A graph output keeps its name (users and reports refer to it), so when the
     pass-through feeds a graph output we instead make the producer write it.
     """
-    src, dst = node.inputs[0], node.outputs[0]
+    src, dst = node.inputs[0] if source is None else source, node.outputs[0]
     graph_outputs = {t.name for t in graph.outputs}
     if dst.name in graph_outputs:
         if isinstance(src, gs.Constant) or src.name in graph_outputs or not src.inputs:
@@ -55,7 +55,11 @@ class EliminateIdentityPass(Pass):
     * ``Split`` with a single output; ``Concat`` with a single input;
     * ``Pad`` whose amounts are all zero (any mode);
     * ``Cast`` to the input's own type; ``Expand`` to the input's own shape;
-      ``Tile`` with every repeat 1.
+      ``Tile`` with every repeat 1;
+    * ``x + 0``, ``0 + x``, ``x - 0``, ``x * 1``, ``1 * x``, ``x / 1`` with a constant
+      that does not broadcast ``x`` to a larger shape (timm's MobileOne adds a
+      literal 0 to every branch sum). IEEE arithmetic gives ``x`` back for every
+      ``x`` (``-0 + 0`` is ``+0``, the same value).
 
     Dropout is the identity at inference unless ``training_mode`` is a true
     input; a Dropout whose mask output is used is kept. A node whose output
@@ -73,9 +77,10 @@ class EliminateIdentityPass(Pass):
         for node in list(graph.nodes):
             if node.op not in _NO_OPS or not node.inputs or not node.outputs:
                 continue
-            if not _NO_OPS[node.op](node):
+            source = _NO_OPS[node.op](node)
+            if source is None:
                 continue
-            if bypass(graph, node):
+            if bypass(graph, node, source):
                 ctx.count(f"removed_{node.op.lower()}")
                 changed = True
         if changed:
@@ -143,14 +148,46 @@ def _single_operand(node: gs.Node) -> bool:
     return len(node.inputs) == 1 and _same_tensor_type(node)
 
 
-_NO_OPS: dict[str, Callable[[gs.Node], bool]] = {
-    "Identity": lambda node: True,
-    "Dropout": _is_inference_dropout,
-    "Slice": _full_slice,
-    "Split": lambda node: len(node.outputs) == 1 and _same_tensor_type(node),
-    "Concat": _single_operand,
-    "Pad": _zero_pad,
-    "Cast": _same_cast,
-    "Expand": _same_tensor_type,
-    "Tile": _unit_tile,
+def _neutral_operand(neutral: float, commutes: bool) -> Callable[[gs.Node], gs.Tensor | None]:
+    """``x op c`` (and ``c op x`` when ``op`` commutes) with every element of the constant ``c`` == ``neutral``."""
+
+    def source(node: gs.Node) -> gs.Tensor | None:
+        if len(node.inputs) != 2 or len(node.outputs) != 1:
+            return None
+        for var_index in (0, 1) if commutes else (0,):
+            x, c = node.inputs[var_index], node.inputs[1 - var_index]
+            value = const_value(c)
+            if value is None or const_value(x) is not None or value.size == 0 or not bool((value == neutral).all()):
+                continue
+            out = node.outputs[0]
+            same_type = x.dtype is None or out.dtype is None or np.dtype(x.dtype) == np.dtype(out.dtype)
+            if static_shape(x) is not None and static_shape(x) == static_shape(out) and same_type:
+                return x
+        return None
+
+    return source
+
+
+def _first_input_if(predicate: Callable[[gs.Node], bool]) -> Callable[[gs.Node], gs.Tensor | None]:
+    def source(node: gs.Node) -> gs.Tensor | None:
+        return node.inputs[0] if predicate(node) else None
+
+    return source
+
+
+# Per op: the input the node returns unchanged, or None when this node does not.
+_NO_OPS: dict[str, Callable[[gs.Node], gs.Tensor | None]] = {
+    "Identity": _first_input_if(lambda node: True),
+    "Dropout": _first_input_if(_is_inference_dropout),
+    "Slice": _first_input_if(_full_slice),
+    "Split": _first_input_if(lambda node: len(node.outputs) == 1 and _same_tensor_type(node)),
+    "Concat": _first_input_if(_single_operand),
+    "Pad": _first_input_if(_zero_pad),
+    "Cast": _first_input_if(_same_cast),
+    "Expand": _first_input_if(_same_tensor_type),
+    "Tile": _first_input_if(_unit_tile),
+    "Add": _neutral_operand(0.0, commutes=True),
+    "Sub": _neutral_operand(0.0, commutes=False),
+    "Mul": _neutral_operand(1.0, commutes=True),
+    "Div": _neutral_operand(1.0, commutes=False),
 }

@@ -123,3 +123,46 @@ def test_keeps_ops_that_change_the_tensor() -> None:
     model, changed, _ = run_pass(EliminateIdentityPass(), proto)
     assert not changed
     assert ops(model) == {"Slice": 1, "Pad": 1, "Cast": 1, "Expand": 1}
+
+
+def test_removes_arithmetic_with_a_neutral_constant() -> None:
+    """timm's MobileOne adds a literal 0 to every branch sum in its TorchScript export."""
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,4] x) => (float[1,4] y) {
+        a = Relu (x)
+        b = Add (zero, a)
+        c = Sub (b, zero)
+        d = Mul (c, ones)
+        e = Div (d, one)
+        y = Sigmoid (e)
+    }""",
+        zero=np.array(0.0, np.float32),
+        ones=np.ones((1, 4), np.float32),
+        one=np.array([1.0], np.float32),
+    )
+    model, changed, ctx = run_pass(EliminateIdentityPass(), proto)
+    assert changed
+    assert ops(model) == {"Relu": 1, "Sigmoid": 1}
+    assert ctx.stats == {"removed_add": 1, "removed_sub": 1, "removed_mul": 1, "removed_div": 1}
+    assert_same_function(proto, model.to_proto(), rtol=0, atol=0)
+
+
+def test_keeps_arithmetic_that_changes_the_value_or_shape() -> None:
+    """0 - x negates, x + 0.5 shifts, and x + zeros[2,4] broadcasts [1,4] to [2,4]."""
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,4] x) => (float[1,4] y, float[1,4] z, float[2,4] w) {
+        y = Sub (zero, x)
+        z = Add (x, half)
+        w = Add (x, zeros)
+    }""",
+        zero=np.array(0.0, np.float32),
+        half=np.array(0.5, np.float32),
+        zeros=np.zeros((2, 4), np.float32),
+    )
+    model, changed, _ = run_pass(EliminateIdentityPass(), proto)
+    assert not changed
+    assert ops(model) == {"Sub": 1, "Add": 2}
