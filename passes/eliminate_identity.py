@@ -59,7 +59,11 @@ class EliminateIdentityPass(Pass):
     * ``x + 0``, ``0 + x``, ``x - 0``, ``x * 1``, ``1 * x``, ``x / 1`` with a constant
       that does not broadcast ``x`` to a larger shape (timm's MobileOne adds a
       literal 0 to every branch sum). IEEE arithmetic gives ``x`` back for every
-      ``x`` (``-0 + 0`` is ``+0``, the same value).
+      ``x`` (``-0 + 0`` is ``+0``, the same value);
+    * an ``Expand`` read only by broadcasting elementwise ops (Add, Sub, Mul,
+      Div, ...) whose other operand already has the expanded shape
+      (``x / norm.expand_as(x)``): each reader broadcasts the unexpanded tensor
+      to the same values itself.
 
     Dropout is the identity at inference unless ``training_mode`` is a true
     input; a Dropout whose mask output is used is kept. A node whose output
@@ -70,6 +74,8 @@ class EliminateIdentityPass(Pass):
 
     name = "eliminate-identity"
     exact = True
+    # The emitter has no form for these; a model holding only no-op ones compiles.
+    legalizes = frozenset({"Cast", "Expand", "Tile"})
 
     def run(self, model: IRModel, ctx: PassContext) -> bool:
         graph = model.graph
@@ -78,10 +84,12 @@ class EliminateIdentityPass(Pass):
             if node.op not in _NO_OPS or not node.inputs or not node.outputs:
                 continue
             source = _NO_OPS[node.op](node)
-            if source is None:
-                continue
-            if bypass(graph, node, source):
+            if source is not None and bypass(graph, node, source):
                 ctx.count(f"removed_{node.op.lower()}")
+                changed = True
+            elif node.op == "Expand" and _broadcast_by_readers(graph, node):
+                bypass(graph, node)
+                ctx.count("removed_broadcast_expand")
                 changed = True
         if changed:
             graph.cleanup()
@@ -146,6 +154,31 @@ def _unit_tile(node: gs.Node) -> bool:
 
 def _single_operand(node: gs.Node) -> bool:
     return len(node.inputs) == 1 and _same_tensor_type(node)
+
+
+# Elementwise ops that broadcast their two inputs (multidirectional broadcasting).
+_BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Greater", "Less"})
+
+
+def _broadcast_by_readers(graph: gs.Graph, node: gs.Node) -> bool:
+    """Every reader of this Expand's output broadcasts it against an operand of the expanded shape."""
+    out = node.outputs[0]
+    shape = static_shape(out)
+    if shape is None or len(node.outputs) != 1 or not out.outputs or out.name in {t.name for t in graph.outputs}:
+        return False
+    for reader in out.outputs:
+        if reader.op not in _BROADCASTING or len(reader.inputs) != 2:
+            return False
+        a, b = reader.inputs
+        if a is out and b is out:
+            return False
+        other = b if a is out else a
+        other_shape = static_shape(other)
+        if other_shape is None or len(other_shape) < len(shape):
+            return False
+        if tuple(np.broadcast_shapes(other_shape, shape)) != other_shape:
+            return False
+    return True
 
 
 def _neutral_operand(neutral: float, commutes: bool) -> Callable[[gs.Node], gs.Tensor | None]:

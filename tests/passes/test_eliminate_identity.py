@@ -166,3 +166,39 @@ def test_keeps_arithmetic_that_changes_the_value_or_shape() -> None:
     model, changed, _ = run_pass(EliminateIdentityPass(), proto)
     assert not changed
     assert ops(model) == {"Sub": 1, "Add": 2}
+
+
+def test_removes_expand_its_readers_broadcast_anyway() -> None:
+    """EdgeNeXt's ``x / norm.expand_as(x)``: Div broadcasts the [1,4,1] norm itself."""
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,4,6] x) => (float[1,4,6] y, float[1,4,6] z) {
+        n = ReduceMean <keepdims = 1> (x, axes)
+        e = Expand (n, shape)
+        y = Div (x, e)
+        z = Sub (e, x)
+    }""",
+        axes=np.array([2], np.int64),
+        shape=np.array([1, 4, 6], np.int64),
+    )
+    model, changed, ctx = run_pass(EliminateIdentityPass(), proto)
+    assert changed and "Expand" not in ops(model)
+    assert ctx.stats == {"removed_broadcast_expand": 1}
+    assert_same_function(proto, model.to_proto(), rtol=0, atol=0)
+
+
+def test_keeps_expand_read_by_a_non_broadcasting_op_or_that_sets_the_shape() -> None:
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,4,1] x, float[1,1,6] v) => (float[1,4,6] y, float[1,4,6] z) {
+        e = Expand (x, shape)
+        y = Relu (e)
+        f = Expand (x, shape)
+        z = Mul (f, v)
+    }""",
+        shape=np.array([1, 4, 6], np.int64),
+    )
+    model, changed, _ = run_pass(EliminateIdentityPass(), proto)
+    assert not changed and ops(model)["Expand"] == 2
