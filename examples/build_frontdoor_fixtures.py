@@ -19,8 +19,8 @@ Both exports of one network carry the same weights. Pairs written (``<name>_ts.o
 * ``gelu_ln``: exact and tanh GELU (``Gelu``-20 in the dynamo export), LayerNormalization over NHWC
   permutes, ``torch.flatten``.
 * ``noise``: a sum started from a literal 0, one-input ``torch.cat``, a zero ``F.pad``, ``expand_as``
-  of itself, ``repeat(1, 1, 1, 1)``, a one-chunk ``split``, ``.float()`` of a float tensor, ``* 1.0``,
-  between convolutions.
+  of itself, ``repeat(1, 1, 1, 1)``, ``+ torch.zeros(1)``, a mean ``expand_as`` the map it multiplies,
+  a one-chunk ``split``, ``.float()`` of a float tensor, ``* 1.0``, between convolutions.
 * ``chunk``: ShuffleNet's ``chunk(2)`` of channels and a q/k/v ``unbind`` -- Slices in one export,
   Split in the other.
 * ``norms``: GroupNorm, RMSNorm, SiLU and GELU, dynamo only, at opset 23 (``norms_dy23.onnx``:
@@ -95,7 +95,8 @@ class Noise(nn.Module):
         y = torch.cat([total], dim=1)
         y = F.pad(y, (0, 0, 0, 0))
         y = y.expand_as(y)
-        y = self.conv2(y.repeat(1, 1, 1, 1))
+        y = self.conv2(y.repeat(1, 1, 1, 1)) + torch.zeros(1)
+        y = y * y.mean(dim=(2, 3), keepdim=True).expand_as(y)
         (y,) = torch.split(y, y.shape[1], dim=1)
         return self.conv3(y.float() * 1.0)
 
