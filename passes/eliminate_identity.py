@@ -46,8 +46,8 @@ def bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor | None = None) -> b
 class EliminateIdentityPass(Pass):
     """Remove nodes that return their input unchanged: Identity, inference Dropout, and no-op exporter noise.
 
-    Identity: each removed node's output equals its first input element for
-    element, so its readers may read the input instead. Exact (no arithmetic).
+    Identity: each removed node's output equals one of its inputs element for
+    element, so its readers may read that input instead. Exact (no arithmetic).
     The no-op forms, checked on static shapes and constant parameters:
 
     * ``Slice`` whose every sliced axis starts at 0, ends at or past the dim and
@@ -66,10 +66,10 @@ class EliminateIdentityPass(Pass):
       to the same values itself.
 
     Dropout is the identity at inference unless ``training_mode`` is a true
-    input; a Dropout whose mask output is used is kept. A node whose output
-    shape or type differs from its input's is never removed (a Slice or Expand
-    that broadcasts or crops is not a no-op), nor one with a non-constant
-    parameter. Identity reshapes are ``collapse-reshapes``'s.
+    input; a Dropout whose mask output is used is kept. Apart from that
+    broadcasting Expand, a node whose output shape or type differs from its
+    input's is never removed (a Slice that crops is not a no-op), nor one with a
+    non-constant parameter. Identity reshapes are ``collapse-reshapes``'s.
     """
 
     name = "eliminate-identity"
