@@ -20,6 +20,7 @@ from nirc.passes.fuse_affine import FuseAffinePass
 from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 from nirc.passes.legalize_channel_shuffle import LegalizeChannelShufflePass
+from nirc.passes.legalize_reduce_sum import LegalizeReduceSumPass
 from nirc.passes.legalize_resize import LegalizeResizePass
 from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
 from nirc.passes.merge_slices import MergeSlicesPass
@@ -55,6 +56,7 @@ BUILTIN_PASSES = (
     PropagateTransposesPass,
     LegalizeChannelShufflePass,
     DecomposePoolingPass,
+    LegalizeReduceSumPass,
     LegalizeResizePass,
     ApproximateGeluPass,
     DecomposeStridedConvPass,

@@ -32,6 +32,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "propagate-transposes",  # after the decompositions, so LayerNorms inside NHWC permutes are plain ops
     "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold (no TRANSPOSE in the TFLite)
     "decompose-pooling",
+    "legalize-reduce-sum",  # after propagate-transposes (which moves ReduceSums through permutes as they are)
     "legalize-resize",
     "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs
     "decompose-strided-conv",  # after fuse-affine: a Slice between conv and affine would block folding
