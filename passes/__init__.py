@@ -22,8 +22,10 @@ from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 from nirc.passes.legalize_channel_shuffle import LegalizeChannelShufflePass
 from nirc.passes.legalize_global_pool import LegalizeGlobalPoolPass
+from nirc.passes.legalize_reduce_sum import LegalizeReduceSumPass
 from nirc.passes.legalize_resize import LegalizeResizePass
 from nirc.passes.legalize_rsqrt import LegalizeRsqrtPass
+from nirc.passes.merge_slices import MergeSlicesPass
 from nirc.passes.pad_channels import PadChannelsPass
 from nirc.passes.propagate_transposes import PropagateTransposesPass
 from nirc.passes.prune_channels import PruneChannelsPass
@@ -38,6 +40,7 @@ BUILTIN_PASSES = (
     EliminateIdentityPass,
     FoldConstantsPass,
     EliminateCommonSubexpressionsPass,
+    MergeSlicesPass,
     CanonicalizeActivationsPass,
     CollapseReshapesPass,
     ComposeTransposesPass,
@@ -57,6 +60,7 @@ BUILTIN_PASSES = (
     LegalizeChannelShufflePass,
     LegalizeGlobalPoolPass,
     DecomposePoolingPass,
+    LegalizeReduceSumPass,
     LegalizeResizePass,
     ApproximateGeluPass,
     DecomposeStridedConvPass,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from nirc.passes._rewrite import Namer, has_any_op, producer, static_shape
+from nirc.passes._rewrite import Namer, const_value, has_any_op, input_at, producer, static_shape
 from nirc.passes.eliminate_identity import bypass
 
 from nirc.ir import IRModel
@@ -26,7 +26,13 @@ class CollapseReshapesPass(Pass):
 
     The last node of a chain is rewritten as a Reshape with an explicit
     constant shape reading the chain's input; earlier links that lose their
-    last reader are removed. A no-op reshape feeding a graph output from a
+    last reader are removed. A lone Flatten/Squeeze/Unsqueeze is respelled as
+    that Reshape too, so the exporters' spellings of one flatten
+    (TorchScript's ``Flatten``, dynamo's ``Reshape``) meet in one form.
+
+    A ``Gather`` whose constant indices are ``0, 1, ..., n-1`` in order (``n`` the
+    gathered axis' size; dynamo writes ``as_strided`` views so) takes every element
+    once in its place, so it too is a Reshape to its output shape. A no-op reshape feeding a graph output from a
     graph input is kept (the output needs a producer). Tensors with zero-sized
     dimensions are left alone (an explicit 0 in a Reshape shape means "copy").
     """
@@ -36,11 +42,15 @@ class CollapseReshapesPass(Pass):
 
     def run(self, model: IRModel, ctx: PassContext) -> bool:
         graph = model.graph
-        if not has_any_op(graph, RESHAPE_OPS):
+        if not has_any_op(graph, (*RESHAPE_OPS, "Gather")):
             return False
         namer = Namer(graph)
         changed = False
         for node in model.view().topological_order():
+            if node.op == "Gather" and _static(node) and _gathers_in_order(node):
+                _as_reshape(node, node.inputs[0], namer)
+                ctx.count("gather_as_reshape")
+                changed = True
             if node.op not in RESHAPE_OPS or not _static(node):
                 continue
             src = producer(node.inputs[0])
@@ -53,6 +63,11 @@ class CollapseReshapesPass(Pass):
                 changed = True
         if changed:
             graph.cleanup()
+        for node in list(graph.nodes):
+            if node.op in RESHAPE_OPS and node.op != "Reshape" and _static(node):
+                _as_reshape(node, node.inputs[0], namer)
+                ctx.count("respelled")
+                changed = True
         return changed
 
 
@@ -61,6 +76,16 @@ def _static(node: gs.Node) -> bool:
         return False
     shapes = (static_shape(node.inputs[0]), static_shape(node.outputs[0]))
     return all(s is not None and 0 not in s for s in shapes)
+
+
+def _gathers_in_order(node: gs.Node) -> bool:
+    indices = const_value(input_at(node, 1))
+    shape = static_shape(node.inputs[0])
+    if indices is None or shape is None or not np.issubdtype(indices.dtype, np.integer):
+        return False
+    axis = int(node.attrs.get("axis", 0))
+    size = shape[axis]
+    return indices.size == size and bool((indices.reshape(-1) == np.arange(size)).all())
 
 
 def _as_reshape(node: gs.Node, source: gs.Tensor, namer: Namer) -> None:

@@ -4,6 +4,23 @@ Every pass and the backend rely on three invariants established here: a single
 opset (:data:`CANONICAL_OPSET`), only the default ONNX domain, and a static
 shape for every tensor. Checking them once at the door keeps the passes simple
 and lets bad input fail with one line that names the file.
+
+Opsets read: :data:`OLDEST_OPSET` (7) through the newest the installed ``onnx``
+knows. Older models go up with ONNX's version converter; newer ones come down
+with :mod:`nirc.ir.opset`, which lowers ops born after 18 (``Gelu``-20,
+``Swish``-24, ``RMSNormalization``-23) to the opset-18 spelling the TorchScript
+exporter writes and retags ops that only widened their types, because the
+converter has no adapter "down" for a newer op (dynamo exports with GELU used
+to stop here with exit 2). Anything else is refused in one line naming each op
+type and its count.
+
+Why the canonical opset stays 18 (measured 2026-12, onnx 1.23, ORT 1.32): with
+20 or 21 instead, TorchScript opset-17 exports still convert up and compile
+(GhostNet, tiny_cnn), but a dynamo ``Gelu`` then reaches the emitter as an op
+with no TFLite rule (exit 3, "unsupported ops: Gelu x2") and the two exporters'
+GELUs stay in different forms; at 18 both exports of a GELU/LayerNorm network
+give the same int8 op sequence and the same Vela cycles (20,448). No op nirc
+emits or rewrites needs a version newer than 18, so moving up buys nothing yet.
 """
 
 from __future__ import annotations
@@ -18,12 +35,14 @@ from google.protobuf.message import DecodeError
 from onnx import shape_inference, version_converter
 
 from nirc.errors import DynamicShapeError, ModelLoadError, UnsupportedOperatorError
+from nirc.ir.opset import downgrade
 
 logger = logging.getLogger(__name__)
 
 CANONICAL_OPSET = 18
-"""The opset every model is converted to: PyTorch's default export opset, and one
-ONNX Runtime and the version converter handle well."""
+"""The opset every model is converted to (see the module docstring for why 18)."""
+OLDEST_OPSET = 7
+"""The oldest opset read: ONNX's converter has adapters upwards from here (BatchNorm-7 on)."""
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -93,11 +112,25 @@ def check_domains(model: onnx.ModelProto, label: str) -> None:
 
 
 def convert_opset(model: onnx.ModelProto, label: str, opset: int = CANONICAL_OPSET) -> onnx.ModelProto:
+    """Bring the model to ``opset``: ONNX's converter upwards, :mod:`nirc.ir.opset` downwards.
+
+    Read: opsets :data:`OLDEST_OPSET` through the newest the installed ``onnx`` knows.
+    """
     current = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
     if current is None:
         raise ModelLoadError(f"{label}: model declares no default-domain opset")
+    newest = onnx.defs.onnx_opset_version()
+    if current < OLDEST_OPSET or current > newest:
+        raise ModelLoadError(
+            f"{label}: opset {current} is outside the opsets nirc reads "
+            f"({OLDEST_OPSET} to {newest}, the newest onnx {onnx.__version__} knows)"
+        )
     if current == opset:
         return model
+    if current > opset:
+        converted = downgrade(model, label, current, opset)
+        logger.info("%s: lowered opset %d -> %d", label, current, opset)
+        return converted
     try:
         converted = version_converter.convert_version(model, opset)
     except Exception as exc:  # the converter raises bare RuntimeError/ValueError variants

@@ -12,9 +12,10 @@ from nirc.target import KIB, MIB, Target
 # Canonicalisation first, then hardware-aware passes (``--no-hw-passes`` drops
 # the latter, which gives the benchmark baseline: the same model through Vela alone).
 CANONICAL_PIPELINE: tuple[str, ...] = (
-    "eliminate-identity",
     "fold-constants",  # makes shape inputs, Clip bounds and Pad amounts plain initializers
+    "eliminate-identity",  # after fold-constants: Slice ends and Pad amounts from Shape chains are constants now
     "eliminate-common-subexpressions",
+    "merge-slices",  # after CSE (a repeated slice would not tile the axis) and eliminate-identity (whole-range ones)
     "canonicalize-activations",
     "collapse-reshapes",
     "compose-transposes",
@@ -33,6 +34,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold (no TRANSPOSE in the TFLite)
     "legalize-global-pool",  # before decompose-pooling; an AVERAGE_POOL_2D costs Vela half a MEAN
     "decompose-pooling",
+    "legalize-reduce-sum",  # after propagate-transposes (which moves ReduceSums through permutes as they are)
     "legalize-resize",
     "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs
     "decompose-strided-conv",  # after fuse-affine: a Slice between conv and affine would block folding
