@@ -31,7 +31,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "decompose-layernorm",
     "legalize-rsqrt",  # after decompose-layernorm's Pow(-0.5) and for hand-written x / Sqrt(v)
     "propagate-transposes",  # after the decompositions, so LayerNorms inside NHWC permutes are plain ops
-    "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold (no TRANSPOSE in the TFLite)
+    "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold: one-hot convs or TRANSPOSE, by cost
     "legalize-global-pool",  # before decompose-pooling; an AVERAGE_POOL_2D costs Vela half a MEAN
     "decompose-pooling",
     "legalize-reduce-sum",  # after propagate-transposes (which moves ReduceSums through permutes as they are)
