@@ -698,12 +698,17 @@ def stage_table() -> None:
     et, nr = load_json(ET_JSON), load_json(NIRC_JSON)
     body = table_markdown(et, nr)
     notes = _notes(et, nr)
+    breakdown = (
+        "\n## Where the cycles go\n\nVela's per-layer estimate in kcycles, summed per original operator type (top 6; "
+        "ExecuTorch's are TOSA ops, nirc's TFLite ops).\n\n" + breakdown_markdown()
+    )
     TABLE_MD.write_text(
         "# nirc vs ExecuTorch Arm backend (ethos-u65-256)\n\n"
         + SECTION_INTRO.split("\n\n", 1)[1]
         + body
         + "\n"
-        + notes,
+        + notes
+        + breakdown,
         encoding="utf-8",
     )
     section = f"{SECTION_BEGIN}\n{SECTION_INTRO}{body}\n{notes}{SECTION_END}\n"
@@ -715,6 +720,40 @@ def stage_table() -> None:
         text = text.rstrip("\n") + "\n\n" + section
     BENCHMARKS_MD.write_text(text, encoding="utf-8")
     print(body)
+
+
+def cycles_by_op(paths: Sequence[Path]) -> Counter[str]:
+    """Vela's per-layer cycles summed per original operator type, over one or more per-layer CSVs."""
+    total: Counter[str] = Counter()
+    for path in paths:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
+        head = rows[0]
+        op_at = next(head.index(c) for c in ("Original Operator", "TFLite_operator", "TOSA_operator") if c in head)
+        cycles_at = head.index("Op Cycles")
+        for row in rows[1:]:
+            if len(row) >= len(head):
+                total[row[op_at]] += round(float(row[cycles_at]))
+    return total
+
+
+def breakdown_markdown() -> str:
+    """Per model: operator types whose cycles differ most between ExecuTorch and nirc (full pipeline)."""
+    lines = [
+        "| model | ExecuTorch (TOSA ops) | nirc (TFLite ops) |",
+        "|---|---|---|",
+    ]
+    for spec in MODELS:
+        et_csvs = sorted((VELA_DIR / spec.name).glob("partition*/executorch_*per-layer.csv"))
+        nirc_csvs = sorted((VELA_DIR / spec.name / "nirc_full").glob("*per-layer.csv"))
+        if not et_csvs or not nirc_csvs:
+            continue
+        cells = []
+        for csvs in (et_csvs, nirc_csvs):
+            cyc = cycles_by_op(csvs)
+            cells.append(", ".join(f"{op} {c / 1e3:.0f}" for op, c in cyc.most_common(6) if c))
+        lines.append(f"| {spec.name} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
 
 
 def _notes(et: dict[str, Any], nr: dict[str, Any]) -> str:
