@@ -690,7 +690,9 @@ SECTION_INTRO = (
     "top-1 agreement: 16 held-out inputs vs the float PyTorch module (ExecuTorch: its TOSA int8 graph in the TOSA "
     "reference model; nirc: its int8 TFLite in LiteRT). CPU ops: ExecuTorch ops left outside the delegate "
     "(including the input quantize / output dequantize), nirc ops Vela left on the CPU. Compile seconds: "
-    "quantization + lowering + Vela on a shared 2-core machine (nirc with `--validate none`).\n\n"
+    "quantization + lowering + Vela on a shared 2-core machine (nirc with `--validate none`). The weights are "
+    "untrained, so SNR compares the two int8 flows on the same function, not task accuracy, and the top-1 "
+    "agreement of an untrained classifier (near-equal logits) says little.\n\n"
 )
 
 
