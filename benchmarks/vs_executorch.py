@@ -472,10 +472,11 @@ def _vela_version() -> str:
 
 
 def stage_export(names: Sequence[str]) -> None:
-    data = load_json(ET_JSON)
     for name in names:
-        data[name] = export_one(BY_NAME[name])
-        save_json(ET_JSON, data)  # after each model: a later failure keeps the earlier results
+        row = export_one(BY_NAME[name])
+        data = load_json(ET_JSON)  # re-read: saved after each model, a later failure keeps earlier results
+        data[name] = row
+        save_json(ET_JSON, data)
 
 
 # --------------------------------------------------------------------------- stage (b)
@@ -606,6 +607,8 @@ def stage_nirc(names: Sequence[str]) -> None:
             continue
         row = {"full": nirc_one(name, nirc_exe, baseline=False), "base": nirc_one(name, nirc_exe, baseline=True)}
         row["onnx_vs_torch_snr_db"] = _onnx_vs_torch(d, onnx_path)
+        row["onnx_sha256"] = sha256(onnx_path)
+        data = load_json(NIRC_JSON)  # re-read: another run may have saved other models meanwhile
         data[name] = row
         save_json(NIRC_JSON, data)
         full = row["full"]
@@ -645,8 +648,13 @@ def table_markdown(et: dict[str, Any], nr: dict[str, Any]) -> str:
                     e["compile_s"],
                 )
             )
+        stale = (
+            e
+            and "onnx_sha256" in nr.get(spec.name, {})
+            and nr[spec.name]["onnx_sha256"] != et[spec.name]["onnx_sha256"]
+        )
         for key, label in (("full", "nirc"), ("base", "nirc --no-hw-passes")):
-            n = nr.get(spec.name, {}).get(key)
+            n = None if stale else nr.get(spec.name, {}).get(key)
             if not n:
                 continue
             if "error" in n:
