@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import tempfile
 import time
@@ -115,6 +116,18 @@ def to_markdown(rows: list[dict[str, Any]], target: str, macs_per_cycle: int, se
     return "\n".join(lines)
 
 
+def kept_sections(path: Path) -> str:
+    """Sections other scripts own (``<!-- NAME:begin -->`` ... ``<!-- NAME:end -->``), kept verbatim.
+
+    ``benchmarks/vs_executorch.py`` writes its table into BENCHMARKS.md between such markers;
+    regenerating this file's own table must not drop it.
+    """
+    if not path.is_file():
+        return ""
+    blocks = re.finditer(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n?", path.read_text(encoding="utf-8"), re.DOTALL)
+    return "".join("\n" + m.group(0) for m in blocks)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*")
@@ -131,7 +144,7 @@ def main() -> int:
             rows.append(bench(name, builders[name], Path(tmp), args.target))
             print(f"{name}: {rows[-1]['full']['vela']['inference_time_ms']:.3f} ms", flush=True)
     text = to_markdown(rows, target.name, target.macs, time.perf_counter() - start)
-    args.output.write_text(text, encoding="utf-8")
+    args.output.write_text(text + kept_sections(args.output), encoding="utf-8")
     print(text)
     return 0
 
