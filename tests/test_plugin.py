@@ -213,4 +213,4 @@ def test_nirc_passes_shows_the_plugin_in_pipeline_order(tmp_path: Path) -> None:
     assert "default pipeline for ethos-u55-128" in listed.stdout
     order = [line.split()[1] for line in listed.stdout.splitlines() if line[:5].strip().endswith(".")]
     at = order.index(NAME)
-    assert order[at - 1] == "canonicalize-activations" and order[0] == "eliminate-identity"
+    assert order[at - 1] == "canonicalize-activations" and order[0] == "fold-constants"

@@ -299,6 +299,8 @@ def check_model(model: onnx.ModelProto, label: str) -> None:
 def check_finite_weights(model: onnx.ModelProto, label: str) -> None:
     """NaN or infinite weights make every later number meaningless: name the first such tensor now.
 
+    Scalar infinities are allowed: they are how ONNX spells an open bound (Clip(0, inf)).
+
     Left to calibration, the NaN surfaces as a non-finite activation range on some
     downstream tensor, which blames the calibration data and the wrong tensor.
     """
@@ -316,7 +318,11 @@ def check_finite_weights(model: onnx.ModelProto, label: str) -> None:
         if tensor.data_type not in _FLOAT_TYPES:
             continue
         values = numpy_helper.to_array(tensor)
-        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        # A scalar +-inf is a bound (Clip min/max, a -inf MaxPool pad value, Max/Min limits), not a
+        # broken weight; NaN is never meaningful, and inf inside a weight tensor is a diverged model.
+        bad = int(np.count_nonzero(np.isnan(values)))
+        if values.size > 1:
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
         if bad:
             raise ModelLoadError(
                 f"{label}: weight tensor '{name}' has {bad} NaN or infinite value(s) of {values.size}; "

@@ -1,4 +1,4 @@
-"""Compare the simulated Vela model with LiteRT running the pre-Vela int8 model.
+"""Compare the simulated Vela model with the pre-Vela int8 model run in TFLite Micro (or LiteRT).
 
 Why LiteRT's *reference* kernels by default: Ethos-U is designed to be bit-exact
 with the TFLite reference kernels (the ones TFLite Micro and CMSIS-NN mirror on the
@@ -71,6 +71,43 @@ def run_reference(
     return outputs
 
 
+_MICRO_ARENA_BYTES = (16 << 20, 256 << 20)
+"""TFLite Micro arena sizes to try: it fails cleanly when the arena is too small."""
+
+
+def run_micro(int8_tflite: Path | bytes, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Run the pre-Vela model in TFLite Micro; None when tflite-micro is missing or cannot run it.
+
+    Why TFLite Micro: it is the runtime that sits beside the NPU on the device, and its
+    reference kernels are what Ethos-U is specified to match. LiteRT's BUILTIN_REF
+    FULLY_CONNECTED resolves rounding ties differently (measured: 1 LSB in one logit on
+    some inputs of MobileNetV2/ResNet18 heads, where TFLite Micro and the NPU agree), so
+    LiteRT is only the fallback.
+    """
+    try:
+        import tflite
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        return None
+    data = Path(int8_tflite).read_bytes() if isinstance(int8_tflite, (str, Path)) else bytes(int8_tflite)
+    graph = tflite.Model.GetRootAsModel(data, 0).Subgraphs(0)
+    in_names = [graph.Tensors(graph.Inputs(i)).Name().decode() for i in range(graph.InputsLength())]
+    out_names = [graph.Tensors(graph.Outputs(i)).Name().decode() for i in range(graph.OutputsLength())]
+    for arena in _MICRO_ARENA_BYTES:
+        try:
+            interpreter = runtime.Interpreter.from_bytes(data, arena_size=arena)
+            for i, name in enumerate(in_names):
+                if name not in inputs:
+                    raise KeyError(f"missing input {name!r}")
+                shape = tuple(int(d) for d in interpreter.get_input_details(i)["shape"])
+                interpreter.set_input(np.ascontiguousarray(np.asarray(inputs[name]).reshape(shape)), i)
+            interpreter.invoke()
+            return {name: np.array(interpreter.get_output(i)) for i, name in enumerate(out_names)}
+        except (RuntimeError, ValueError):
+            continue  # arena too small, or an op TFLite Micro lacks: try larger, then fall back
+    return None
+
+
 def _coords(shape: tuple[int, ...], flat: int) -> str:
     return "[" + ",".join(str(int(c)) for c in np.unravel_index(flat, shape)) + "]"
 
@@ -117,13 +154,18 @@ def compare_with_reference(
     *,
     kernels: Literal["reference", "optimized"] = "reference",
 ) -> NpuValidation:
-    """Simulate ``vela_tflite`` and compare it with LiteRT on ``int8_tflite`` for the same inputs."""
+    """Simulate ``vela_tflite`` and compare it with ``int8_tflite`` in TFLite Micro (LiteRT without it)."""
     model = container.load(vela_tflite)
     produced = run(model, inputs, cpu_kernels=kernels).outputs
-    reference = run_reference(int8_tflite, inputs, kernels=kernels)
+    micro = run_micro(int8_tflite, inputs) if kernels == "reference" else None
+    if micro is not None:
+        reference, used = micro, "TFLite Micro reference kernels on the pre-Vela int8 model"
+    else:
+        reference = run_reference(int8_tflite, inputs, kernels=kernels)
+        used = f"LiteRT {kernels} kernels on the pre-Vela int8 model"
     scales = {model.tensors[i].name: model.tensors[i].scale for i in model.outputs}
     details = {
-        "reference": f"LiteRT {kernels} kernels on the pre-Vela int8 model",
+        "reference": used,
         "npu_ops": len(model.npu_calls),
         "cpu_ops": len(model.ops) - len(model.npu_calls),
     }
