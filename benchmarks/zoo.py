@@ -244,13 +244,57 @@ def _summary(cache: dict[str, dict[str, Any]], files: list[str]) -> list[str]:
     return out
 
 
+def status_text(cache: dict[str, dict[str, Any]], files: list[str]) -> str:
+    """STATUS.md for the export folder: which files fail to compile (base run) and why, in one line each."""
+    base = {f: cache.get(f"{f}|base") for f in files}
+    failing = {f: r for f, r in base.items() if r is not None and r["status"] != "ok"}
+    cpu = {f: r for f, r in base.items() if r is not None and r["status"] == "ok" and r.get("cpu_ops")}
+    pending = [f for f, r in base.items() if r is None]
+    lines = [
+        "# Zoo compile status (nirc `--no-hw-passes`, ethos-u65, `--validate none`)",
+        "",
+        "Written by `benchmarks/zoo.py run` (branch zoo) from benchmarks/results/zoo.json; compiled with the nirc",
+        "code of that worktree (= main at the start of the session). Regenerated as runs finish.",
+        "",
+        f"{sum(r is not None and r['status'] == 'ok' for r in base.values())} of {len(files)} files compile; "
+        f"{len(failing)} fail; {len(pending)} not run yet.",
+        "",
+        "## Failing files (exit code: the one-line error)",
+        "",
+        *(f"- {f}: {r['status']}" for f, r in sorted(failing.items())),
+        "",
+        "## Compiling files with ops left on the CPU (Vela's reasons)",
+        "",
+        *(f"- {f}: {r['cpu_ops']} CPU ops: " + "; ".join(r.get("cpu_reasons", [])) for f, r in sorted(cpu.items())),
+        "",
+        "## Not run yet",
+        "",
+        *(f"- {f}" for f in pending),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_outputs(cache: dict[str, dict[str, Any]], exports: Path) -> None:
+    files = _files(exports, None)
+    TABLE.write_text(to_markdown(cache, files, _manifest(exports)))
+    try:
+        (exports / "STATUS.md").write_text(status_text(cache, files))
+    except OSError as exc:
+        print(f"  (STATUS.md not written: {exc})", flush=True)
+
+
 def _manifest(exports: Path) -> dict[str, dict[str, Any]]:
     path = exports / "manifest.json"
     return {r["file"]: r for r in json.loads(path.read_text()) if "file" in r} if path.exists() else {}
 
 
 def _files(exports: Path, only: str | None) -> list[str]:
+    """Exported files, only those the manifest lists as finished when there is one (an export in progress
+    must not be compiled half-written)."""
     names = sorted(p.name for p in exports.glob("*__*__*.onnx"))
+    manifest = _manifest(exports)
+    if manifest:
+        names = [n for n in names if manifest.get(n, {}).get("status") == "ok"]
     return [n for n in names if not only or only in n]
 
 
@@ -271,9 +315,9 @@ def run(args: argparse.Namespace) -> int:
         for key, row in pool.map(one, todo):
             cache[key] = row
             save_cache(cache)
-            TABLE.write_text(to_markdown(cache, _files(args.exports, None), _manifest(args.exports)))
+            _write_outputs(cache, args.exports)
             print(f"  {key}: {row['status'][:160]} {_ms(row)} ms, {row['compile_s']} s", flush=True)
-    TABLE.write_text(to_markdown(cache, _files(args.exports, None), _manifest(args.exports)))
+    _write_outputs(cache, args.exports)
     return 0
 
 
@@ -303,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return export_all(args.out, args.only, tuple(args.exporters))
     if args.cmd == "run":
         return run(args)
-    TABLE.write_text(to_markdown(load_cache(), _files(args.exports, None), _manifest(args.exports)))
+    _write_outputs(load_cache(), args.exports)
     return 0
 
 
