@@ -21,6 +21,7 @@ plus a few flat-coloured discs and rectangles for sharp edges. Classifiers get t
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -159,9 +160,21 @@ def load_cache() -> dict[str, dict[str, Any]]:
     return json.loads(CACHE.read_text()) if CACHE.exists() else {}
 
 
-def save_cache(cache: dict[str, dict[str, Any]]) -> None:
+def record(key: str, row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Add one result to the cache on disk and return the whole cache.
+
+    Re-reads the file under a lock, so two runs at once (say ``--mode base`` and ``--mode full``)
+    never overwrite each other's rows; the write is atomic, so an interrupted run leaves a valid file.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    CACHE.write_text(json.dumps(dict(sorted(cache.items())), indent=1, sort_keys=True) + "\n")
+    with (Path(tempfile.gettempdir()) / "nirc_zoo_results.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = load_cache()
+        cache[key] = row
+        tmp = CACHE.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(dict(sorted(cache.items())), indent=1, sort_keys=True) + "\n")
+        tmp.replace(CACHE)
+    return cache
 
 
 def _ms(row: dict[str, Any] | None) -> str:
@@ -313,11 +326,10 @@ def run(args: argparse.Namespace) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for key, row in pool.map(one, todo):
-            cache[key] = row
-            save_cache(cache)
+            cache = record(key, row)
             _write_outputs(cache, args.exports)
             print(f"  {key}: {row['status'][:160]} {_ms(row)} ms, {row['compile_s']} s", flush=True)
-    _write_outputs(cache, args.exports)
+    _write_outputs(load_cache(), args.exports)
     return 0
 
 
