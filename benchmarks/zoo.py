@@ -24,6 +24,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -182,9 +183,16 @@ def _ms(row: dict[str, Any] | None) -> str:
 
 
 def _status(row: dict[str, Any] | None) -> str:
+    """Status for a table cell: the error without the file path, its first clause only."""
     if row is None:
         return "not run"
-    return str(row["status"]).replace("|", "\\|")
+    text = re.sub(r"nirc: error: \S+\.onnx: ", "", str(row["status"])).split("; ")[0]
+    return text.replace("|", "\\|")
+
+
+def _error_kind(row: dict[str, Any]) -> str:
+    """The error with node names blanked, to count files failing for the same reason."""
+    return re.sub(r"'[^']*'", "'…'", _status(row))
 
 
 def to_markdown(cache: dict[str, dict[str, Any]], files: list[str], manifest: dict[str, dict[str, Any]]) -> str:
@@ -239,6 +247,13 @@ def _summary(cache: dict[str, dict[str, Any]], files: list[str]) -> list[str]:
             f"- {mode}: {len(ok)} of {len(files)} files compile ({len(ran)} run, {len(files) - len(ran)} not run); "
             f"{len(npu_only)} run entirely on the NPU."
         )
+    kinds: dict[str, list[str]] = {}
+    for f in files:
+        row = cache.get(f"{f}|base")
+        if row is not None and row["status"] != "ok":
+            kinds.setdefault(_error_kind(row), []).append(f.removesuffix(".onnx"))
+    for kind, names in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        out.append(f"- base failure x{len(names)}: {kind} ({', '.join(names)})")
     for mode in MODES:
         pairs = []
         for f in files:
