@@ -326,11 +326,34 @@ def _files(exports: Path, only: str | None) -> list[str]:
     return [n for n in names if not only or only in n]
 
 
+def _priority(files: list[str]) -> list[str]:
+    """Files in the export order of zoo_models.ARCHS (popular, cheap first), exporters of one arch together,
+    so a partial full-pipeline run still covers whole TorchScript/dynamo pairs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from zoo_models import ARCHS  # no torch at import time
+
+    order = {arch: i for i, (_, arch) in enumerate(ARCHS)}
+    return sorted(
+        files, key=lambda f: (order.get(f.split("__")[1], len(order)), EXPORTERS.index(f.split("__")[2][:-5]))
+    )
+
+
+def _base_failed(cache: dict[str, dict[str, Any]], name: str, mode: str) -> bool:
+    """A file the baseline cannot compile fails the same way in the front end of the full pipeline: skip it."""
+    base = cache.get(f"{name}|base")
+    return mode == "full" and base is not None and base["status"] != "ok"
+
+
 def run(args: argparse.Namespace) -> int:
     cache = load_cache()
     files = _files(args.exports, args.only)
     modes = list(MODES) if args.mode == "both" else [args.mode]
-    todo = [(f, m) for m in modes for f in files if args.force or f"{f}|{m}" not in cache]
+    todo = [
+        (f, m)
+        for m in modes
+        for f in _priority(files)
+        if (args.force or f"{f}|{m}" not in cache) and not _base_failed(cache, f, m)
+    ]
     work = Path(tempfile.mkdtemp(prefix="nirc_zoo_"))
     print(f"[zoo run] {len(todo)} compiles ({len(files)} files, modes {modes}), work dir {work}", flush=True)
 
