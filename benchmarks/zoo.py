@@ -287,6 +287,10 @@ def status_text(cache: dict[str, dict[str, Any]], files: list[str]) -> str:
         f"{sum(r is not None and r['status'] == 'ok' for r in base.values())} of {len(files)} files compile; "
         f"{len(failing)} fail; {len(pending)} not run yet.",
         "",
+        "## Failures grouped by reason",
+        "",
+        *(line for line in _summary(cache, files) if line.startswith("- base failure")),
+        "",
         "## Failing files (exit code: the one-line error)",
         "",
         *(f"- {f}: {r['status']}" for f, r in sorted(failing.items())),
