@@ -361,13 +361,21 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="nirc_zoo_"))
     print(f"[zoo run] {len(todo)} compiles ({len(files)} files, modes {modes}), work dir {work}", flush=True)
 
-    def one(item: tuple[str, str]) -> tuple[str, dict[str, Any]]:
+    if args.reverse:
+        todo.reverse()
+
+    def one(item: tuple[str, str]) -> tuple[str, dict[str, Any] | None]:
         name, mode = item
+        if not args.force and f"{name}|{mode}" in load_cache():  # another run got there first
+            return f"{name}|{mode}", None
         row = compile_one(args.exports / name, mode, work, args.timeout, args.validate, args.target)
         return f"{name}|{mode}", row
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for key, row in pool.map(one, todo):
+        for key, maybe in pool.map(one, todo):
+            if maybe is None:
+                continue
+            row = maybe
             cache = record(key, row)
             _write_outputs(cache, args.exports)
             print(f"  {key}: {row['status'][:160]} {_ms(row)} ms, {row['compile_s']} s", flush=True)
@@ -391,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     rn.add_argument("--validate", choices=["none", "sim"], default="none")
     rn.add_argument("--target", default="ethos-u65")
     rn.add_argument("--force", action="store_true", help="recompile results already in the cache")
+    rn.add_argument("--reverse", action="store_true", help="work from the end of the list (a second run at once)")
     tb = sub.add_parser("table", help="rewrite zoo.md from the results cache")
     tb.add_argument("--exports", type=Path, default=DEFAULT_EXPORTS)
     args = parser.parse_args(argv)
