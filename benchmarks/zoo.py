@@ -247,6 +247,14 @@ def _summary(cache: dict[str, dict[str, Any]], files: list[str]) -> list[str]:
             f"- {mode}: {len(ok)} of {len(files)} files compile ({len(ran)} run, {len(files) - len(ran)} not run); "
             f"{len(npu_only)} run entirely on the NPU."
         )
+    for mode in MODES:
+        per = []
+        for exporter in EXPORTERS:
+            mine = [f for f in files if f.endswith(f"__{exporter}.onnx")]
+            ok = sum((cache.get(f"{f}|{mode}") or {}).get("status") == "ok" for f in mine)
+            if mine:
+                per.append(f"{exporter} {ok}/{len(mine)}")
+        out.append(f"- {mode} compiles per exporter: {', '.join(per)}.")
     kinds: dict[str, list[str]] = {}
     for f in files:
         row = cache.get(f"{f}|base")
