@@ -226,7 +226,7 @@ def to_markdown(cache: dict[str, dict[str, Any]], files: list[str], manifest: di
             f"| {name.removesuffix('.onnx')} | {params} | {_status(base)} "
             f"| {_ms(base)} | {_ms(full)} | {ratio} | {cpu} | {snr_b} | {snr_f} "
             f"| {base['compile_s'] if base else '-'} | {full['compile_s'] if full else '-'} "
-            f"| {_status(full)} |"
+            f"| {'skipped (base fails)' if full is None and _base_failed(cache, name, 'full') else _status(full)} |"
         )
         if base and base.get("cpu_reasons"):
             reasons.append(f"- {name.removesuffix('.onnx')}: " + "; ".join(base["cpu_reasons"]))
