@@ -243,8 +243,10 @@ def _summary(cache: dict[str, dict[str, Any]], files: list[str]) -> list[str]:
         ran = [r for r in rows if r is not None]
         ok = [r for r in ran if r["status"] == "ok"]
         npu_only = [r for r in ok if r.get("cpu_ops") == 0]
+        skipped = sum(r is None and _base_failed(cache, f, mode) for f, r in zip(files, rows, strict=True))
         out.append(
-            f"- {mode}: {len(ok)} of {len(files)} files compile ({len(ran)} run, {len(files) - len(ran)} not run); "
+            f"- {mode}: {len(ok)} of {len(files)} files compile ({len(ran)} run, {skipped} skipped because the "
+            f"baseline fails, {len(files) - len(ran) - skipped} not run); "
             f"{len(npu_only)} run entirely on the NPU."
         )
     for mode in MODES:
