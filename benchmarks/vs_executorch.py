@@ -539,10 +539,18 @@ def _onnx_vs_torch(d: Path, onnx_path: Path) -> float:
     return snr_db(np.load(d / "heldout_ref.npy"), y)
 
 
-def nirc_one(name: str, nirc_exe: str, baseline: bool) -> dict[str, Any]:
+VARIANT_FLAGS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "tosa": ("--npu-format", "auto"),
+    "base": ("--no-hw-passes",),
+}
+"""nirc configurations per model: default pipeline, the same with Vela reading TOSA where it can, baseline."""
+
+
+def nirc_one(name: str, nirc_exe: str, variant: str) -> dict[str, Any]:
     d = work_dir() / name
     onnx_path = d / f"{name}.onnx"
-    out = d / ("nirc_base" if baseline else "nirc_full")
+    out = d / f"nirc_{variant}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
         nirc_exe,
@@ -557,8 +565,7 @@ def nirc_one(name: str, nirc_exe: str, baseline: bool) -> dict[str, Any]:
         "--validate",
         "none",
     ]
-    if baseline:
-        cmd.append("--no-hw-passes")
+    cmd.extend(VARIANT_FLAGS[variant])
     # A fresh Vela cost cache per run: compile seconds are a cold compile, as ExecuTorch's are.
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
@@ -584,12 +591,19 @@ def nirc_one(name: str, nirc_exe: str, baseline: bool) -> dict[str, Any]:
         "npu_ops",
         "cpu_ops",
     )
-    dest = VELA_DIR / name / ("nirc_base" if baseline else "nirc_full")
+    dest = VELA_DIR / name / f"nirc_{variant}"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for f in (out / "vela").glob("*.csv"):
         shutil.copy(f, dest / f.name)
+    snr_heldout, top1_heldout = snr_db(ref, y), top1(ref, y)
+    npu_format = report.get("npu_format", {}).get("format", "tflite")
+    if npu_format == "tosa" and report["validation"].get("tosa"):
+        # What the NPU computes is the TOSA graph (one TABLE per activation), not the int8 TFLite:
+        # its SNR is the report's TOSA reference model against ONNX Runtime, on the calibration inputs.
+        snr_heldout, top1_heldout = report["validation"]["tosa"][0]["snr_db"], None
     return {
+        "npu_format": npu_format,
         "nirc_version": report["nirc_version"],
         "vela_version": vela.get("vela_version"),
         "vela": {k: vela[k] for k in keep},
@@ -597,8 +611,8 @@ def nirc_one(name: str, nirc_exe: str, baseline: bool) -> dict[str, Any]:
         "passes_changed": [p["name"] for p in report["passes"] if p["changed"]],
         "input_layout_changes": report.get("input_layout_changes"),
         "compile_s": round(seconds, 1),
-        "snr_heldout_db": snr_db(ref, y),
-        "top1_heldout": top1(ref, y),
+        "snr_heldout_db": snr_heldout,
+        "top1_heldout": top1_heldout,
         "fits": report["fits"]["platform"]["message"],
     }
 
@@ -616,7 +630,7 @@ def stage_nirc(names: Sequence[str]) -> None:
         if name in et and et[name]["onnx_sha256"] != sha256(onnx_path):
             print(f"{name}: {onnx_path} is not the file the ExecuTorch results were made with", file=sys.stderr)
             continue
-        row = {"full": nirc_one(name, nirc_exe, baseline=False), "base": nirc_one(name, nirc_exe, baseline=True)}
+        row: dict[str, Any] = {variant: nirc_one(name, nirc_exe, variant) for variant in VARIANT_FLAGS}
         row["onnx_vs_torch_snr_db"] = _onnx_vs_torch(d, onnx_path)
         row["onnx_sha256"] = sha256(onnx_path)
         data = load_json(NIRC_JSON)  # re-read: another run may have saved other models meanwhile
@@ -633,6 +647,22 @@ def _fmt(value: float | None, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+
+
+def _geomeans(et: dict[str, Any], nr: dict[str, Any]) -> str:
+    """Geometric mean of ExecuTorch ms / nirc ms per configuration over the models both compiled."""
+    parts = []
+    for key, label in (("full", "nirc"), ("tosa", "nirc --npu-format auto"), ("base", "nirc --no-hw-passes")):
+        ratios = []
+        for spec in MODELS:
+            e = et.get(spec.name, {}).get("executorch")
+            n = nr.get(spec.name, {}).get(key)
+            if e and n and "vela" in n:
+                ratios.append(e["vela"]["inference_time_ms"] / n["vela"]["inference_time_ms"])
+        if ratios:
+            gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            parts.append(f"{label}: {gm:.2f}x ({sum(r >= 1 for r in ratios)}/{len(ratios)} models at least as fast)")
+    return "Geomean speed-up over ExecuTorch (ExecuTorch ms / nirc ms): " + "; ".join(parts) + "."
 
 
 def table_markdown(et: dict[str, Any], nr: dict[str, Any]) -> str:
@@ -664,7 +694,7 @@ def table_markdown(et: dict[str, Any], nr: dict[str, Any]) -> str:
             and "onnx_sha256" in nr.get(spec.name, {})
             and nr[spec.name]["onnx_sha256"] != et[spec.name]["onnx_sha256"]
         )
-        for key, label in (("full", "nirc"), ("base", "nirc --no-hw-passes")):
+        for key, label in (("full", "nirc"), ("tosa", "nirc --npu-format auto"), ("base", "nirc --no-hw-passes")):
             n = None if stale else nr.get(spec.name, {}).get(key)
             if not n:
                 continue
@@ -694,7 +724,7 @@ def table_markdown(et: dict[str, Any], nr: dict[str, Any]) -> str:
                 f"| {v['dram_weight_bytes'] / 1e6:.2f} | {ops} | {_fmt(snr_v, 1)} | {_fmt(t1, 2)} | {_fmt(secs, 1)} "
                 f"| {_fmt(ratio, 3)} |"
             )
-    lines += ["", "Versions: " + "; ".join(sorted(versions)) + "."]
+    lines += ["", _geomeans(et, nr), "", "Versions: " + "; ".join(sorted(versions)) + "."]
     return "\n".join(lines)
 
 
