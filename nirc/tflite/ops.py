@@ -123,6 +123,7 @@ LOWERINGS: dict[str, OpRule[Emitter]] = {
     **{op: OpRule(ops_cpu.lower_unary) for op in (*ops_cpu.INT8_UNARY, *ops_cpu.FLOAT_UNARY)},
     **{op: OpRule(ops_cpu.lower_reduce, check=ops_cpu.check_reduce, ties=ops_cpu.reducer_ties)
        for op in ops_cpu.REDUCERS},
+    "ReduceL2": OpRule(ops_cpu.lower_reduce_l2, check=ops_cpu.check_reduce),
     "Cast": OpRule(ops_cpu.lower_cast, check=ops_cpu.check_cast, ties=tie_input_outputs, alias=True),
     "Pow": OpRule(ops_math.lower_pow, check=ops_math.check_pow),
 }  # fmt: skip

@@ -11,6 +11,8 @@ with no TFLite form at all.
   them in a float island, DEQUANTIZE -> op -> QUANTIZE (all three on the CPU).
 * ReduceMax / ReduceMin / ReduceSum: REDUCE_MAX / REDUCE_MIN / SUM over the stored
   axes; without keepdims the unit axes are dropped by a RESHAPE that moves no data.
+* ReduceL2: TFLite has no REDUCE_L2; SQRT(SUM(x * x)) over the stored axes, in a float island
+  for int8 (the square of an int8 tensor has no useful int8 range of its own).
 * Cast to float32 of a float32 tensor: nothing (exporters leave such no-op casts).
 """
 
@@ -90,6 +92,43 @@ def lower_reduce(em: Emitter, node: onnx.NodeProto) -> None:
     em.op(REDUCERS[node.op_type], [x.tensor, axes_t], [mid], opts)
     y = em.define(name, perm=perm)
     em.reshape(mid, y.tensor)
+
+
+def lower_reduce_l2(em: Emitter, node: onnx.NodeProto) -> None:
+    axes = reduce_axes(em.info, node) or []
+    name = node.output[0]
+    x = em.stored(node.input[0])
+    if not axes:
+        em.alias(name, x)  # noop_with_empty_axes: ReduceL2 of nothing is |x|, but exporters never ask it
+        return
+    kept = tuple(1 if i in axes else d for i, d in enumerate(x.onnx_shape))
+    keep_stored = permute_shape(kept, x.perm)
+    axes_t = em.int_const(f"{name}/axes", sorted(stored_axis(a, x.perm) for a in axes))
+    src = x.tensor
+    if em.int8:
+        src = em.mb.add_tensor(f"{name}/float_in", x.stored_shape, "float32")
+        em.op(Op.DEQUANTIZE, [x.tensor], [src])
+    square = em.mb.add_tensor(f"{name}/square", x.stored_shape, "float32")
+    em.op(Op.MUL, [src, src], [square], Options("MulOptions", (("FusedActivationFunction", 0),)))
+    total = em.mb.add_tensor(f"{name}/sum", keep_stored, "float32")
+    em.op(Op.SUM, [square, axes_t], [total], Options("ReducerOptions", (("KeepDims", True),)))
+    keepdims = bool(attr_int(node, "keepdims", 1))
+    if keepdims:
+        y = em.define(name, perm=x.perm, shape=kept)
+        out = y.tensor
+    else:
+        out_shape = em.shape(name)
+        perm = reshape_perm(kept, x.perm, out_shape) or tuple(range(len(out_shape)))
+        out = em.new_tensor(f"{name}/keep", keep_stored, em.qparams(name))
+    if em.int8:
+        root = em.mb.add_tensor(f"{name}/float_out", keep_stored, "float32")
+        em.op(Op.SQRT, [total], [root])
+        em.op(Op.QUANTIZE, [root], [out])
+    else:
+        em.op(Op.SQRT, [total], [out])
+    if not keepdims:
+        y = em.define(name, perm=perm)
+        em.reshape(out, y.tensor)
 
 
 def check_cast(info: GraphInfo, node: onnx.NodeProto) -> str | None:

@@ -96,13 +96,42 @@ def minmax_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
 
 
 def check_div(info: GraphInfo, node: onnx.NodeProto) -> str | None:
-    if not info.is_const(node.input[1]):
-        return "only division by a constant is supported (lowered as MUL by its reciprocal)"
+    """Division by a constant is a MUL by its reciprocal (NPU); by an activation, TFLite DIV (CPU)."""
     return None
+
+
+def _lower_activation_div(em: Emitter, node: onnx.NodeProto, act: int, out_name: str) -> None:
+    """``x / y`` of two activations: TFLite DIV, which Vela leaves to the Cortex-M on U55/U65.
+
+    TFLite's DIV has no int8 kernel in TFLite Micro, so an int8 model divides in a float
+    island (DEQUANTIZE both operands, DIV, QUANTIZE); exact in float, one rounding in int8.
+    Linear-attention normalisers (EfficientViT) and ``F.normalize`` (EdgeNeXt) end here.
+    """
+    out_shape = em.shape(node.output[0])
+    rank = len(out_shape)
+    perm = _shared_layout(em, node, rank)
+    a = _operand(em, node.input[0], rank, perm)
+    b = _operand(em, node.input[1], rank, perm)
+    y = em.define(out_name, perm=perm, shape=out_shape)
+    options = Options("DivOptions", (("FusedActivationFunction", act),))
+    if not em.int8:
+        em.op(Op.DIV, [a, b], [y.tensor], options)
+        return
+    floats = []
+    for tag, tensor in (("a", a), ("b", b)):
+        f = em.mb.add_tensor(f"{out_name}/float_{tag}", em.mb.shape_of(tensor), "float32")
+        em.op(Op.DEQUANTIZE, [tensor], [f])
+        floats.append(f)
+    result = em.mb.add_tensor(f"{out_name}/float_out", em.mb.shape_of(y.tensor), "float32")
+    em.op(Op.DIV, floats, [result], options)
+    em.op(Op.QUANTIZE, [result], [y.tensor])
 
 
 def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
     act, out_name = em.activation(node)
+    if node.op_type == "Div" and not em.info.is_const(node.input[1]):
+        _lower_activation_div(em, node, act, out_name)
+        return
     out_shape = em.shape(node.output[0])
     rank = len(out_shape)
     perm = _shared_layout(em, node, rank)

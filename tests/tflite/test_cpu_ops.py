@@ -67,3 +67,24 @@ def test_float_cast_is_free_and_other_casts_are_rejected() -> None:
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
     with pytest.raises(UnsupportedOperatorError, match="float32 -> float32"):
         emit_tflite(model)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_l2_is_sqrt_of_sum_of_squares(keepdims: int) -> None:
+    """F.normalize's ReduceL2 (EdgeNeXt): TFLite has no REDUCE_L2, so MUL, SUM, SQRT on the CPU."""
+    nodes = [h.make_node("ReduceL2", ["x", "axes"], ["y"], keepdims=keepdims)]
+    model = make_model(nodes, {"x": (1, 8, 4, 4)}, ["y"], {"axes": np.asarray([1], np.int64)})
+    float_ops, int8_ops = _check(model, (1, 8, 4, 4))
+    assert float_ops[:3] == ["MUL", "SUM", "SQRT"], float_ops
+    assert int8_ops[:5] == ["DEQUANTIZE", "MUL", "SUM", "SQRT", "QUANTIZE"], int8_ops
+
+
+def test_division_by_an_activation_is_a_cpu_div() -> None:
+    """x / (|y| + 1) of two activations (a linear-attention normaliser): DIV, int8 in a float island."""
+    nodes = [h.make_node("Abs", ["x"], ["a"]), h.make_node("Add", ["a", "one"], ["d"]),
+             h.make_node("Mul", ["x", "three"], ["n"]), h.make_node("Div", ["n", "d"], ["y"])]  # fmt: skip
+    model = make_model(nodes, {"x": (1, 8, 4, 4)}, ["y"], {"one": np.float32(1.0), "three": np.float32(3.0)})
+    float_ops, int8_ops = _check(model, (1, 8, 4, 4))
+    assert "DIV" in float_ops
+    at = int8_ops.index("DIV")
+    assert int8_ops[at - 2 : at] == ["DEQUANTIZE", "DEQUANTIZE"] and int8_ops[at + 1] == "QUANTIZE", int8_ops
