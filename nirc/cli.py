@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="tflite",
         help="what Vela reads: the int8 TFLite (default) or it lifted to TOSA 1.0, where SiLU and other "
         "one-input functions are one TABLE (needs tosa-tools; falls back to TFLite naming the op it cannot "
-        "lift); auto: TOSA where it can be used, silently TFLite otherwise (the report says why)",
+        "lift); auto: both forms compiled, the one Vela estimates faster kept (the report says why)",
     )
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
 

@@ -77,7 +77,7 @@ class OptimizeOptions:
         max_snr_drop: the accuracy guard's tolerance in dB.
         layer_report: per-layer int8 SNR (where the int8 error enters) in the report.
         npu_format: what Vela reads: the int8 TFLite, or it lifted to TOSA 1.0 (``tosa``: one-input
-            functions such as SiLU become one TABLE; ``auto``: TOSA where it can be used).
+            functions such as SiLU become one TABLE; ``auto``: both compiled, Vela's faster estimate kept).
         require_fit: raise :class:`~nirc.errors.TargetError` when the compiled model does not fit.
     """
 

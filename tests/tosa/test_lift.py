@@ -281,3 +281,23 @@ def test_tables_and_rescale_factors() -> None:
     for scale in (0.75, 1e-3, 3.1e-7, 1.5):
         multiplier, shift = scale32(scale)
         assert 2 <= shift <= 62 and abs(multiplier / 2**shift - scale) <= scale * 2**-30
+
+
+def test_auto_keeps_the_form_vela_estimates_faster(tmp_path: Path) -> None:
+    """`--npu-format auto` compiles both forms and keeps the faster: the TOSA route is not faster everywhere.
+
+    SiLU is one free TABLE in TOSA; a residual-style Add of a tensor with itself costs Vela several
+    times more as TOSA ADD (with its RESCALEs) than as TFLite ADD, so there the TFLite form wins.
+    """
+    silu = _conv_then("s = Sigmoid (c) y = Mul (c, s)", channels=16, size=16)
+    chosen = optimize(silu, outdir=tmp_path / "silu", npu_format="auto", no_hw_passes=True).report
+    est = chosen["npu_format"]["estimates_ms"]
+    assert chosen["npu_format"]["format"] == "tosa" and est["tosa"] < est["tflite"]
+    assert chosen["vela"]["inference_time_ms"] == pytest.approx(est["tosa"])
+    doubled = _conv_then("y = Add (c, c)", channels=16, size=16)
+    kept = optimize(doubled, outdir=tmp_path / "add", npu_format="auto", no_hw_passes=True).report
+    est = kept["npu_format"]["estimates_ms"]
+    assert kept["npu_format"]["format"] == "tflite" and est["tflite"] < est["tosa"]
+    assert "Vela's estimate" in kept["npu_format"]["reason"] and "tosa" not in kept["validation"]
+    assert kept["vela"]["inference_time_ms"] == pytest.approx(est["tflite"])
+    assert not (tmp_path / "add" / "model_npu.tosa").exists()
