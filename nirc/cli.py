@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--npu-format",
         choices=("tflite", "tosa", "auto"),
         default="tflite",
-        help="what Vela reads: the int8 TFLite (default) or it lifted to TOSA 1.0, where SiLU and other "
+        help="what Vela reads: the int8 TFLite (default), or it lifted to TOSA 1.0, where SiLU and other "
         "one-input functions are one TABLE (needs tosa-tools; falls back to TFLite naming the op it cannot "
         "lift); auto: both forms compiled, the one Vela estimates faster kept (the report says why)",
     )
