@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from nirc.ir.names import fresh_name
+
 # Constant node attributes other than ``value`` and the dtype each one produces.
 _CONSTANT_ATTRS: dict[str, type[np.generic]] = {
     "value_float": np.float32,
@@ -169,12 +171,7 @@ class Namer:
         self.used: set[str] = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
 
     def fresh(self, base: str) -> str:
-        name, index = base, 1
-        while name in self.used:
-            name = f"{base}_{index}"
-            index += 1
-        self.used.add(name)
-        return name
+        return fresh_name(self.used, base)
 
     def constant(self, base: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(self.fresh(base), np.array(values, order="C"))

@@ -29,6 +29,7 @@ import onnx
 from onnx import defs, helper, numpy_helper
 
 from nirc.errors import UnsupportedOperatorError
+from nirc.ir.names import fresh_name
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -47,12 +48,7 @@ class _Names:
         self.ranks = _ranks(model)
 
     def fresh(self, base: str) -> str:
-        name, index = base, 1
-        while name in self.used:
-            name = f"{base}_{index}"
-            index += 1
-        self.used.add(name)
-        return name
+        return fresh_name(self.used, base)
 
     def constant(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)
