@@ -219,23 +219,10 @@ class ReparamRule(Rule):
         return summed, groups, scale
 
     def _merged(self, graph: gs.Graph, match: Match) -> tuple[LinearConv, list[int]] | str:
-        by_name = {n.name: n for n in graph.nodes}
-        x = graph.tensors()[match.inputs[0]]
-        shape = static_shape(x)
-        if shape is None or len(shape) != 4:
-            return "input is not a static 4-D feature map"
-        maps: list[LinearConv] = []
-        groups: list[int] = []
-        for chain in match.info["chains"]:
-            steps = [by_name[n] for n in chain]
-            mapped = chain_map(steps, shape[1])
-            if isinstance(mapped, str):
-                return mapped
-            maps.append(mapped)
-            for step in steps:
-                attrs = conv_attrs(step) if step.op == "Conv" else None
-                if attrs is not None and not isinstance(attrs, str):
-                    groups.append(attrs[3])
+        found = self._maps(graph, match)
+        if isinstance(found, str):
+            return found
+        maps, _, groups, shape = found
         summed = add(maps, shape[2:])
         if isinstance(summed, str):
             return summed
