@@ -37,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 from nirc.targets.ethos_u.sim import container
-from nirc.targets.ethos_u.sim.validate import NpuValidation, compare_outputs, run_reference
+from nirc.targets.ethos_u.sim.validate import NpuValidation, compare_outputs, reference_outputs
 
 from nirc.errors import BackendError
 
@@ -246,10 +246,10 @@ def validate_fvp(
     runner: str | Path | None = None,
     kernels: Literal["reference", "optimized"] = "reference",
 ) -> NpuValidation:
-    """Run on the FVP and compare with LiteRT on the pre-Vela model (``method="fvp"``, counters in details)."""
+    """Run on the FVP and compare with the pre-Vela model (``method="fvp"``, counters in details)."""
     result = run_fvp(vela_tflite, inputs, target, fvp=fvp, runner=runner)
-    reference = run_reference(int8_tflite, inputs, kernels=kernels)
+    reference, used = reference_outputs(int8_tflite, inputs, kernels)
     model = container.load(vela_tflite)
     scales = {model.tensors[i].name: model.tensors[i].scale for i in model.outputs}
-    details = {"reference": f"LiteRT {kernels} kernels on the pre-Vela int8 model", "counters": result.counters}
+    details = {"reference": used, "counters": result.counters}
     return compare_outputs(result.outputs, reference, scales, "fvp", details)

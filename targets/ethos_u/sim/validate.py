@@ -85,14 +85,13 @@ def run_micro(int8_tflite: Path | bytes, inputs: Mapping[str, np.ndarray]) -> di
     LiteRT is only the fallback.
     """
     try:
-        import tflite
         from tflite_micro.python.tflite_micro import runtime
     except ImportError:
         return None
     data = Path(int8_tflite).read_bytes() if isinstance(int8_tflite, (str, Path)) else bytes(int8_tflite)
-    graph = tflite.Model.GetRootAsModel(data, 0).Subgraphs(0)
-    in_names = [graph.Tensors(graph.Inputs(i)).Name().decode() for i in range(graph.InputsLength())]
-    out_names = [graph.Tensors(graph.Outputs(i)).Name().decode() for i in range(graph.OutputsLength())]
+    parsed = container.load(data)  # TFLite Micro's details carry no names: take them from the flatbuffer
+    in_names = [parsed.tensors[i].name for i in parsed.inputs]
+    out_names = [parsed.tensors[i].name for i in parsed.outputs]
     for arena in _MICRO_ARENA_BYTES:
         try:
             interpreter = runtime.Interpreter.from_bytes(data, arena_size=arena)
@@ -106,6 +105,21 @@ def run_micro(int8_tflite: Path | bytes, inputs: Mapping[str, np.ndarray]) -> di
         except (RuntimeError, ValueError):
             continue  # arena too small, or an op TFLite Micro lacks: try larger, then fall back
     return None
+
+
+def reference_outputs(
+    int8_tflite: Path | bytes,
+    inputs: Mapping[str, np.ndarray],
+    kernels: Literal["reference", "optimized"] = "reference",
+) -> tuple[dict[str, np.ndarray], str]:
+    """What the compiled artifact must reproduce, and which runtime computed it (for the report).
+
+    TFLite Micro when it can run the model (``kernels="reference"``), else LiteRT with ``kernels``.
+    """
+    micro = run_micro(int8_tflite, inputs) if kernels == "reference" else None
+    if micro is not None:
+        return micro, "TFLite Micro reference kernels on the pre-Vela int8 model"
+    return run_reference(int8_tflite, inputs, kernels=kernels), f"LiteRT {kernels} kernels on the pre-Vela int8 model"
 
 
 def _coords(shape: tuple[int, ...], flat: int) -> str:
@@ -157,12 +171,7 @@ def compare_with_reference(
     """Simulate ``vela_tflite`` and compare it with ``int8_tflite`` in TFLite Micro (LiteRT without it)."""
     model = container.load(vela_tflite)
     produced = run(model, inputs, cpu_kernels=kernels).outputs
-    micro = run_micro(int8_tflite, inputs) if kernels == "reference" else None
-    if micro is not None:
-        reference, used = micro, "TFLite Micro reference kernels on the pre-Vela int8 model"
-    else:
-        reference = run_reference(int8_tflite, inputs, kernels=kernels)
-        used = f"LiteRT {kernels} kernels on the pre-Vela int8 model"
+    reference, used = reference_outputs(int8_tflite, inputs, kernels)
     scales = {model.tensors[i].name: model.tensors[i].scale for i in model.outputs}
     details = {
         "reference": used,
