@@ -36,6 +36,26 @@ REDUCERS = {"ReduceMax": Op.REDUCE_MAX, "ReduceMin": Op.REDUCE_MIN, "ReduceSum":
 _FLOAT = onnx.TensorProto.FLOAT
 
 
+def float_in(em: Emitter, tensor: int, name: str) -> int:
+    """``tensor`` as float32 for an op TFLite runs in float only: a DEQUANTIZE in an int8 model."""
+    if not em.int8:
+        return tensor
+    out = em.mb.add_tensor(name, em.mb.shape_of(tensor), "float32")
+    em.op(Op.DEQUANTIZE, [tensor], [out])
+    return out
+
+
+def float_out(em: Emitter, tensor: int, name: str) -> int:
+    """Where a float-only op writes ``tensor``'s value: a float32 twin in an int8 model (see quantize_out)."""
+    return em.mb.add_tensor(name, em.mb.shape_of(tensor), "float32") if em.int8 else tensor
+
+
+def quantize_out(em: Emitter, result: int, tensor: int) -> None:
+    """Close a float island: QUANTIZE ``result`` (from :func:`float_out`) into ``tensor``."""
+    if result != tensor:
+        em.op(Op.QUANTIZE, [result], [tensor])
+
+
 def lower_unary(em: Emitter, node: onnx.NodeProto) -> None:
     """Layout-agnostic: the output is stored like the input."""
     x = em.stored(node.input[0])
@@ -43,16 +63,11 @@ def lower_unary(em: Emitter, node: onnx.NodeProto) -> None:
     if node.op_type in INT8_UNARY:
         em.op(INT8_UNARY[node.op_type], [x.tensor], [y.tensor])
         return
-    builtin = FLOAT_UNARY[node.op_type]
-    if not em.int8:
-        em.op(builtin, [x.tensor], [y.tensor])
-        return
     name = node.output[0]
-    fin = em.mb.add_tensor(f"{name}/float_in", x.stored_shape, "float32")
-    fout = em.mb.add_tensor(f"{name}/float_out", x.stored_shape, "float32")
-    em.op(Op.DEQUANTIZE, [x.tensor], [fin])
-    em.op(builtin, [fin], [fout])
-    em.op(Op.QUANTIZE, [fout], [y.tensor])
+    fin = float_in(em, x.tensor, f"{name}/float_in")
+    fout = float_out(em, y.tensor, f"{name}/float_out")
+    em.op(FLOAT_UNARY[node.op_type], [fin], [fout])
+    quantize_out(em, fout, y.tensor)
 
 
 def reducer_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
@@ -104,10 +119,7 @@ def lower_reduce_l2(em: Emitter, node: onnx.NodeProto) -> None:
     kept = tuple(1 if i in axes else d for i, d in enumerate(x.onnx_shape))
     keep_stored = permute_shape(kept, x.perm)
     axes_t = em.int_const(f"{name}/axes", sorted(stored_axis(a, x.perm) for a in axes))
-    src = x.tensor
-    if em.int8:
-        src = em.mb.add_tensor(f"{name}/float_in", x.stored_shape, "float32")
-        em.op(Op.DEQUANTIZE, [x.tensor], [src])
+    src = float_in(em, x.tensor, f"{name}/float_in")
     square = em.mb.add_tensor(f"{name}/square", x.stored_shape, "float32")
     em.op(Op.MUL, [src, src], [square], Options("MulOptions", (("FusedActivationFunction", 0),)))
     total = em.mb.add_tensor(f"{name}/sum", keep_stored, "float32")
@@ -120,12 +132,9 @@ def lower_reduce_l2(em: Emitter, node: onnx.NodeProto) -> None:
         out_shape = em.shape(name)
         perm = reshape_perm(kept, x.perm, out_shape) or tuple(range(len(out_shape)))
         out = em.new_tensor(f"{name}/keep", keep_stored, em.qparams(name))
-    if em.int8:
-        root = em.mb.add_tensor(f"{name}/float_out", keep_stored, "float32")
-        em.op(Op.SQRT, [total], [root])
-        em.op(Op.QUANTIZE, [root], [out])
-    else:
-        em.op(Op.SQRT, [total], [out])
+    root = float_out(em, out, f"{name}/float_out")
+    em.op(Op.SQRT, [total], [root])
+    quantize_out(em, root, out)
     if not keepdims:
         y = em.define(name, perm=perm)
         em.reshape(out, y.tensor)

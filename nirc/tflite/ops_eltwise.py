@@ -16,6 +16,7 @@ from nirc.tflite.builder import Options, QParams
 from nirc.tflite.context import Emitter, Value
 from nirc.tflite.graph import GraphInfo, attr_float, attr_int
 from nirc.tflite.layout import broadcast_const, permute_shape, standard_perm, stored_axis
+from nirc.tflite.ops_cpu import float_in, float_out, quantize_out
 
 _BUILTIN = {"Add": Op.ADD, "Sub": Op.SUB, "Mul": Op.MUL, "Div": Op.MUL}
 _OPTIONS = {"Add": "AddOptions", "Sub": "SubOptions", "Mul": "MulOptions", "Div": "MulOptions"}
@@ -113,18 +114,10 @@ def _lower_activation_div(em: Emitter, node: onnx.NodeProto, act: int, out_name:
     a = _operand(em, node.input[0], rank, perm)
     b = _operand(em, node.input[1], rank, perm)
     y = em.define(out_name, perm=perm, shape=out_shape)
-    options = Options("DivOptions", (("FusedActivationFunction", act),))
-    if not em.int8:
-        em.op(Op.DIV, [a, b], [y.tensor], options)
-        return
-    floats = []
-    for tag, tensor in (("a", a), ("b", b)):
-        f = em.mb.add_tensor(f"{out_name}/float_{tag}", em.mb.shape_of(tensor), "float32")
-        em.op(Op.DEQUANTIZE, [tensor], [f])
-        floats.append(f)
-    result = em.mb.add_tensor(f"{out_name}/float_out", em.mb.shape_of(y.tensor), "float32")
-    em.op(Op.DIV, floats, [result], options)
-    em.op(Op.QUANTIZE, [result], [y.tensor])
+    inputs = [float_in(em, a, f"{out_name}/float_a"), float_in(em, b, f"{out_name}/float_b")]
+    result = float_out(em, y.tensor, f"{out_name}/float_out")
+    em.op(Op.DIV, inputs, [result], Options("DivOptions", (("FusedActivationFunction", act),)))
+    quantize_out(em, result, y.tensor)
 
 
 def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
