@@ -193,13 +193,13 @@ def optimize(
     model = IRModel.load(source, opts.input_shapes)
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"
-    _check_ops_before_work(model.to_proto(), label, pass_list)
-    calib = load_samples(model.to_proto(), opts.calibration)
+    original = model.to_proto()  # one copy of the input model serves the checks and the lossy comparison
+    _check_ops_before_work(original, label, pass_list)
+    calib = load_samples(original, opts.calibration)
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
     before = analyze(model, tgt)
     memory_before, _ = _memory(model, tgt)
-    original = model.to_proto()
     progress(f"running {len(pass_list)} passes")
     guard = accuracy_guard(calib, opts.calibration, opts.accuracy, opts.max_snr_drop)
     records = run_passes(
