@@ -98,6 +98,30 @@ def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     return tuple(int(d) for d in shape)
 
 
+def slice_ranges(node: gs.Node, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]] | None:
+    """A Slice's constant parameters as (axis, begin, end, step) per listed axis, ONNX-normalised.
+
+    Negative axes and indices count from the end; begin and end are clamped to the axis,
+    as ONNX does for a positive step. None when any parameter is computed at run time.
+    """
+    starts, ends = const_value(input_at(node, 1)), const_value(input_at(node, 2))
+    if starts is None or ends is None:
+        return None
+    axes_input, steps_input = input_at(node, 3), input_at(node, 4)
+    axes = const_value(axes_input) if axes_input is not None else np.arange(starts.size)
+    steps = const_value(steps_input) if steps_input is not None else np.ones(starts.size, dtype=np.int64)
+    if axes is None or steps is None:
+        return None
+    ranges = []
+    for start, end, axis, step in zip(*(p.reshape(-1) for p in (starts, ends, axes, steps)), strict=True):
+        rank_axis = int(axis) + len(shape) if axis < 0 else int(axis)
+        dim = shape[rank_axis]
+        begin = min(max(int(start) + dim if start < 0 else int(start), 0), dim)
+        stop = min(max(int(end) + dim if end < 0 else int(end), 0), dim)
+        ranges.append((rank_axis, begin, stop, int(step)))
+    return ranges
+
+
 def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
     """Make every node reading ``old`` read ``new`` instead (graph outputs are not touched)."""
     for node in consumers(old):

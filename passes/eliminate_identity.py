@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from nirc.passes._rewrite import const_value, input_at, static_shape
+from nirc.passes._rewrite import const_value, input_at, slice_ranges, static_shape
 
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
@@ -118,24 +118,10 @@ def _full_slice(node: gs.Node) -> bool:
     shape = static_shape(node.inputs[0])
     if shape is None or not _same_tensor_type(node):
         return False
-    starts, ends = const_value(input_at(node, 1)), const_value(input_at(node, 2))
-    if starts is None or ends is None:
-        return False
-    axes_input, steps_input = input_at(node, 3), input_at(node, 4)
-    axes = const_value(axes_input) if axes_input is not None else np.arange(starts.size)
-    steps = const_value(steps_input) if steps_input is not None else np.ones(starts.size, dtype=np.int64)
-    if axes is None or steps is None:
-        return False
-    params = (starts, ends, axes, steps)
-    for start, end, axis, step in zip(*(p.reshape(-1) for p in params), strict=True):
-        dim = shape[int(axis)]
-        if int(step) != 1:
-            return False
-        begin = int(start) + dim if start < 0 else int(start)
-        stop = int(end) + dim if end < 0 else min(int(end), dim)
-        if max(begin, 0) != 0 or stop < dim:
-            return False
-    return True
+    ranges = slice_ranges(node, shape)
+    return ranges is not None and all(
+        step == 1 and begin == 0 and stop == shape[axis] for axis, begin, stop, step in ranges
+    )
 
 
 def _zero_pad(node: gs.Node) -> bool:

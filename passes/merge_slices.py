@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from nirc.passes._rewrite import Namer, const_value, has_any_op, input_at, static_shape
+from nirc.passes._rewrite import Namer, has_any_op, slice_ranges, static_shape
 
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
@@ -87,23 +87,14 @@ def _piece(node: gs.Node, shape: tuple[int, ...]) -> _Piece | None:
     """The one axis this Slice cuts and its normalised range, or None when it is not such a Slice."""
     if len(node.outputs) != 1 or static_shape(node.outputs[0]) is None:
         return None
-    starts, ends = const_value(input_at(node, 1)), const_value(input_at(node, 2))
-    if starts is None or ends is None:
-        return None
-    axes_input, steps_input = input_at(node, 3), input_at(node, 4)
-    axes = const_value(axes_input) if axes_input is not None else np.arange(starts.size)
-    steps = const_value(steps_input) if steps_input is not None else np.ones(starts.size, dtype=np.int64)
-    if axes is None or steps is None:
+    ranges = slice_ranges(node, shape)
+    if ranges is None:
         return None
     cut: tuple[int, int, int] | None = None
-    params = (starts, ends, axes, steps)
-    for start, end, axis, step in zip(*(p.reshape(-1) for p in params), strict=True):
-        rank_axis = int(axis) + len(shape) if axis < 0 else int(axis)
+    for rank_axis, begin, stop, step in ranges:
         dim = shape[rank_axis]
-        if int(step) != 1:
+        if step != 1:
             return None
-        begin = min(max(int(start) + dim if start < 0 else int(start), 0), dim)
-        stop = min(max(int(end) + dim if end < 0 else int(end), 0), dim)
         if begin == 0 and stop == dim:
             continue
         if cut is not None or begin >= stop:
