@@ -94,16 +94,19 @@ def compare(
     """Per output: SNR over all samples, worst error in int8 steps, top-1 agreement for classifiers."""
     reference = run_onnx(onnx_model, feeds)
     produced = run_tflite(tflite_model, feeds)
-    checks = []
-    for index, io in enumerate(tflite_model.outputs):
-        ref = np.stack([run[index] for run in reference])
-        out = np.stack([run[index] for run in produced])
-        steps = None
-        if io.dtype == "int8" and io.scale:
-            steps = float(np.max(np.abs(ref - out)) / io.scale)
-        # A classifier output is (1, classes) per sample: top-1 makes sense there.
-        is_classifier = len(io.onnx_shape) == 2 and io.onnx_shape[0] == 1 and io.onnx_shape[1] > 1
-        top1 = top1_agreement(ref, out) if is_classifier else None
-        snr = snr_db(ref, out)
-        checks.append(OutputCheck(io.name, snr, steps, top1, bool(snr < SNR_WARN_DB)))
-    return checks
+    return [
+        check_output(io, np.stack([run[index] for run in reference]), np.stack([run[index] for run in produced]))
+        for index, io in enumerate(tflite_model.outputs)
+    ]
+
+
+def check_output(io: TensorIO, ref: np.ndarray, out: np.ndarray) -> OutputCheck:
+    """One output's float reference against what an int8 runtime produced, over all samples stacked."""
+    steps = None
+    if io.dtype == "int8" and io.scale:
+        steps = float(np.max(np.abs(ref - out)) / io.scale)
+    # A classifier output is (1, classes) per sample: top-1 makes sense there.
+    is_classifier = len(io.onnx_shape) == 2 and io.onnx_shape[0] == 1 and io.onnx_shape[1] > 1
+    top1 = top1_agreement(ref, out) if is_classifier else None
+    snr = snr_db(ref, out)
+    return OutputCheck(io.name, snr, steps, top1, bool(snr < SNR_WARN_DB))

@@ -19,12 +19,11 @@ import numpy as np
 import onnx
 
 from nirc.errors import BackendError
-from nirc.quant import snr_db, top1_agreement
 from nirc.target import Target
 from nirc.tflite import TFLiteModel
 from nirc.tosa.lift import TosaGraph, TosaUnsupportedError, lift
 from nirc.tosa.reference import run_reference
-from nirc.validate import SNR_WARN_DB, OutputCheck, from_tflite_layout, to_tflite_layout
+from nirc.validate import OutputCheck, check_output, from_tflite_layout, to_tflite_layout
 from nirc.verify import run_onnx
 
 
@@ -76,16 +75,14 @@ def compare_reference(
     """The TOSA reference model's outputs against ORT's float ones, as ``nirc.validate.compare`` does for LiteRT."""
     reference = run_onnx(proto, samples)
     produced = [run_reference(graph, feed) for feed in _int8_feeds(model, graph, samples)]
-    checks = []
-    for index, (name, io) in enumerate(zip(graph.outputs, model.outputs, strict=True)):
-        ref = np.stack([run[index] for run in reference])
-        out = np.stack([from_tflite_layout(io, run[name]) for run in produced])
-        steps = float(np.max(np.abs(ref - out)) / io.scale) if io.scale else None
-        is_classifier = len(io.onnx_shape) == 2 and io.onnx_shape[0] == 1 and io.onnx_shape[1] > 1
-        top1 = top1_agreement(ref, out) if is_classifier else None
-        snr = snr_db(ref, out)
-        checks.append(OutputCheck(io.name, snr, steps, top1, bool(snr < SNR_WARN_DB)))
-    return checks
+    return [
+        check_output(
+            io,
+            np.stack([run[index] for run in reference]),
+            np.stack([from_tflite_layout(io, run[name]) for run in produced]),
+        )
+        for index, (name, io) in enumerate(zip(graph.outputs, model.outputs, strict=True))
+    ]
 
 
 def check_compiled(
