@@ -27,6 +27,7 @@ import onnx
 
 from nirc.options import DEFAULT_MAX_SNR_DROP_DB as DEFAULT_MAX_SNR_DROP_DB
 from nirc.quant import CalibrationSet, RangeMethod, snr_db
+from nirc.tflite.quantize import WeightRange
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def output_snr(
     proto: onnx.ModelProto,
     calib: CalibrationSet,
     method: RangeMethod = "minmax",
-    weights: str = "max",
+    weights: WeightRange = "max",
     bias_correction: bool = False,
 ) -> dict[str, float]:
     """int8 SNR (dB) of every output of ``proto``: calibrate on ``calib``, emit, LiteRT vs ORT on ``calib``."""
@@ -50,7 +51,7 @@ def output_snr(
         dtype="int8",
         calib=calib,
         method=method,
-        weights="mse" if weights == "mse" else "max",
+        weights=weights,
         bias_correction=bias_correction,
     )
     return {check.name: float(check.snr_db) for check in validate(proto, emitted.tflite, calib)}
@@ -108,7 +109,7 @@ class AccuracyGuard:
     calibration: CalibrationSet
     max_snr_drop: float = DEFAULT_MAX_SNR_DROP_DB
     method: RangeMethod = "minmax"
-    weights: str = "max"
+    weights: WeightRange = "max"
     bias_correction: bool = False
     samples: int = GUARD_SAMPLES
     measurements: int = 0
