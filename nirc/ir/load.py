@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 from onnx import shape_inference, version_converter
 
 from nirc.errors import DynamicShapeError, ModelLoadError, UnsupportedOperatorError
-from nirc.ir.opset import downgrade
+from nirc.ir.opset import DEFAULT_DOMAINS, downgrade
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ CANONICAL_OPSET = 18
 """The opset every model is converted to (see the module docstring for why 18)."""
 OLDEST_OPSET = 7
 """The oldest opset read: ONNX's converter has adapters upwards from here (BatchNorm-7 on)."""
-
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def read_model(source: str | Path | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -103,7 +101,7 @@ def check_domains(model: onnx.ModelProto, label: str) -> None:
     """Reject custom-domain ops up front: nothing downstream could lower them."""
     foreign: dict[str, int] = {}
     for node in model.graph.node:
-        if node.domain not in _DEFAULT_DOMAINS:
+        if node.domain not in DEFAULT_DOMAINS:
             key = f"{node.domain}::{node.op_type}"
             foreign[key] = foreign.get(key, 0) + 1
     if foreign:
@@ -116,7 +114,7 @@ def convert_opset(model: onnx.ModelProto, label: str, opset: int = CANONICAL_OPS
 
     Read: opsets :data:`OLDEST_OPSET` through the newest the installed ``onnx`` knows.
     """
-    current = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
+    current = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), None)
     if current is None:
         raise ModelLoadError(f"{label}: model declares no default-domain opset")
     newest = onnx.defs.onnx_opset_version()

@@ -31,7 +31,8 @@ from onnx import defs, helper, numpy_helper
 from nirc.errors import UnsupportedOperatorError
 from nirc.ir.names import fresh_name
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
+DEFAULT_DOMAINS = ("", "ai.onnx")
+"""The ONNX default domain, under both of its spellings."""
 
 Lowering = Callable[[onnx.NodeProto, "_Names"], list[onnx.NodeProto]]
 
@@ -226,7 +227,7 @@ def downgrade(model: onnx.ModelProto, label: str, current: int, opset: int) -> o
     nodes: list[onnx.NodeProto] = []
     blocked: Counter[str] = Counter()
     for node in out.graph.node:
-        if node.domain in _DEFAULT_DOMAINS and node.op_type in LOWERINGS and _needs_lowering(node, current, opset):
+        if node.domain in DEFAULT_DOMAINS and node.op_type in LOWERINGS and _needs_lowering(node, current, opset):
             try:
                 nodes.extend(LOWERINGS[node.op_type](node, names))
                 continue
@@ -243,7 +244,7 @@ def downgrade(model: onnx.ModelProto, label: str, current: int, opset: int) -> o
     out.graph.node.extend(nodes)
     out.graph.initializer.extend(names.constants)
     for entry in out.opset_import:
-        if entry.domain in _DEFAULT_DOMAINS:
+        if entry.domain in DEFAULT_DOMAINS:
             entry.version = opset
     return out
 
@@ -274,7 +275,7 @@ def _since(op: str, opset: int) -> int | None:
 
 def _retag(node: onnx.NodeProto, current: int, opset: int) -> str | None:
     """Make ``node`` valid at ``opset`` in place; return why it cannot be (the op's label), or None."""
-    if node.domain not in _DEFAULT_DOMAINS:
+    if node.domain not in DEFAULT_DOMAINS:
         return None  # check_domains has already rejected foreign domains
     old, new = _schema(node.op_type, opset), _schema(node.op_type, current)
     if old is None:
