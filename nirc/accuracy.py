@@ -61,6 +61,17 @@ def _digest(proto: onnx.ModelProto) -> str:
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
+def _feeds_digest(samples: Sequence[Mapping[str, np.ndarray]]) -> str:
+    """Part of the guard's cache key: the same model measured on re-laid-out inputs is another measurement."""
+    h = hashlib.sha256()
+    for sample in samples:
+        for name in sorted(sample):
+            array = np.ascontiguousarray(sample[name])
+            h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            h.update(array.tobytes())
+    return h.hexdigest()
+
+
 def _json_db(value: float) -> float | str:
     return round(value, 3) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
@@ -97,7 +108,7 @@ class Verdict:
 
 @dataclass
 class AccuracyGuard:
-    """Judges rewrites by int8 output SNR on the calibration data, with a cache keyed by model content.
+    """Judges rewrites by int8 output SNR on the calibration data, with a cache keyed by model and input content.
 
     Attributes:
         calibration: the samples (the first ``samples`` are used).
@@ -124,11 +135,11 @@ class AccuracyGuard:
 
     def snr(self, proto: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> dict[str, float]:
         """Per-output int8 SNR of ``proto``; ``feeds`` replaces the samples when a pass re-laid out inputs."""
-        key = _digest(proto)
+        samples = tuple(dict(f) for f in (feeds if feeds is not None else self.calibration.samples))[: self.samples]
+        key = _digest(proto) + _feeds_digest(samples)
         if key not in self._cache:
             start = time.perf_counter()
-            samples = tuple(dict(f) for f in (feeds if feeds is not None else self.calibration.samples))
-            subset = CalibrationSet(samples[: self.samples], self.calibration.synthetic, self.calibration.source)
+            subset = CalibrationSet(samples, self.calibration.synthetic, self.calibration.source)
             self._cache[key] = output_snr(proto, subset, self.method, self.weights, self.bias_correction)
             self.measurements += 1
             self.seconds += time.perf_counter() - start

@@ -125,6 +125,16 @@ def test_guard_caches_by_model_content() -> None:
     assert guard.snr(two_convs()) == first and guard.measurements == 1
 
 
+def test_guard_measures_again_on_other_inputs() -> None:
+    """The same model on re-laid-out (here: scaled) inputs is a new measurement, not a cache hit."""
+    guard = AccuracyGuard(calibration())
+    proto = two_convs()
+    guard.snr(proto)
+    scaled = [{k: v * 3.0 for k, v in s.items()} for s in guard.calibration.samples]
+    guard.snr(proto, scaled)
+    assert guard.measurements == 2
+
+
 @pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan])
 def test_guard_rejects_a_bad_tolerance(bad: float) -> None:
     with pytest.raises(ValueError, match="max SNR drop"):
