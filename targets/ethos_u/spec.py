@@ -35,6 +35,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "legalize-global-pool",  # before decompose-pooling; an AVERAGE_POOL_2D costs Vela half a MEAN
     "decompose-pooling",
     "legalize-reduce-sum",  # after propagate-transposes (which moves ReduceSums through permutes as they are)
+    "legalize-reduce-mean",  # after every pass that makes ReduceMeans (norms, sums): splits over-long axes
     "legalize-resize",
     "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs
     "decompose-strided-conv",  # after fuse-affine: a Slice between conv and affine would block folding
