@@ -22,6 +22,7 @@ from nirc.passes.fuse_batchnorm import FuseBatchnormPass
 from nirc.passes.fuse_matmul_add import FuseMatmulAddPass
 from nirc.passes.legalize_channel_shuffle import LegalizeChannelShufflePass
 from nirc.passes.legalize_global_pool import LegalizeGlobalPoolPass
+from nirc.passes.legalize_l2_normalize import LegalizeL2NormalizePass
 from nirc.passes.legalize_reduce_mean import LegalizeReduceMeanPass
 from nirc.passes.legalize_reduce_sum import LegalizeReduceSumPass
 from nirc.passes.legalize_resize import LegalizeResizePass
@@ -56,6 +57,7 @@ BUILTIN_PASSES = (
     PadChannelsPass,
     PruneChannelsPass,
     DecomposeLayernormPass,
+    LegalizeL2NormalizePass,
     LegalizeRsqrtPass,
     PropagateTransposesPass,
     LegalizeChannelShufflePass,

@@ -29,6 +29,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "eliminate-dead-code",
     # NPU legalization: forms Vela places on the NPU (see targets/ethos_u/placement.py).
     "decompose-layernorm",
+    "legalize-l2-normalize",  # F.normalize: MUL/MEAN/RSQRT on the NPU instead of a float REDUCE_L2 + DIV island
     "legalize-rsqrt",  # after decompose-layernorm's Pow(-0.5) and for hand-written x / Sqrt(v)
     "propagate-transposes",  # after the decompositions, so LayerNorms inside NHWC permutes are plain ops
     "legalize-channel-shuffle",  # what eliminate-channel-shuffle could not fold: one-hot convs or TRANSPOSE, by cost

@@ -126,9 +126,9 @@ def test_default_pipeline_cleans_up_an_exporter_style_graph() -> None:
     changed = {r.name for r in records if r.changed}
     # pad-channels costs candidates on a target; this manager runs without one, so it keeps the model.
     # The NPU legalizations have nothing to legalize here (no normalization, large pool/stride, odd resize).
-    legalizations = {"decompose-layernorm", "legalize-rsqrt", "propagate-transposes", "legalize-channel-shuffle",
-                     "decompose-pooling", "legalize-reduce-sum", "legalize-reduce-mean", "legalize-resize",
-                     "decompose-strided-conv"}  # fmt: skip
+    legalizations = {"decompose-layernorm", "legalize-l2-normalize", "legalize-rsqrt", "propagate-transposes",
+                     "legalize-channel-shuffle", "decompose-pooling", "legalize-reduce-sum", "legalize-reduce-mean",
+                     "legalize-resize", "decompose-strided-conv"}  # fmt: skip
     # tile-activations needs an arena (a target or arena_size) to compare live bytes against.
     # merge-slices: the graph slices nothing (tests/passes/test_merge_slices.py covers it).
     unchanged = {"eliminate-dead-code", "pad-channels", "tile-activations", "substitute-blocks", "merge-slices",
