@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from nirc.passes.legalize_l2_normalize import LegalizeL2NormalizePass
 from nirc_testing import assert_same_function, ops, parse, run_pass
+
+from nirc.pipeline import optimize
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 
@@ -77,3 +80,37 @@ def test_second_run_changes_nothing() -> None:
     assert changed
     _, again, _ = run_pass(LegalizeL2NormalizePass(), model.to_proto())
     assert not again
+
+
+def _conv_normalize_conv() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    return parse(
+        HEADER
+        + """
+    g (float[1,16,8,8] x) => (float[1,16,8,8] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, w)
+        r = Reshape (c, tokens)
+        n = ReduceL2 <keepdims = 1> (r, last)
+        cl = Clip (n, eps)
+        e = Expand (cl, tokens)
+        q = Div (r, e)
+        q4 = Reshape (q, image)
+        y = Conv (q4, w2)
+    }""",
+        w=(rng.standard_normal((16, 16, 3, 3)) * 0.2).astype(np.float32),
+        w2=(rng.standard_normal((16, 16, 1, 1)) * 0.3).astype(np.float32),
+        tokens=np.array([1, 16, 64], np.int64),
+        image=np.array([1, 16, 8, 8], np.int64),
+        last=np.array([-1], np.int64),
+        eps=np.array(1e-12, np.float32),
+    )
+
+
+def test_normalize_runs_on_the_npu_at_the_float_islands_accuracy() -> None:
+    """Real Vela and LiteRT: no CPU op is left, and int8 SNR stays within 0.5 dB of the float CPU island."""
+    proto = _conv_normalize_conv()
+    legal = optimize(proto, "ethos-u65", verify=True)
+    island = optimize(proto, "ethos-u65", skip=["legalize-l2-normalize"])
+    assert legal.report["vela"]["cpu_ops"] == 0 and island.report["vela"]["cpu_ops"] > 0
+    (legal_out,), (island_out,) = legal.report["validation"]["outputs"], island.report["validation"]["outputs"]
+    assert legal_out["snr_db"] >= island_out["snr_db"] - 0.5 and legal_out["snr_db"] > 25

@@ -6,6 +6,8 @@ import pytest
 from nirc.passes.legalize_reduce_mean import LegalizeReduceMeanPass, split
 from nirc_testing import assert_same_function, ops, parse, run_pass
 
+from nirc.pipeline import optimize
+
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 
 
@@ -82,3 +84,28 @@ def test_split_factors_fit(count: int, expected: tuple[int, int] | None) -> None
     assert parts == expected
     if parts is not None:
         assert parts[0] * parts[1] == count and max(parts) <= 4095
+
+
+def test_groupnorm_over_a_long_token_axis_runs_on_the_npu() -> None:
+    """Real Vela: the 1 x 1 x 8192 mean of a GroupNorm(1, C) export goes to the CPU unless split."""
+    rng = np.random.default_rng(0)
+    proto = parse(
+        HEADER
+        + """
+    g (float[1,32,16,16] x) => (float[1,32,4,64] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, w)
+        r = Reshape (c, flat)
+        n = InstanceNormalization <epsilon = 1e-5> (r, one, zero)
+        y = Reshape (n, image)
+    }""",
+        w=(rng.standard_normal((32, 32, 3, 3)) * 0.1).astype(np.float32),
+        flat=np.array([1, 1, 8192], np.int64),
+        image=np.array([1, 32, 4, 64], np.int64),  # MobileViTv2 unfolds patches: not the input's shape
+        one=np.ones(1, np.float32),
+        zero=np.zeros(1, np.float32),
+    )
+    split_ = optimize(proto, "ethos-u65", verify=True)
+    kept = optimize(proto, "ethos-u65", skip=["legalize-reduce-mean"])
+    assert split_.report["vela"]["cpu_ops"] == 0 and kept.report["vela"]["cpu_ops"] > 0
+    (out,) = split_.report["validation"]["outputs"]
+    assert out["snr_db"] > 25
