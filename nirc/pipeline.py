@@ -210,10 +210,13 @@ def _optimize(
     model = IRModel.load(source, opts.input_shapes)
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"
-    original = model.to_proto()  # one copy of the input model serves the checks and the lossy comparison
-    _check_ops_before_work(original, label, pass_list)
-    weight_bytes = initializer_bytes(original)
-    calib = load_samples(original, opts.calibration)
+    loaded = model.to_proto()  # one copy of the input model serves the checks and the lossy comparison
+    _check_ops_before_work(loaded, label, pass_list)
+    weight_bytes = initializer_bytes(loaded)
+    calib = load_samples(loaded, opts.calibration)
+    # Only a lossy pass moves the float reference; otherwise do not hold a second copy of the weights.
+    original = None if all(p.is_exact for p in pass_list) else loaded
+    del loaded
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
     before = analyze(model, tgt)
@@ -225,6 +228,7 @@ def _optimize(
         model, tgt, pass_list, verify=opts.verify, dump_ir=opts.dump_ir, calibration=calib, accuracy=guard
     )
     after = analyze(model, tgt)
+    memory_after = _memory(model, tgt)
     warnings.extend(_lossy_pass_warnings(records))
     layout_changes = _input_layout_changes(pass_list)
     if layout_changes:
@@ -239,6 +243,7 @@ def _optimize(
         proto = model.to_proto()
     except Exception as exc:  # a pass left the model invalid in a way the manager did not see
         raise PassError(f"final model is invalid: {exc}") from exc
+    del model  # the IR graph (and the loaded proto its constants point into) is done: free the weights
     check_supported(proto, label)  # what the passes did not legalize, with attribute-level reasons
 
     method = opts.calibration.method
@@ -262,6 +267,7 @@ def _optimize(
         validation["accuracy_guard"] = guard.stats()
     if any(not r.exact and r.changed for r in records):
         # A lossy pass moved the float reference too: also measure against the input model.
+        assert original is not None  # kept whenever the pipeline has a lossy pass
         vs_original = validate(original, emitted.tflite, calib)
         validation["outputs_vs_original"] = [c.to_json() for c in vs_original]
     vela_json: dict[str, Any] | None = None
@@ -366,7 +372,7 @@ def _optimize(
         if estimates:
             report["npu_format"]["estimates_ms"] = estimates
     report["input_layout_changes"] = layout_changes
-    report["memory"], report["memory_timeline"] = _memory(model, tgt)
+    report["memory"], report["memory_timeline"] = memory_after
     report["memory"]["peak_bytes_before"] = memory_before["peak_bytes"]
     stages.end()
     report["profile"] = profile_section(stages.profile, records, weight_bytes)
