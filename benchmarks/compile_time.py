@@ -1,7 +1,7 @@
 """Regenerate benchmarks/results/compile_time.md: nirc optimize's wall time and peak RSS per stage.
 
 Usage: python benchmarks/compile_time.py [--models tiny_cnn,resnet18,...] [--validate sim|none]
-                                         [--skip-before] [--out benchmarks/results/compile_time.md]
+           [--skip-before | --reuse-before OLD.json] [--json RAW.json] [--large-mib 192] [--out FILE.md]
 
 Every run is a fresh ``nirc optimize`` in its own process (so peak RSS is that run's), with an empty
 cost cache (``NIRC_CACHE_DIR`` = a new temporary directory) and the default pipeline and target
@@ -19,6 +19,8 @@ relative difference, which must stay within 1% (the decisions must not change). 
 shared: the 1-minute load average is recorded next to each run. Models: the ONNX files in examples/
 and, if present, the zoo exports under ``$NIRC_ZOO`` (default /work/zoo_exports, made by
 ``benchmarks/zoo.py export``): torchvision ResNet18, MobileNetV2 and EfficientNet-B0 at 224.
+A last run compiles a generated Gemm/Relu MLP with ``--large-mib`` MiB of weights without Vela and
+gives its peak RSS per stage against the weight bytes (issue 17's memory target: at most 3x).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ _WORKER = """
 import json, resource, sys, time
 from pathlib import Path
 from nirc.pipeline import optimize
-model, outdir, window, validate = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+model, outdir, validate = sys.argv[1], Path(sys.argv[2]), sys.argv[4]
+window, compile = sys.argv[3] == "1", sys.argv[5] == "1"
 start = time.perf_counter()
-result = optimize(model, outdir=outdir, validate_npu=validate,
+result = optimize(model, outdir=outdir, validate_npu=validate, compile=compile,
                   pass_options={"tile-activations": {"window": window}})
 wall = time.perf_counter() - start
 report = result.report
@@ -76,18 +79,55 @@ def models(names: list[str] | None) -> dict[str, Path]:
     return found
 
 
-def run(model: Path, window: bool, validate: str) -> dict[str, Any]:
+def run(model: Path, window: bool, validate: str, compile: bool = True) -> dict[str, Any]:
     """One ``optimize`` in a child process with an empty cache; its JSON summary plus the load average."""
     with tempfile.TemporaryDirectory(prefix="nirc-ct-") as tmp:
         env = {**os.environ, "NIRC_CACHE_DIR": str(Path(tmp) / "cache")}
         load = os.getloadavg()[0]
-        argv = [sys.executable, "-c", _WORKER, str(model), str(Path(tmp) / "out"), "1" if window else "0", validate]
+        flags = ["1" if window else "0", validate, "1" if compile else "0"]
+        argv = [sys.executable, "-c", _WORKER, str(model), str(Path(tmp) / "out"), *flags]
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{model.name}: {proc.stderr.strip().splitlines()[-1:]}")
         data: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
         data["load"] = [load, os.getloadavg()[0]]
         return data
+
+
+def large_mlp(path: Path, mib: int) -> Path:
+    """A Gemm/Relu chain with about ``mib`` MiB of float weights (three square layers), seeded."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    width = int((mib * 2**20 / 4 / 3) ** 0.5) // 16 * 16
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(3):
+        weight = rng.standard_normal((width, width), dtype=np.float32) * 0.02
+        bias = np.zeros(width, np.float32)
+        inits += [numpy_helper.from_array(weight, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
+        nodes += [helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"g{i}"], transB=1, name=f"gemm{i}"),
+                  helper.make_node("Relu", [f"g{i}"], [f"r{i}"], name=f"relu{i}")]  # fmt: skip
+        x = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "large_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])], inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def memory_table(data: dict[str, Any], name: str) -> list[str]:
+    weights = data["profile"]["weight_bytes"]
+    lines = [f"Large model: {name}, {weights / 2**20:.0f} MiB of float weights, `--no-compile --validate none` "
+             f"(Vela would spend minutes encoding the weights; the front end, passes, calibration, emission and "
+             f"validation are what hold copies), load average {data['load'][0]:.1f}-{data['load'][1]:.1f}.",
+             "", "| stage | seconds | peak RSS MiB | x weights |", "|---|---|---|---|"]  # fmt: skip
+    for stage in data["profile"]["stages"]:
+        peak = stage["peak_rss_bytes"]
+        lines.append(f"| {stage['name']} | {stage['seconds']:.1f} | {_mib(peak)} | {peak / weights:.2f} |")
+    return lines
 
 
 def _stage_seconds(data: dict[str, Any]) -> dict[str, float]:
@@ -154,21 +194,33 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated names (default: every example and zoo model found)")
     parser.add_argument("--validate", default="sim", choices=("sim", "none"), help="NPU validation of 'after'")
     parser.add_argument("--skip-before", action="store_true", help="only the 'after' runs")
+    parser.add_argument("--reuse-before", type=Path, help="take the 'before' runs from this --json file instead")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compile_time.md")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--from-json", type=Path, help="only write the table of results saved with --json")
+    parser.add_argument("--large-mib", type=int, default=192, help="weights of the large-model memory run (0: skip)")
     args = parser.parse_args()
     selected = {} if args.from_json else models(args.models.split(",") if args.models else None)
     results: dict[str, dict[str, dict[str, Any]]] = json.loads(args.from_json.read_text()) if args.from_json else {}
+    reused = json.loads(args.reuse_before.read_text()) if args.reuse_before else {}
     for name, path in selected.items():
         results[name] = {}
-        if not args.skip_before:
+        if "before" in reused.get(name, {}):
+            results[name]["before"] = reused[name]["before"]
+        elif not args.skip_before:
             results[name]["before"] = run(path, window=False, validate="none")
             print(f"{name} before: {results[name]['before']['wall_s']:.1f} s", file=sys.stderr)
         results[name]["after"] = run(path, window=True, validate=args.validate)
         print(f"{name} after: {results[name]['after']['wall_s']:.1f} s", file=sys.stderr)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
+    if args.large_mib and not args.from_json:
+        with tempfile.TemporaryDirectory(prefix="nirc-ct-large-") as tmp:
+            path = large_mlp(Path(tmp) / "large_mlp.onnx", args.large_mib)
+            results["__large__"] = {"after": run(path, window=True, validate="none", compile=False)}
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+    large = results.pop("__large__", None)
     cpus = os.cpu_count()
     text = [
         "# Compile time and memory (issue 17)",
@@ -185,6 +237,8 @@ def main() -> None:
         "Vela latency: the decisions are the same when the latency is (within 1%).",
         "",
         *latency_check(results),
+        "",
+        *(memory_table(large["after"], "a Gemm/Relu MLP (`large_mlp` in this script)") if large else []),
         "",
     ]
     args.out.write_text("\n".join(text), encoding="utf-8")

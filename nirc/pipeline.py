@@ -210,7 +210,8 @@ def _optimize(
     model = IRModel.load(source, opts.input_shapes)
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"
-    loaded = model.to_proto()  # one copy of the input model serves the checks and the lossy comparison
+    # One copy of the input model (checked by canonicalize) serves the checks and the lossy comparison.
+    loaded = model.to_proto(check=False)
     _check_ops_before_work(loaded, label, pass_list)
     weight_bytes = initializer_bytes(loaded)
     calib = load_samples(loaded, opts.calibration)
