@@ -15,6 +15,7 @@ when a task that printed progress lines ends, so a CI log shows liveness without
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -27,12 +28,20 @@ _BAR = 20
 
 @dataclass
 class Progress:
-    """Writes progress to ``stream`` (stderr in the CLI); ``tty`` selects the in-place counter."""
+    """Writes progress to ``stream`` (stderr in the CLI); ``tty`` selects the in-place counter.
+
+    On a terminal a stage line (:meth:`message`) counts its seconds until the next output, from
+    a daemon thread (a Vela compilation or the NPU simulation has no items to count); the line
+    then stays with its final time. Call :meth:`close` when done (:func:`reporting` does).
+    """
 
     stream: TextIO
     tty: bool = False
     interval: float = 5.0
+    tick_seconds: float = 1.0
     _line: bool = field(default=False, repr=False)  # a counter line is on screen, without its newline
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event | None = field(default=None, repr=False)
 
     @classmethod
     def on(cls, stream: TextIO) -> Progress:
@@ -40,23 +49,52 @@ class Progress:
         return cls(stream, tty=bool(isatty and isatty()))
 
     def message(self, text: str) -> None:
-        """A stage starts: one plain line."""
-        self._clear()
-        self.stream.write(f"nirc: {text}...\n")
-        self.stream.flush()
+        """A stage starts: one plain line (on a terminal, one that counts its seconds)."""
+        with self._lock:
+            self._end_line()
+            if not self.tty:
+                self.stream.write(f"nirc: {text}...\n")
+                self.stream.flush()
+                return
+            self.stream.write(f"nirc: {text}...")
+            self.stream.flush()
+            self._line = True
+            self._stop = threading.Event()
+            threading.Thread(target=self._count, args=(text, self._stop), daemon=True).start()
+
+    def _count(self, text: str, stop: threading.Event) -> None:
+        start = time.perf_counter()
+        while not stop.wait(self.tick_seconds):
+            with self._lock:
+                if stop.is_set():
+                    return
+                self.stream.write(f"\r\033[Knirc: {text}... {time.perf_counter() - start:.0f}s")
+                self.stream.flush()
 
     def render(self, task: Task, final: bool = False) -> None:
         text = task.describe()
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-            self._line = not final
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        with self._lock:
+            if self._stop is not None:
+                self._end_line()  # a stage line stays above the counter
+            if self.tty:
+                self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+                self._line = not final
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
 
-    def _clear(self) -> None:
+    def close(self) -> None:
+        """Stop the seconds counter and end the line on screen."""
+        with self._lock:
+            self._end_line()
+
+    def _end_line(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
         if self._line:
-            self.stream.write("\r\033[K")
+            self.stream.write("\n")
+            self.stream.flush()
             self._line = False
 
 
@@ -130,6 +168,8 @@ def reporting(progress: Progress | None) -> Iterator[Progress | None]:
         yield progress
     finally:
         _CURRENT.reset(token)
+        if progress is not None:
+            progress.close()
 
 
 def message(text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from nirc import progress
 
@@ -45,3 +46,18 @@ def test_counter_rewrites_one_line_on_a_terminal() -> None:
     text = stream.getvalue()
     assert text.count("\r\033[K") >= 2 and text.endswith("\n")
     assert "nirc: trials 2 done" in text
+
+
+def test_a_stage_line_counts_its_seconds_on_a_terminal_and_stays() -> None:
+    stream = _Terminal()
+    reporter = progress.Progress(stream, tty=True, tick_seconds=0.02)
+    with progress.reporting(reporter):
+        progress.message("compiling with Vela")
+        time.sleep(0.2)
+        progress.message("validating")
+    text = stream.getvalue()
+    assert "\rnirc: compiling with Vela... 0s" in text.replace("\033[K", "")
+    lines = text.split("\n")
+    assert lines[0].endswith("s") and lines[1].startswith("nirc: validating...") and lines[-1] == ""
+    time.sleep(0.1)
+    assert stream.getvalue() == text  # closed: the counter thread has stopped
