@@ -43,6 +43,12 @@ ZOO_MODELS = {
     "mobilenet_v2": "torchvision__mobilenet_v2__torchscript.onnx",
     "efficientnet_b0": "torchvision__efficientnet_b0__torchscript.onnx",
 }
+MORE_ZOO = {  # --models only: more networks whose early layers tile-activations rewrites
+    "mobilenet_v3_large": "torchvision__mobilenet_v3_large__torchscript.onnx",
+    "mnasnet1_0": "torchvision__mnasnet1_0__torchscript.onnx",
+    "regnet_x_400mf": "torchvision__regnet_x_400mf__torchscript.onnx",
+    "ghostnet_100": "timm__ghostnet_100__torchscript.onnx",
+}
 STAGES = ("load", "passes", "emit", "validate", "vela", "validate-npu", "report")
 
 _WORKER = """
@@ -60,6 +66,7 @@ tiles = next((p for p in report["passes"] if p["name"] == "tile-activations"), N
 print(json.dumps({
     "wall_s": wall,
     "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
     "profile": report["profile"],
     "latency_ms": report["vela"]["inference_time_ms"] if report["vela"] else None,
     "cycles": report["vela"]["cycles_total"] if report["vela"] else None,
@@ -72,6 +79,7 @@ def models(names: list[str] | None) -> dict[str, Path]:
     found = {p.stem: p for p in sorted((ROOT / "examples").glob("*.onnx"))}
     found.update({name: ZOO / file for name, file in ZOO_MODELS.items() if (ZOO / file).is_file()})
     if names:
+        found.update({name: ZOO / file for name, file in MORE_ZOO.items() if (ZOO / file).is_file()})
         missing = [n for n in names if n not in found]
         if missing:
             raise SystemExit(f"unknown models {missing}; known: {sorted(found)}")
@@ -149,9 +157,9 @@ def _mib(n: int) -> str:
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| model | weights MiB | run | wall s | " + " | ".join(f"{s} s" for s in STAGES)
+        "| model | weights MiB | run | wall s | CPU s | " + " | ".join(f"{s} s" for s in STAGES)
         + " | Vela calls / s | tile-activations s | peak RSS MiB (x weights) | latency ms | load avg |",
-        "|---" * (len(STAGES) + 10) + "|",
+        "|---" * (len(STAGES) + 11) + "|",
     ]
     for name, runs in results.items():
         for label, data in runs.items():
@@ -161,8 +169,9 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
             peak = data["profile"]["peak_rss_bytes"]  # ru_maxrss misses the peaks before a stage reset it
             ratio = f"{peak / weights:.1f}" if weights else "-"
             latency = f"{data['latency_ms']:.3f}" if data["latency_ms"] is not None else "-"
+            cpu = f"{data['cpu_s']:.1f}" if "cpu_s" in data else "-"
             lines.append(
-                f"| {name} | {weights / 2**20:.1f} | {label} | {data['wall_s']:.1f} | "
+                f"| {name} | {weights / 2**20:.1f} | {label} | {data['wall_s']:.1f} | {cpu} | "
                 + " | ".join(f"{seconds[s]:.1f}" if s in seconds else "-" for s in STAGES)
                 + f" | {_vela(data)} | {tiles:.1f} | {_mib(peak)} ({ratio}) | {latency} | "
                 f"{data['load'][0]:.1f}-{data['load'][1]:.1f} |"
@@ -229,8 +238,10 @@ def main() -> None:
         f"{cpus} cores shared with other jobs; the load average is the 1-minute one at the start and end of each "
         f"run). Empty cost cache per run, default pipeline, target ethos-u65-256, synthetic calibration; "
         f"'before' = whole-model tiling trials and no NPU validation, 'after' = the default "
-        f"(window-ranked trials, NPU validation {args.validate}). Peak RSS: the highest of the stages' peaks "
-        "(the report's profile.peak_rss_bytes).",
+        "(window-ranked trials; NPU validation where validate-npu has a time). Peak RSS: the highest of the "
+        "stages' peaks (the report's profile.peak_rss_bytes). CPU s: user + system seconds of the run's "
+        "process, what the run costs whatever the load (on an idle machine the wall time is about this, less "
+        "where ONNX Runtime runs on both cores).",
         "",
         table(results),
         "",
