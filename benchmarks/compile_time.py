@@ -58,7 +58,7 @@ from nirc.pipeline import optimize
 model, outdir, validate = sys.argv[1], Path(sys.argv[2]), sys.argv[4]
 window, compile = sys.argv[3] == "1", sys.argv[5] == "1"
 start = time.perf_counter()
-result = optimize(model, outdir=outdir, validate_npu=validate, compile=compile,
+result = optimize(model, outdir=outdir, validate_npu=validate, compile=compile, require_fit=False,
                   pass_options={"tile-activations": {"window": window}})
 wall = time.perf_counter() - start
 report = result.report
