@@ -287,8 +287,8 @@ class TileActivationsPass(Pass):
     With ``window`` (the default) the trials are ranked by Vela's cost of the
     stretch of the model around the candidate regions only
     (:mod:`nirc.passes._tiling_window`), and the winner alone is compiled
-    whole to be compared with the model: the same decisions on the benchmark
-    models (``benchmarks/compile_time.py``) for a fraction of the Vela time.
+    whole to be compared with the model: the same Vela latency (within 0.3%)
+    on the benchmark models for 2.5-9x less time (``benchmarks/compile_time.py``).
     Each trial is one whole-model Vela compilation, so the defaults (12 trials,
     1 round) bound the compile time: measured cold, MobileNetV2-224 4.904 ->
     4.078 ms in 16 s (40 trials x 3 rounds: 4.024 ms in 76 s); raise them with
