@@ -40,6 +40,7 @@ Schema (version 1), top-level keys:
   measure on the model before the passes.
   profile {stages [{name, seconds, peak_rss_bytes, events}], events {name: {count, seconds}}, seconds,
            peak_rss_bytes, weight_bytes, peak_rss_over_weights,
+           oracle_calls [{label, nodes, emit_seconds, vela_seconds}] (each uncached cost-oracle compilation),
            passes [{name, seconds, events}] (the passes that took 0.05 s or caused an event)}:
   where compile time and memory went. Stages: load, passes, emit (calibration and int8 emission),
   validate, vela, validate-tosa, validate-npu, report; events: vela (compilations), cost.emit
@@ -171,6 +172,11 @@ def format_profile(profile: dict[str, Any]) -> str:
     for stage in profile.get("stages", []):
         rss = _mib(stage["peak_rss_bytes"])
         lines.append(f"  {stage['name']:24s} {stage['seconds']:8.2f} {rss:>10s}  {_events_text(stage['events'])}")
+    calls = sorted(profile.get("oracle_calls", []), key=lambda c: -(c["emit_seconds"] + c["vela_seconds"]))
+    if calls:
+        lines.append(f"  {len(calls)} cost-oracle compilations, slowest: " + "; ".join(
+            f"{c['label']} ({c['nodes']} nodes) {c['emit_seconds']:.1f}+{c['vela_seconds']:.1f} s" for c in calls[:3]
+        ))
     if profile.get("passes"):
         lines.append(f"  {'pass':24s} {'seconds':>8s}  events")
         for record in profile["passes"]:

@@ -55,12 +55,35 @@ class StageTime:
         }
 
 
+@dataclass(frozen=True)
+class OracleCall:
+    """One uncached cost-oracle compilation: who asked, how big the model was, emission and Vela seconds."""
+
+    label: str
+    nodes: int
+    emit_seconds: float
+    vela_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "nodes": self.nodes,
+            "emit_seconds": round(self.emit_seconds, 3),
+            "vela_seconds": round(self.vela_seconds, 3),
+        }
+
+
+MAX_CALLS = 500
+"""Oracle calls kept one by one (a long search keeps its first ones; the event counters count all)."""
+
+
 @dataclass
 class Profile:
-    """Stages in the order they ran and the events counted so far."""
+    """Stages in the order they ran, the events counted so far and the oracle's compilations."""
 
     stages: list[StageTime] = field(default_factory=list)
     events: dict[str, Tally] = field(default_factory=dict)
+    calls: list[OracleCall] = field(default_factory=list)
 
     def add(self, event: str, seconds: float = 0.0, count: int = 1) -> None:
         tally = self.events.setdefault(event, Tally())
@@ -81,6 +104,7 @@ class Profile:
             "events": {k: v.to_json() for k, v in sorted(self.events.items())},
             "seconds": round(sum(s.seconds for s in self.stages), 3),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "oracle_calls": [c.to_json() for c in self.calls],
         }
 
 
@@ -118,6 +142,13 @@ def count(event: str, seconds: float = 0.0, n: int = 1) -> None:
     profile = _CURRENT.get()
     if profile is not None:
         profile.add(event, seconds, n)
+
+
+def oracle_call(call: OracleCall) -> None:
+    """Keep one oracle compilation (no-op when nothing records)."""
+    profile = _CURRENT.get()
+    if profile is not None and len(profile.calls) < MAX_CALLS:
+        profile.calls.append(call)
 
 
 @contextlib.contextmanager

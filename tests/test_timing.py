@@ -45,9 +45,14 @@ def test_profile_section_and_its_table() -> None:
         stages = timing.Stages(profile)
         stages.next("passes")
         timing.count("vela", 2.0)
+        timing.oracle_call(timing.OracleCall("tile-activations", 14, 0.5, 2.0))
         stages.end()
+    timing.oracle_call(timing.OracleCall("not recorded", 1, 0.0, 0.0))
     section = profile_section(profile, [], weight_bytes=1000)
     assert section["events"]["vela"] == {"count": 1, "seconds": 2.0}
+    assert section["oracle_calls"] == [
+        {"label": "tile-activations", "nodes": 14, "emit_seconds": 0.5, "vela_seconds": 2.0}
+    ]
     assert section["peak_rss_over_weights"] == round(section["peak_rss_bytes"] / 1000, 2)
     text = format_profile(section)
-    assert "passes" in text and "vela x1 2.0 s" in text
+    assert "passes" in text and "vela x1 2.0 s" in text and "tile-activations (14 nodes) 0.5+2.0 s" in text

@@ -19,6 +19,7 @@ import csv
 import functools
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import onnx
@@ -118,10 +119,12 @@ def compile_cost(proto: onnx.ModelProto, target: Target, *, label: str = "<model
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
     progress.tick("Vela calls")
+    start = time.perf_counter()
     with timing.timed("cost.emit"):
         canonical = IRModel.load(proto).to_proto(check=False)
         calib = load_calibration(None, input_shapes(canonical), count=CALIBRATION_SAMPLES, seed=CALIBRATION_SEED)
         emitted = emit(canonical, dtype="int8", calib=calib, method="minmax", label=label)
+    emitted_at = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nirc-cost-") as tmp:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(emitted.tflite.data)
@@ -131,6 +134,8 @@ def compile_cost(proto: onnx.ModelProto, target: Target, *, label: str = "<model
         except BackendError as exc:
             raise BackendError(f"{label}: {exc}") from None
         traffic = _summary_traffic(result.summary_csv)
+    seconds = (emitted_at - start, time.perf_counter() - emitted_at)
+    timing.oracle_call(timing.OracleCall(label, len(proto.graph.node), *seconds))
     return _to_cost(result, traffic, _layer_rows(result.layers, tensor_ids(proto)))
 
 
