@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from nirc import timing
+from nirc.cli import main
 from nirc.report import format_profile, profile_section
 
 
@@ -56,3 +60,10 @@ def test_profile_section_and_its_table() -> None:
     assert section["peak_rss_over_weights"] == round(section["peak_rss_bytes"] / 1000, 2)
     text = format_profile(section)
     assert "passes" in text and "vela x1 2.0 s" in text and "tile-activations (14 nodes) 0.5+2.0 s" in text
+
+
+def test_optimize_verbose_prints_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
+    assert main(["optimize", str(example), "-o", str(tmp_path / "out"), "--no-compile", "-q", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("profile: ") and "\n  load " in err and "\n  passes " in err
