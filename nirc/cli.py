@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", help="run the target's pipeline and write artifacts + report.json")
     _add_model_args(p)
     p.add_argument("-o", "--outdir", type=Path, help="output directory (default: ./<model>_nirc)")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also print where compile time and memory went (on stderr)"
+    )
     p.add_argument("--passes", help="comma-separated pass list instead of the target's pipeline")
     p.add_argument("--skip-pass", action="append", default=[], metavar="NAME", help="drop a pass")
     p.add_argument("--no-hw-passes", action="store_true", help="drop hardware-aware passes (baseline)")
@@ -487,28 +490,29 @@ def optimize_options(args: argparse.Namespace) -> OptimizeOptions:
 
 
 def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
+    from nirc import progress
     from nirc.pipeline import check_fit, optimize
 
     outdir: Path = args.outdir or Path(f"{Path(args.model).stem}_nirc")
-    result = optimize(
-        args.model,
-        options=optimize_options(args),
-        outdir=outdir,
-        registry=registry,
-        progress=_progress if not (args.quiet or args.json) else lambda _message: None,
-    )
+    reporter = None if args.quiet or args.json else progress.Progress.on(sys.stderr)
+    with progress.reporting(reporter):
+        result = optimize(
+            args.model,
+            options=optimize_options(args),
+            outdir=outdir,
+            registry=registry,
+            progress=reporter.message if reporter is not None else lambda _message: None,
+        )
     if args.json:
         sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
     elif not args.quiet:
         print_optimize_summary(result.report, outdir)
+    if args.verbose:
+        from nirc.report import format_profile
+
+        sys.stderr.write(format_profile(result.report["profile"]))
     check_fit(result.report, args.model, outdir)
     return 0
-
-
-def _progress(message: str) -> None:
-    """Long steps announce themselves on stderr, so stdout stays the summary (or JSON)."""
-    sys.stderr.write(f"nirc: {message}...\n")
-    sys.stderr.flush()
 
 
 def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from nirc import progress, timing
 from nirc import verify as numeric
 from nirc.errors import ModelLoadError, NircError, PassError, VerificationError
 from nirc.ir import IRModel
@@ -37,6 +38,9 @@ class PassRecord:
     stats: dict[str, int] = field(default_factory=dict)
     verified: bool = False
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    profile: dict[str, timing.Tally] = field(default_factory=dict, compare=False)
+    """Events during the pass (Vela calls, cache hits, int8 measurements); varies between runs, so
+    it goes to the report's ``profile`` section, not to :meth:`to_json`."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -75,11 +79,29 @@ class PassManager:
             model.save(self.dump_ir / "00_input.onnx")
         # The model after one pass is the model before the next: export and run it once.
         state = _Snapshot(model.to_proto(check=False) if self.verify else None)
-        for index, pass_ in enumerate(self.passes, start=1):
-            records.append(self._run_one(pass_, model, ctx, state))
-            if self.dump_ir is not None:
-                model.save(self.dump_ir / f"{index:02d}_{pass_.name}.onnx")
+        with progress.task("passes", total=len(self.passes)) as task:
+            for index, pass_ in enumerate(self.passes, start=1):
+                task.begin(pass_.name)
+                records.append(self._profiled(pass_, model, ctx, state))
+                task.advance()
+                if self.dump_ir is not None:
+                    model.save(self.dump_ir / f"{index:02d}_{pass_.name}.onnx")
         return records
+
+    def _profiled(self, pass_: Pass, model: IRModel, ctx: PassContext, state: _Snapshot) -> PassRecord:
+        """:meth:`_run_one` with the events it caused, int8 guard measurements included."""
+        profile = timing.current()
+        before = profile.snapshot() if profile is not None else {}
+        guard = ctx.accuracy
+        measured = (guard.measurements, guard.seconds) if guard is not None else (0, 0.0)
+        record = self._run_one(pass_, model, ctx, state)
+        events = timing.delta(profile.snapshot(), before) if profile is not None else {}
+        if guard is not None and guard.measurements > measured[0]:
+            tally = timing.Tally(guard.measurements - measured[0], guard.seconds - measured[1])
+            events["accuracy_guard"] = tally
+            if profile is not None:
+                profile.add("accuracy_guard", tally.seconds, tally.count)
+        return replace(record, profile=events)
 
     def _run_one(self, pass_: Pass, model: IRModel, ctx: PassContext, state: _Snapshot) -> PassRecord:
         ctx.stats.clear()

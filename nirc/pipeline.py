@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from nirc import __version__
+from nirc import __version__, timing
 from nirc.accuracy import AccuracyGuard
 from nirc.analysis import Analysis, analyze
 from nirc.backend import SYNTHETIC_WARNING, emit, load_samples, validate
@@ -34,7 +34,7 @@ from nirc.pass_base import Pass
 from nirc.pass_manager import PassRecord
 from nirc.plugin import Registry, load_registry
 from nirc.quant import CalibrationSet
-from nirc.report import build_report, fits_summary, report_json_bytes
+from nirc.report import build_report, fits_summary, initializer_bytes, profile_section, report_json_bytes
 from nirc.target import Target
 from nirc.tflite import TFLiteModel, check_supported, format_unsupported, unsupported_ops
 
@@ -174,6 +174,21 @@ def optimize(
         TargetError: with ``require_fit``, after writing every artifact, when the compiled
             model does not fit the target platform's memory (the report says by how much).
     """
+    with timing.recording() as profile:
+        return _optimize(source, target, options, outdir, registry, progress, overrides, timing.Stages(profile))
+
+
+def _optimize(
+    source: str | Path | bytes | onnx.ModelProto,
+    target: str | Target | None,
+    options: OptimizeOptions | None,
+    outdir: Path | None,
+    registry: Registry | None,
+    progress: Callable[[str], None],
+    overrides: Mapping[str, Any],
+    stages: timing.Stages,
+) -> OptimizeResult:
+    stages.next("load")
     opts = resolve_options(options, target, overrides)
     registry = registry or load_registry()
     tgt = registry.get_target(opts.target) if isinstance(opts.target, str) else opts.target
@@ -190,22 +205,31 @@ def optimize(
         check_outdir(outdir)
     if opts.dump_ir is not None:
         make_dir(opts.dump_ir, "--dump-ir")
+    if isinstance(source, (str, Path)) and _file_bytes(source) >= LOAD_MESSAGE_BYTES:
+        progress(f"loading {source} ({_file_bytes(source) >> 20} MiB)")
     model = IRModel.load(source, opts.input_shapes)
     label = model.label
     stem = Path(label).stem if label != "<model>" else "model"
-    original = model.to_proto()  # one copy of the input model serves the checks and the lossy comparison
-    _check_ops_before_work(original, label, pass_list)
-    calib = load_samples(original, opts.calibration)
+    # One copy of the input model (checked by canonicalize) serves the checks and the lossy comparison.
+    loaded = model.to_proto(check=False)
+    _check_ops_before_work(loaded, label, pass_list)
+    weight_bytes = initializer_bytes(loaded)
+    calib = load_samples(loaded, opts.calibration)
+    # Only a lossy pass moves the float reference; otherwise do not hold a second copy of the weights.
+    original = None if all(p.is_exact for p in pass_list) else loaded
+    del loaded
     warnings = [SYNTHETIC_WARNING] if calib.synthetic else []
 
     before = analyze(model, tgt)
     memory_before, _ = _memory(model, tgt)
+    stages.next("passes")
     progress(f"running {len(pass_list)} passes")
     guard = accuracy_guard(calib, opts.calibration, opts.accuracy, opts.max_snr_drop)
     records = run_passes(
         model, tgt, pass_list, verify=opts.verify, dump_ir=opts.dump_ir, calibration=calib, accuracy=guard
     )
     after = analyze(model, tgt)
+    memory_after = _memory(model, tgt)
     warnings.extend(_lossy_pass_warnings(records))
     layout_changes = _input_layout_changes(pass_list)
     if layout_changes:
@@ -220,14 +244,17 @@ def optimize(
         proto = model.to_proto()
     except Exception as exc:  # a pass left the model invalid in a way the manager did not see
         raise PassError(f"final model is invalid: {exc}") from exc
+    del model  # the IR graph (and the loaded proto its constants point into) is done: free the weights
     check_supported(proto, label)  # what the passes did not legalize, with attribute-level reasons
 
     method = opts.calibration.method
+    stages.next("emit")
     progress(f"calibrating ({len(calib)} samples, {method}) and emitting int8 TFLite")
     emitted = emit(
         proto, dtype="int8", calib=calib, method=method, io_dtype=opts.io_dtype, label=label,
         weights=opts.calibration.weights, bias_correction=opts.calibration.bias_correction,
     )
+    stages.next("validate")
     progress("validating int8 against float (LiteRT vs ONNX Runtime)")
     checks = validate(proto, emitted.tflite, calib)
     for check in checks:
@@ -241,6 +268,7 @@ def optimize(
         validation["accuracy_guard"] = guard.stats()
     if any(not r.exact and r.changed for r in records):
         # A lossy pass moved the float reference too: also measure against the input model.
+        assert original is not None  # kept whenever the pipeline has a lossy pass
         vs_original = validate(original, emitted.tflite, calib)
         validation["outputs_vs_original"] = [c.to_json() for c in vs_original]
     vela_json: dict[str, Any] | None = None
@@ -256,6 +284,7 @@ def optimize(
             tosa, tflite_reason = _lift(emitted.tflite, tosa_path, tgt, npu_format, warnings)
         estimates: dict[str, float] = {}
         if opts.compile:
+            stages.next("vela")
             progress(f"compiling with Vela for {tgt.name}")
             try:
                 vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, work, stem, after)
@@ -288,6 +317,7 @@ def optimize(
             if tosa is not None:
                 from nirc.tosa import route
 
+                stages.next("validate-tosa")
                 progress("validating the TOSA graph against float (TOSA reference model vs ONNX Runtime)")
                 tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)
                 validation["tosa"] = [c.to_json() for c in tosa_checks]
@@ -300,6 +330,8 @@ def optimize(
             }
             if tosa is not None:
                 vela_files[tosa_path.name] = tosa_path.read_bytes()
+            if opts.validate_npu != "none":
+                stages.next("validate-npu")
             if opts.validate_npu != "none" and tosa is not None:
                 progress("executing the compiled NPU model against the TOSA reference model")
                 validation["npu"] = route.check_compiled(
@@ -314,6 +346,7 @@ def optimize(
                     list(calib.samples[:NPU_CHECK_SAMPLES]), warnings,
                 )
                 validation["npu"] = npu
+        stages.next("report")
         report = build_report(
             source=label,
             target=tgt,
@@ -340,8 +373,10 @@ def optimize(
         if estimates:
             report["npu_format"]["estimates_ms"] = estimates
     report["input_layout_changes"] = layout_changes
-    report["memory"], report["memory_timeline"] = _memory(model, tgt)
+    report["memory"], report["memory_timeline"] = memory_after
     report["memory"]["peak_bytes_before"] = memory_before["peak_bytes"]
+    stages.end()
+    report["profile"] = profile_section(stages.profile, records, weight_bytes)
     result = OptimizeResult(
         report,
         records,
@@ -393,6 +428,17 @@ def _check_ops_before_work(proto: onnx.ModelProto, label: str, pass_list: Sequen
     left = Counter({op: n for op, n in unsupported_ops(proto).items() if op not in legalized})
     if left:
         raise UnsupportedOperatorError(f"{label}: {format_unsupported(left)}")
+
+
+LOAD_MESSAGE_BYTES = 64 << 20
+"""Models from this size on take seconds to load: say so (smaller ones fail or load before a line matters)."""
+
+
+def _file_bytes(path: str | Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
 
 
 LAYER_SAMPLES = 4
@@ -462,7 +508,8 @@ def _compile(
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
     vela_dir = staging / "vela"
-    result = compile_with_vela(int8_path, target, vela_dir)
+    with timing.timed("vela"):
+        result = compile_with_vela(int8_path, target, vela_dir)
     final = staging / f"{stem}_vela.tflite"
     shutil.move(str(result.vela_tflite), final)
     # Vela prints its output path into the log; the staging name is random, so scrub it

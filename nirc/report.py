@@ -38,19 +38,33 @@ Schema (version 1), top-level keys:
   int8 activation bytes alive at each step, in the order Vela runs the graph, with 16-channel brick
   storage (nirc.memory; checked against Vela's allocation log); peak_bytes_before is the same
   measure on the model before the passes.
-Only ``seconds`` values vary between identical runs; everything else is byte-stable.
+  profile {stages [{name, seconds, peak_rss_bytes, events}], events {name: {count, seconds}}, seconds,
+           peak_rss_bytes, weight_bytes, peak_rss_over_weights,
+           oracle_calls [{label, nodes, emit_seconds, vela_seconds}] (each uncached cost-oracle compilation),
+           passes [{name, seconds, events}] (the passes that took 0.05 s or caused an event)}:
+  where compile time and memory went. Stages: load, passes, emit (calibration and int8 emission),
+  validate, vela, validate-tosa, validate-npu, report; events: vela (compilations), cost.emit
+  (emissions for the cost oracle), cost.cache_hit / cost.cache_miss, accuracy_guard (int8
+  measurements). peak_rss_bytes is the resident-set high-water mark during the stage;
+  weight_bytes is the input model's initializer bytes.
+Only ``seconds`` values and the ``profile`` section vary between identical runs (the cost cache
+changes its event counts); everything else is byte-stable.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import onnx
+
 from nirc.analysis import Analysis
 from nirc.pass_manager import PassRecord
 from nirc.target import Target
+from nirc.timing import Profile
 
 if TYPE_CHECKING:
     from nirc.targets.ethos_u.vela_driver import VelaResult
@@ -107,6 +121,67 @@ def build_report(
         "fits": fits,
         "warnings": list(warnings),
     }
+
+
+def initializer_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of the model's initializers as stored (what "the model's weight bytes" means for memory)."""
+    total = 0
+    for tensor in proto.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        total += math.prod(tensor.dims) * itemsize
+    return total
+
+
+PROFILED_PASS_SECONDS = 0.05
+"""Passes faster than this and without events are left out of the profile's pass list."""
+
+
+def profile_section(profile: Profile | None, records: Sequence[PassRecord], weight_bytes: int) -> dict[str, Any]:
+    """The report's ``profile``: stages, events, per-pass events and peak RSS against the weights."""
+    section: dict[str, Any] = profile.to_json() if profile is not None else {"stages": [], "events": {}}
+    peak = int(section.get("peak_rss_bytes", 0))
+    section["weight_bytes"] = weight_bytes
+    section["peak_rss_over_weights"] = round(peak / weight_bytes, 2) if weight_bytes and peak else None
+    section["passes"] = [
+        {
+            "name": r.name,
+            "seconds": round(r.seconds, 3),
+            "events": {k: v.to_json() for k, v in sorted(r.profile.items())},
+        }
+        for r in records
+        if r.seconds >= PROFILED_PASS_SECONDS or r.profile
+    ]
+    return section
+
+
+def _events_text(events: dict[str, Any]) -> str:
+    parts = []
+    for name, tally in events.items():
+        seconds = f" {tally['seconds']:.1f} s" if tally["seconds"] >= 0.05 else ""
+        parts.append(f"{name} x{tally['count']}{seconds}")
+    return ", ".join(parts)
+
+
+def format_profile(profile: dict[str, Any]) -> str:
+    """The ``profile`` section as the table ``nirc optimize --verbose`` prints."""
+    weights = profile.get("weight_bytes") or 0
+    ratio = profile.get("peak_rss_over_weights")
+    vs = f" ({ratio}x the {_mib(weights)} of weights)" if ratio is not None else ""
+    lines = [f"profile: {profile.get('seconds', 0.0):.1f} s, peak RSS {_mib(profile.get('peak_rss_bytes', 0))}{vs}"]
+    lines.append(f"  {'stage':24s} {'seconds':>8s} {'peak RSS':>10s}  events")
+    for stage in profile.get("stages", []):
+        rss = _mib(stage["peak_rss_bytes"])
+        lines.append(f"  {stage['name']:24s} {stage['seconds']:8.2f} {rss:>10s}  {_events_text(stage['events'])}")
+    calls = sorted(profile.get("oracle_calls", []), key=lambda c: -(c["emit_seconds"] + c["vela_seconds"]))
+    if calls:
+        lines.append(f"  {len(calls)} cost-oracle compilations, slowest: " + "; ".join(
+            f"{c['label']} ({c['nodes']} nodes) {c['emit_seconds']:.1f}+{c['vela_seconds']:.1f} s" for c in calls[:3]
+        ))
+    if profile.get("passes"):
+        lines.append(f"  {'pass':24s} {'seconds':>8s}  events")
+        for record in profile["passes"]:
+            lines.append(f"  {record['name']:24s} {record['seconds']:8.2f}  {_events_text(record['events'])}")
+    return "\n".join(lines) + "\n"
 
 
 def _mib(n: int) -> str:

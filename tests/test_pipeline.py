@@ -59,6 +59,19 @@ def test_artifacts_and_report(example_run: tuple[Path, dict[str, object]]) -> No
     assert memory["over_arena_steps"] == 0  # tiny_cnn fits the 384 KiB arena
 
 
+def test_report_profiles_stages_vela_and_memory(example_run: tuple[Path, dict[str, object]]) -> None:
+    _, report = example_run
+    profile = report["profile"]
+    assert isinstance(profile, dict)
+    names = [s["name"] for s in profile["stages"]]
+    assert names[:4] == ["load", "passes", "emit", "validate"] and "vela" in names and names[-1] == "report"
+    vela = next(s for s in profile["stages"] if s["name"] == "vela")
+    assert vela["events"]["vela"]["count"] == 1  # the final compilation, counted where it ran
+    assert profile["events"]["vela"]["count"] >= 1
+    assert profile["weight_bytes"] > 0 and profile["peak_rss_bytes"] > profile["weight_bytes"]
+    assert all(p["name"] for p in profile["passes"])
+
+
 def test_int8_model_is_transpose_free_and_all_npu(example_run: tuple[Path, dict[str, object]]) -> None:
     out, report = example_run
     int8_ops = _builtin_ops(out / "tiny_cnn_int8.tflite")

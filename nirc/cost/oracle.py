@@ -19,10 +19,12 @@ import csv
 import functools
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import onnx
 
+from nirc import progress, timing
 from nirc.cost import cache
 from nirc.cost.signature import CALIBRATION_SAMPLES, CALIBRATION_SEED, signature, tensor_ids
 from nirc.cost.types import Cost, LayerRow
@@ -98,12 +100,16 @@ def cached(key: str, cache_root: Path | None = None) -> Cost | None:
     """The cached Cost for ``key``, or None; an entry that does not parse is a miss."""
     record = cache.load(key, cache_root)
     if record is None:
+        timing.count("cost.cache_miss")
         return None
     try:
-        return Cost.from_json(record)
+        hit = Cost.from_json(record)
     except (BackendError, KeyError, TypeError, ValueError) as exc:
         logger.warning("ignoring malformed cost cache entry %s (%s)", key, exc)
+        timing.count("cost.cache_miss")
         return None
+    timing.count("cost.cache_hit")
+    return hit
 
 
 def compile_cost(proto: onnx.ModelProto, target: Target, *, label: str = "<model>") -> Cost:
@@ -112,17 +118,24 @@ def compile_cost(proto: onnx.ModelProto, target: Target, *, label: str = "<model
     from nirc.quant import load_calibration
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
-    canonical = IRModel.load(proto).to_proto(check=False)
-    calib = load_calibration(None, input_shapes(canonical), count=CALIBRATION_SAMPLES, seed=CALIBRATION_SEED)
-    emitted = emit(canonical, dtype="int8", calib=calib, method="minmax", label=label)
+    progress.tick("Vela calls")
+    start = time.perf_counter()
+    with timing.timed("cost.emit"):
+        canonical = IRModel.load(proto).to_proto(check=False)
+        calib = load_calibration(None, input_shapes(canonical), count=CALIBRATION_SAMPLES, seed=CALIBRATION_SEED)
+        emitted = emit(canonical, dtype="int8", calib=calib, method="minmax", label=label)
+    emitted_at = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nirc-cost-") as tmp:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(emitted.tflite.data)
         try:
-            result = compile_with_vela(path, target, Path(tmp) / "vela")
+            with timing.timed("vela"):
+                result = compile_with_vela(path, target, Path(tmp) / "vela")
         except BackendError as exc:
             raise BackendError(f"{label}: {exc}") from None
         traffic = _summary_traffic(result.summary_csv)
+    seconds = (emitted_at - start, time.perf_counter() - emitted_at)
+    timing.oracle_call(timing.OracleCall(label, len(proto.graph.node), *seconds))
     return _to_cost(result, traffic, _layer_rows(result.layers, tensor_ids(proto)))
 
 

@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 from onnx import shape_inference, version_converter
 
 from nirc.errors import DynamicShapeError, ModelLoadError, UnsupportedOperatorError
+from nirc.ir.detach import attach_weights, detach_weights
 from nirc.ir.opset import DEFAULT_DOMAINS, downgrade
 
 logger = logging.getLogger(__name__)
@@ -289,12 +290,12 @@ def _zeros_for(arg: object) -> np.ndarray:
 
 def check_model(model: onnx.ModelProto, label: str) -> None:
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(detach_weights(model)[0])  # the checker copies the model twice
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"{label}: ONNX checker failed: {_one_line(exc)}") from exc
 
 
-def check_finite_weights(model: onnx.ModelProto, label: str) -> None:
+def check_finite_weights(model: onnx.ModelProto, label: str, more: Sequence[onnx.TensorProto] = ()) -> None:
     """NaN or infinite weights make every later number meaningless: name the first such tensor now.
 
     Scalar infinities are allowed: they are how ONNX spells an open bound (Clip(0, inf)).
@@ -304,7 +305,7 @@ def check_finite_weights(model: onnx.ModelProto, label: str) -> None:
     """
     from onnx import numpy_helper
 
-    constants = [(t.name, t) for t in model.graph.initializer]
+    constants = [(t.name, t) for t in (*model.graph.initializer, *more)]
     constants += [
         (node.output[0], attr.t)
         for node in model.graph.node
@@ -339,6 +340,7 @@ def canonicalize(
 ) -> tuple[onnx.ModelProto, str]:
     """The whole front door: parse, check, inline functions, one opset, static shapes."""
     model, label = read_model(source)
+    model, detached = detach_weights(model)  # the tools below need the weights' shapes, not their values
     if model is source and input_shapes:
         model = onnx.ModelProto()  # fixing the input dims must not edit the caller's proto
         model.CopyFrom(source)
@@ -352,5 +354,5 @@ def canonicalize(
     if input_shapes:
         fix_input_shapes(model, input_shapes, label)
     check_static_inputs(model, label)
-    check_finite_weights(model, label)
-    return infer_static_shapes(model, label), label
+    check_finite_weights(model, label, detached.heavy)
+    return attach_weights(infer_static_shapes(model, label), detached), label

@@ -383,3 +383,36 @@ def test_accuracy_guard_keeps_a_tiling_within_tolerance_and_refuses_one_beyond()
     assert not changed and ops(model) == ops(IRModel.load(big()))
     assert ctx.stats["accuracy_refused"] == 1 and not any(d["accepted"] for d in ctx.decisions)
     assert any("refused by the accuracy guard" in d["reason"] for d in ctx.decisions)
+
+
+def _long() -> onnx.ModelProto:
+    """BIG followed by a tail of small 1x1 convs: the candidates change only the head."""
+    tail = "\n".join(f"  t{i + 1} = Conv (t{i}, wt{i})" for i in range(12))
+    text = BIG.replace("=> (float[1,64,1,1] y)", "=> (float[1,64,1,1] t12)").replace(
+        "  y = GlobalAveragePool (r)\n", f"  t0 = GlobalAveragePool (r)\n{tail}\n"
+    )
+    weights = {f"wt{i}": _w(64, 64, 1, 1, seed=10 + i) for i in range(12)}
+    return parse(text, w1=_w(64, 8, 3, 3, seed=1), w2=_w(64, 64, 3, 3, seed=2), w3=_w(64, 1, 3, 3, seed=3),
+                 **weights)  # fmt: skip
+
+
+def test_trials_are_ranked_on_the_window_they_change_and_the_winner_confirmed_whole() -> None:
+    total = len(IRModel.load(_long()).graph.nodes)
+    sizes: list[int] = []
+
+    def recording(proto: onnx.ModelProto, target: object) -> FakeCost:
+        sizes.append(len(proto.graph.node))
+        return likes_tiles(proto, target)
+
+    whole_model, changed_whole, ctx_whole = _run(_long(), cost_fn=likes_tiles, max_trials=6, window=False)
+    model, changed, ctx = _run(_long(), cost_fn=recording, max_trials=6)
+    assert changed and changed_whole
+    assert ctx.stats["oracle_calls"] == 2  # the model and the winner, whole
+    assert ctx.stats["oracle_window_calls"] >= 4 and ctx_whole.stats["oracle_calls"] >= 5
+    windows = [n for n in sizes if n < total]
+    assert len(windows) == ctx.stats["oracle_window_calls"]
+    assert all(n < total for n in sizes[1:-1])  # every trial in between compiled only the window
+    keys = ("region", "tiles", "staged", "cycles", "accepted")
+    assert [{k: d[k] for k in keys} for d in ctx.decisions] == [{k: d[k] for k in keys} for d in ctx_whole.decisions]
+    assert ops(model) == ops(whole_model)
+    assert_same_function(_long(), model.to_proto(), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,69 @@
+"""nirc.timing: stages, events and peak RSS, and the profile optimize() puts in the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nirc import timing
+from nirc.cli import main
+from nirc.report import format_profile, profile_section
+
+
+def test_events_count_only_while_recording() -> None:
+    timing.count("vela", 1.0)  # nothing records: a no-op, not an error
+    with timing.recording() as profile:
+        timing.count("vela", 0.5)
+        with timing.timed("vela"):
+            pass
+        timing.count("cost.cache_hit", n=3)
+    assert profile.events["vela"].count == 2
+    assert profile.events["vela"].seconds >= 0.5
+    assert profile.events["cost.cache_hit"].count == 3
+    assert timing.current() is None
+
+
+def test_stages_split_events_and_measure_their_own_peak() -> None:
+    with timing.recording() as profile:
+        stages = timing.Stages(profile)
+        stages.next("small")
+        timing.count("vela")
+        stages.next("big")
+        block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB resident
+        block[::512] = 2.0
+        del block
+        stages.next("small again")
+        stages.end()
+    names = [s.name for s in profile.stages]
+    assert names == ["small", "big", "small again"]
+    assert set(profile.stages[0].events) == {"vela"} and profile.stages[1].events == {}
+    big, after = profile.stages[1].peak_rss_bytes, profile.stages[2].peak_rss_bytes
+    assert big >= after + 48 * 1024 * 1024  # the 64 MiB freed before the third stage are not its peak
+    assert profile.peak_rss_bytes == big
+
+
+def test_profile_section_and_its_table() -> None:
+    with timing.recording() as profile:
+        stages = timing.Stages(profile)
+        stages.next("passes")
+        timing.count("vela", 2.0)
+        timing.oracle_call(timing.OracleCall("tile-activations", 14, 0.5, 2.0))
+        stages.end()
+    timing.oracle_call(timing.OracleCall("not recorded", 1, 0.0, 0.0))
+    section = profile_section(profile, [], weight_bytes=1000)
+    assert section["events"]["vela"] == {"count": 1, "seconds": 2.0}
+    assert section["oracle_calls"] == [
+        {"label": "tile-activations", "nodes": 14, "emit_seconds": 0.5, "vela_seconds": 2.0}
+    ]
+    assert section["peak_rss_over_weights"] == round(section["peak_rss_bytes"] / 1000, 2)
+    text = format_profile(section)
+    assert "passes" in text and "vela x1 2.0 s" in text and "tile-activations (14 nodes) 0.5+2.0 s" in text
+
+
+def test_optimize_verbose_prints_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
+    assert main(["optimize", str(example), "-o", str(tmp_path / "out"), "--no-compile", "-q", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("profile: ") and "\n  load " in err and "\n  passes " in err
