@@ -617,7 +617,8 @@ def nirc_one(name: str, nirc_exe: str, variant: str) -> dict[str, Any]:
     }
 
 
-def stage_nirc(names: Sequence[str]) -> None:
+def stage_nirc(names: Sequence[str], variants: Sequence[str] = tuple(VARIANT_FLAGS)) -> None:
+    """Compile ``names`` with nirc; ``variants`` re-measured, the others' saved rows kept."""
     nirc_exe = str(Path(sys.executable).with_name("nirc"))
     et = load_json(ET_JSON)
     data = load_json(NIRC_JSON)
@@ -630,7 +631,11 @@ def stage_nirc(names: Sequence[str]) -> None:
         if name in et and et[name]["onnx_sha256"] != sha256(onnx_path):
             print(f"{name}: {onnx_path} is not the file the ExecuTorch results were made with", file=sys.stderr)
             continue
-        row: dict[str, Any] = {variant: nirc_one(name, nirc_exe, variant) for variant in VARIANT_FLAGS}
+        kept = {v: r for v, r in load_json(NIRC_JSON).get(name, {}).items() if v in VARIANT_FLAGS}
+        row: dict[str, Any] = {
+            variant: nirc_one(name, nirc_exe, variant) if variant in variants or variant not in kept else kept[variant]
+            for variant in VARIANT_FLAGS
+        }
         row["onnx_vs_torch_snr_db"] = _onnx_vs_torch(d, onnx_path)
         row["onnx_sha256"] = sha256(onnx_path)
         data = load_json(NIRC_JSON)  # re-read: another run may have saved other models meanwhile
@@ -831,6 +836,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("export", "nirc", "table"))
     parser.add_argument("models", nargs="*", help=f"default: all of {', '.join(BY_NAME)}")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANT_FLAGS),
+        default=tuple(VARIANT_FLAGS),
+        help="nirc stage: which configurations to re-measure (the others' saved results are kept)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.models if m not in BY_NAME]
     if unknown:
@@ -838,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.models or list(BY_NAME)
     stages: dict[str, Callable[[], None]] = {
         "export": lambda: stage_export(names),
-        "nirc": lambda: stage_nirc(names),
+        "nirc": lambda: stage_nirc(names, args.variants),
         "table": stage_table,
     }
     stages[args.stage]()

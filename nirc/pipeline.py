@@ -258,7 +258,7 @@ def optimize(
         if opts.compile:
             progress(f"compiling with Vela for {tgt.name}")
             try:
-                vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, work, stem, after)
+                vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, work, stem, after, tosa)
             except BackendError as exc:
                 if tosa is None:
                     raise
@@ -457,12 +457,17 @@ def _lossy_pass_warnings(records: Sequence[PassRecord]) -> list[str]:
 
 
 def _compile(
-    int8_path: Path, target: Target, staging: Path, stem: str, after: Analysis
+    int8_path: Path, target: Target, staging: Path, stem: str, after: Analysis, tosa: TosaGraph | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
     vela_dir = staging / "vela"
-    result = compile_with_vela(int8_path, target, vela_dir)
+    if tosa is not None and tosa.split is not None:  # part TOSA, part TFLite: two Vela runs, one file
+        from nirc.tosa.route import compile_split
+
+        result = compile_split(tosa, int8_path, target, vela_dir)
+    else:
+        result = compile_with_vela(int8_path, target, vela_dir)
     final = staging / f"{stem}_vela.tflite"
     shutil.move(str(result.vela_tflite), final)
     # Vela prints its output path into the log; the staging name is random, so scrub it

@@ -24,7 +24,7 @@ each op becomes what TOSA specifies for it:
   is as exact as int8 allows (a TFLite chain rounds at each step).
 * AVERAGE_POOL_2D / MAX_POOL_2D (same int8 parameters in and out, as TFLite),
   RESHAPE, CONCATENATION (RESCALE of inputs whose parameters differ), PAD,
-  TRANSPOSE, unit-stride STRIDED_SLICE.
+  TRANSPOSE, unit-stride STRIDED_SLICE, SPLIT (one SLICE per part).
 
 Anything else raises :class:`TosaUnsupportedError` naming the op: the caller keeps
 the TFLite route. The TOSA graph, not the TFLite file, is then the int8 reference:
@@ -70,7 +70,13 @@ _ADD_SHIFT = 20  # TFLite's int8 ADD left shift
 
 
 class TosaUnsupportedError(BackendError):
-    """The TFLite model holds an op (or a form of one) the TOSA lift does not translate."""
+    """The TFLite model holds an op (or a form of one) the TOSA lift does not translate.
+
+    ``op_index`` is the TFLite operator that could not be lifted, when one op is to blame:
+    :mod:`nirc.tosa.partition` leaves it and what it feeds to Vela's TFLite reader.
+    """
+
+    op_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class TosaGraph:
         quant: per input/output name, ``(scale, zero_point)`` of the int8 codes.
         tables: how many TABLE ops the lift wrote, and how many TFLite ops they replace.
         staged: inputs copied by an identity TABLE first (``stage_inputs``).
+        tflite_inputs / tflite_outputs: the TFLite tensor names of ``inputs`` / ``outputs``.
+        split: set by :func:`nirc.tosa.partition.lift_split` when only part of the model lifted.
     """
 
     data: bytes
@@ -92,6 +100,25 @@ class TosaGraph:
     tables: int
     ops_folded_into_tables: int
     staged: tuple[str, ...] = ()
+    tflite_inputs: tuple[str, ...] = ()
+    tflite_outputs: tuple[str, ...] = ()
+    split: SplitRest | None = None
+
+
+@dataclass(frozen=True)
+class SplitRest:
+    """What of a split model Vela reads as TFLite (see :mod:`nirc.tosa.partition`).
+
+    Attributes:
+        tflite: the sub-model of the ops that did not lift and all they feed.
+        ops: their TFLite op names, for the report.
+        inputs / outputs: the whole model's interface tensor names, in its order.
+    """
+
+    tflite: bytes
+    ops: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -299,14 +326,18 @@ class _Lift:
             if k in skip:
                 continue
             opname = self.opname(op)
-            fused = self._table_chain(k) if opname in _CHAIN_STARTS else None
-            if fused is not None:
-                skip.update(fused)
-                continue
-            handler = _HANDLERS.get(opname)
-            if handler is None:
-                raise TosaUnsupportedError(f"TOSA lift: TFLite {opname} is not translated")
-            handler(self, k, op)
+            try:
+                fused = self._table_chain(k) if opname in _CHAIN_STARTS else None
+                if fused is not None:
+                    skip.update(fused)
+                    continue
+                handler = _HANDLERS.get(opname)
+                if handler is None:
+                    raise TosaUnsupportedError(f"TOSA lift: TFLite {opname} is not translated")
+                handler(self, k, op)
+            except TosaUnsupportedError as exc:
+                exc.op_index = k if exc.op_index is None else exc.op_index
+                raise
         for i in self.sg.outputs:
             name = self.own_name(int(i))
             self.g.addOutputTensor(ts.TosaSerializerTensor(name, [], DType.INT8))
@@ -315,7 +346,9 @@ class _Lift:
             quant[name] = (float(t.scale[0]), t.zp)
         staged = tuple(self.own_name(i) for i in self.renamed)
         data = bytes(self.g.serialize())
-        return TosaGraph(data, tuple(inputs), tuple(outputs), quant, self.tables, self.folded, staged)
+        names = (tuple(self.tensors[int(i)].name for i in self.sg.inputs),
+                 tuple(self.tensors[int(i)].name for i in self.sg.outputs))  # fmt: skip
+        return TosaGraph(data, tuple(inputs), tuple(outputs), quant, self.tables, self.folded, staged, *names)
 
     def _pad_folds(self) -> dict[int, int]:
         """Convs whose input is a single-reader spatial PAD of real zeros: TOSA pads them itself.
@@ -805,6 +838,26 @@ def _resize(lift: _Lift, k: int, op: Any) -> None:
     lift.op(Op.RESIZE, [src, *shapes], [lift.define(y_index)], _attr("ResizeAttribute", ResizeMode.NEAREST))
 
 
+def _split(lift: _Lift, k: int, op: Any) -> None:
+    """SPLIT / SPLIT_V: one SLICE per output along the (constant) axis."""
+    name = lift.opname(op)
+    x_i, axis_i = (int(op.inputs[1]), int(op.inputs[0])) if name == "SPLIT" else (int(op.inputs[0]), int(op.inputs[2]))
+    axis_data = lift.tensors[axis_i].data
+    if axis_data is None:
+        raise TosaUnsupportedError(f"TOSA lift: {name} with a non-constant axis")
+    x = lift.tensors[x_i]
+    axis = int(np.asarray(axis_data).reshape(-1)[0]) % len(x.shape)
+    start = 0
+    for out in op.outputs:
+        y = lift.tensors[int(out)]
+        starts = [0] * len(x.shape)
+        starts[axis] = start
+        src = _requant(lift, x_i, y)
+        lift.op(Op.SLICE, [src, lift.shape_const("start", starts), lift.shape_const("size", list(y.shape))],
+                [lift.define(int(out))], _attr("SliceAttribute"))  # fmt: skip
+        start += y.shape[axis]
+
+
 def _unary_op(lift: _Lift, k: int, op: Any) -> None:
     raise TosaUnsupportedError(f"TOSA lift: {lift.opname(op)} on a non-int8 tensor")
 
@@ -830,6 +883,8 @@ _HANDLERS: dict[str, Callable[[_Lift, int, Any], None]] = {
     "TRANSPOSE": _transpose,
     "STRIDED_SLICE": _strided_slice,
     "SLICE": _slice,
+    "SPLIT": _split,
+    "SPLIT_V": _split,
     "RESIZE_NEAREST_NEIGHBOR": _resize,
     **dict.fromkeys(_TABLE_STARTS, _unary_op),
 }

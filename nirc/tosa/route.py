@@ -10,10 +10,12 @@ against the reference model, bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -21,10 +23,14 @@ import onnx
 from nirc.errors import BackendError
 from nirc.target import Target
 from nirc.tflite import TFLiteModel
-from nirc.tosa.lift import TosaGraph, TosaUnsupportedError, lift
+from nirc.tosa.lift import TosaGraph, TosaUnsupportedError
+from nirc.tosa.partition import SEPARATE_IO, io_names, lift_split, rename_interface, stitch
 from nirc.tosa.reference import run_reference
 from nirc.validate import OutputCheck, check_output, from_tflite_layout, to_tflite_layout
 from nirc.verify import run_onnx
+
+if TYPE_CHECKING:
+    from nirc.targets.ethos_u.vela_driver import VelaResult
 
 
 def lift_for_vela(model: TFLiteModel, path: Path, target: Target, warnings: list[str]) -> TosaGraph | None:
@@ -38,12 +44,12 @@ def lift_for_vela(model: TFLiteModel, path: Path, target: Target, warnings: list
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
     try:
-        graph = lift(model.data)
+        graph = lift_split(model.data)
     except TosaUnsupportedError as exc:
         warnings.append(f"--npu-format tosa: {exc}; Vela compiled the int8 TFLite instead")
         return None
     if graph.staged:
-        plain = lift(model.data, stage_inputs=False)
+        plain = lift_split(model.data, stage_inputs=False)
         with tempfile.TemporaryDirectory(prefix="nirc-stage-") as tmp:
             cycles = []
             for i, candidate in enumerate((graph, plain)):
@@ -60,13 +66,59 @@ def lift_for_vela(model: TFLiteModel, path: Path, target: Target, warnings: list
     return graph
 
 
-def _int8_feeds(
-    model: TFLiteModel, graph: TosaGraph, samples: Sequence[dict[str, np.ndarray]]
-) -> list[dict[str, np.ndarray]]:
-    return [
-        {name: to_tflite_layout(io, sample[io.name]) for name, io in zip(graph.inputs, model.inputs, strict=True)}
-        for sample in samples
-    ]
+def compile_split(graph: TosaGraph, tosa_path: Path, target: Target, output_dir: Path) -> VelaResult:
+    """Vela on both parts of a split model, stitched into one ``<tosa stem>_vela.tflite``.
+
+    The estimates add up: the parts run one after the other, each with the whole SRAM.
+    """
+    from nirc.targets.ethos_u.vela_driver import compile_with_vela
+
+    assert graph.split is not None
+    rest_path = tosa_path.with_name(f"{tosa_path.stem}_rest.tflite")
+    rest_path.write_bytes(graph.split.tflite)
+    first = compile_with_vela(tosa_path, target, output_dir, extra_args=SEPARATE_IO)
+    second = compile_with_vela(rest_path, target, output_dir, extra_args=SEPARATE_IO)
+    names = dict(zip((*graph.inputs, *graph.outputs), (*graph.tflite_inputs, *graph.tflite_outputs), strict=True))
+    part = rename_interface(first.vela_tflite.read_bytes(), names)
+    first.vela_tflite.write_bytes(
+        stitch(part, second.vela_tflite.read_bytes(), graph.split.inputs, graph.split.outputs)
+    )
+    second.vela_tflite.unlink()
+    summed = {
+        f: getattr(first, f) + getattr(second, f)
+        for f in ("inference_time_ms", "cycles_total", "cycles_npu", "dram_feature_map_read_bytes",
+                  "dram_feature_map_write_bytes", "dram_weight_bytes", "flash_weight_bytes", "nn_macs",
+                  "original_weight_bytes", "encoded_weight_bytes", "npu_ops", "cpu_ops", "cpu_op_list", "layers")
+    }  # fmt: skip
+    return dataclasses.replace(
+        first,
+        sram_used_kib=max(first.sram_used_kib, second.sram_used_kib),
+        dram_used_kib=max(first.dram_used_kib, second.dram_used_kib),
+        **summed,
+    )
+
+
+def _int8_feeds(model: TFLiteModel, samples: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Per sample, the int8 inputs in the TFLite model's order."""
+    return [[to_tflite_layout(io, sample[io.name]) for io in model.inputs] for sample in samples]
+
+
+def run_graph(model: TFLiteModel, graph: TosaGraph, feed: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """What the NPU must compute: the TOSA reference model, then a split model's TFLite part.
+
+    The TFLite part runs in TFLite Micro (LiteRT without it), as ``nirc validate`` runs
+    the int8 TFLite. Inputs and outputs are in the TFLite model's order.
+    """
+    from nirc.targets.ethos_u.sim.validate import reference_outputs
+
+    in_names, out_names = io_names(model.data)
+    values = dict(zip(in_names, feed, strict=True))
+    produced = run_reference(graph, {t: values[n] for t, n in zip(graph.inputs, graph.tflite_inputs, strict=True)})
+    values.update({n: produced[t] for t, n in zip(graph.outputs, graph.tflite_outputs, strict=True)})
+    if graph.split is not None:
+        rest_inputs = io_names(graph.split.tflite)[0]
+        values.update(reference_outputs(graph.split.tflite, {n: values[n] for n in rest_inputs})[0])
+    return [values[n] for n in out_names]
 
 
 def compare_reference(
@@ -74,14 +126,14 @@ def compare_reference(
 ) -> list[OutputCheck]:
     """The TOSA reference model's outputs against ORT's float ones, as ``nirc.validate.compare`` does for LiteRT."""
     reference = run_onnx(proto, samples)
-    produced = [run_reference(graph, feed) for feed in _int8_feeds(model, graph, samples)]
+    produced = [run_graph(model, graph, feed) for feed in _int8_feeds(model, samples)]
     return [
         check_output(
             io,
             np.stack([run[index] for run in reference]),
-            np.stack([from_tflite_layout(io, run[name]) for run in produced]),
+            np.stack([from_tflite_layout(io, run[index]) for run in produced]),
         )
-        for index, (name, io) in enumerate(zip(graph.outputs, model.outputs, strict=True))
+        for index, io in enumerate(model.outputs)
     ]
 
 
@@ -89,16 +141,20 @@ def check_compiled(
     vela_tflite: Path, model: TFLiteModel, graph: TosaGraph, samples: Sequence[dict[str, np.ndarray]],
     warnings: list[str],
 ) -> dict[str, Any]:  # fmt: skip
-    """``validation.npu``: the compiled artifact in the functional model against the TOSA reference model."""
+    """``validation.npu``: the compiled artifact in the functional model against :func:`run_graph`, bit for bit."""
     from nirc.targets.ethos_u.sim.runner import simulate
 
     worst, exact = 0, 0
-    feeds = _int8_feeds(model, graph, samples)
+    feeds = _int8_feeds(model, samples)
+    vela_in, vela_out = io_names(vela_tflite.read_bytes())
     try:
         for feed in feeds:
-            ref = run_reference(graph, feed)
-            got = simulate(vela_tflite, feed)
-            diff = max(int(np.max(np.abs(ref[n].astype(np.int32) - got[n].astype(np.int32)))) for n in graph.outputs)
+            ref = run_graph(model, graph, feed)
+            got = simulate(vela_tflite, dict(zip(vela_in, feed, strict=True)))
+            diff = max(
+                int(np.max(np.abs(r.astype(np.int32) - got[n].reshape(r.shape).astype(np.int32))))
+                for r, n in zip(ref, vela_out, strict=True)
+            )
             worst = max(worst, diff)
             exact += diff == 0
     except BackendError as exc:
@@ -124,6 +180,12 @@ def summary(graph: TosaGraph, path: Path) -> dict[str, Any]:
         "tables": graph.tables,
         "tflite_ops_in_tables": graph.ops_folded_into_tables,
         "inputs_staged_in_sram": list(graph.staged),
-        "inputs": {n: {"scale": s, "zero_point": z} for n, (s, z) in graph.quant.items() if n in graph.inputs},
-        "outputs": {n: {"scale": s, "zero_point": z} for n, (s, z) in graph.quant.items() if n in graph.outputs},
+        "inputs": {tfl: _qjson(graph.quant[n]) for n, tfl in zip(graph.inputs, graph.tflite_inputs, strict=True)},
+        # A split model's TOSA part ends at the tensors its TFLite part reads.
+        "outputs": {tfl: _qjson(graph.quant[n]) for n, tfl in zip(graph.outputs, graph.tflite_outputs, strict=True)},
+        **({"tflite_part_ops": dict(Counter(graph.split.ops))} if graph.split is not None else {}),
     }
+
+
+def _qjson(quant: tuple[float, int]) -> dict[str, float | int]:
+    return {"scale": quant[0], "zero_point": quant[1]}

@@ -1,0 +1,106 @@
+"""nirc.tosa.partition: the ops the lift refuses stay TFLite, the rest still goes to Vela as TOSA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from nirc.targets.ethos_u.sim import container
+from nirc.targets.ethos_u.spec import ETHOS_U_TARGETS
+from nirc.targets.ethos_u.vela_driver import compile_with_vela
+from nirc_testing import parse
+
+from nirc.backend import emit, input_shapes
+from nirc.ir import IRModel
+from nirc.quant import load_calibration
+from nirc.tflite import TFLiteModel
+from nirc.tosa.lift import TosaUnsupportedError, lift
+from nirc.tosa.partition import io_names, lift_split, split, submodel
+from nirc.tosa.route import check_compiled, compare_reference, compile_split
+
+HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
+U65 = next(t for t in ETHOS_U_TARGETS if t.name == "ethos-u65-256")
+RNG = np.random.default_rng(5)
+
+
+def _model(tail: str, out_shape: str) -> onnx.ModelProto:
+    """A 1x1 conv 16 -> 32 at 24x24, SiLU, then ``tail`` (reading ``a``, writing ``y``)."""
+    proto = parse(
+        HEADER
+        + f"""g (float[1,16,24,24] x) => (float{out_shape} y) {{
+            c = Conv (x, w, b)
+            s = Sigmoid (c)
+            a = Mul (c, s)
+            {tail}
+        }}""",
+        w=(RNG.standard_normal((32, 16, 1, 1)) * 0.3).astype(np.float32),
+        b=(RNG.standard_normal(32) * 0.1).astype(np.float32),
+    )
+    return IRModel.load(proto).to_proto()
+
+
+def _emit(proto: onnx.ModelProto) -> tuple[TFLiteModel, list[dict[str, np.ndarray]]]:
+    calib = load_calibration(None, input_shapes(proto), count=4)
+    return emit(proto, dtype="int8", calib=calib).tflite, list(calib.samples)
+
+
+SOFTMAX = _model("y = Softmax <axis = 1> (a)", "[1,32,24,24]")
+MEAN = _model("axes = Constant <value_ints = [2, 3]> ()\n y = ReduceMean <keepdims = 1> (a, axes)", "[1,32,1,1]")
+
+
+def test_softmax_stays_tflite_and_silu_becomes_a_table(tmp_path: Path) -> None:
+    tflite, samples = _emit(SOFTMAX)
+    with pytest.raises(TosaUnsupportedError, match="SOFTMAX") as refused:
+        lift(tflite.data)
+    assert refused.value.op_index is not None
+    graph = lift_split(tflite.data)
+    assert graph.split is not None and graph.split.ops == ("SOFTMAX",)
+    assert (graph.tables, graph.ops_folded_into_tables) == (1, 2)  # LOGISTIC + MUL -> one TABLE
+    path = tmp_path / "m_npu.tosa"
+    path.write_bytes(graph.data)
+    stitched = compile_split(graph, path, U65, tmp_path / "vela")
+    model = container.load(stitched.vela_tflite)
+    assert [op.opcode for op in model.ops] == ["ethos-u", "ethos-u"]  # both parts on the NPU, one file
+    assert io_names(stitched.vela_tflite.read_bytes()) == io_names(tflite.data)
+    assert stitched.cpu_ops == 0
+    # The estimate is the two parts' sum. On a model this small the boundary tensor's round
+    # trip through DRAM outweighs the TABLE (measured 305,993 vs 216,839 cycles), which is
+    # why --npu-format auto compares both forms.
+    plain = tmp_path / "m.tflite"
+    plain.write_bytes(tflite.data)
+    whole = compile_with_vela(plain, U65, tmp_path / "tflite")
+    assert stitched.cycles_total > 0 and whole.cycles_total > 0
+    assert {layer.original_op for layer in stitched.layers} >= {"Table", "Softmax"}
+    (check,) = compare_reference(SOFTMAX, tflite, graph, samples)
+    assert check.snr_db > 25, check
+
+
+def test_split_model_is_checked_bit_for_bit_in_the_functional_model(tmp_path: Path) -> None:
+    """MEAN is not lifted: it runs from Vela's TFLite reader, after the TOSA part (two COP2 streams)."""
+    tflite, samples = _emit(MEAN)
+    graph = lift_split(tflite.data)
+    assert graph.split is not None and graph.split.ops == ("MEAN",)
+    path = tmp_path / "m_npu.tosa"
+    path.write_bytes(graph.data)
+    stitched = compile_split(graph, path, U65, tmp_path / "vela")
+    warnings: list[str] = []
+    npu = check_compiled(stitched.vela_tflite, tflite, graph, samples[:2], warnings)
+    assert npu.get("bit_exact") is True, (npu, warnings)
+
+
+def test_split_part_is_closed_under_producers() -> None:
+    tflite, _ = _emit(SOFTMAX)
+    with pytest.raises(TosaUnsupportedError) as refused:
+        lift(tflite.data)
+    blocked = refused.value.op_index
+    assert blocked is not None
+    parts = split(tflite.data, blocked, lambda data: None)
+    assert parts is not None and blocked in parts.rest_ops and blocked not in parts.npu_ops
+    assert sorted(parts.npu_ops + parts.rest_ops) == list(range(len(parts.npu_ops) + len(parts.rest_ops)))
+    # The NPU part's outputs are exactly what the rest reads.
+    assert io_names(parts.npu)[1] == io_names(parts.rest)[0]
+    assert io_names(submodel(tflite.data, parts.npu_ops))[0] == io_names(tflite.data)[0]
+    # Nothing lifts: no split.
+    assert split(tflite.data, blocked, lambda data: 0) is None
