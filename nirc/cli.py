@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="execute a Vela-compiled model and compare it with its int8 TFLite")
     p.add_argument("vela_tflite", type=Path, help="MODEL_vela.tflite")
-    p.add_argument("int8_tflite", type=Path, help="the MODEL_int8.tflite Vela compiled")
+    p.add_argument(
+        "int8_tflite", type=Path, help="the MODEL_int8.tflite Vela compiled (MODEL_npu.tosa for a TOSA-form artifact)"
+    )
     p.add_argument(
         "--method",
         choices=("sim", "fvp"),
@@ -602,6 +604,10 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
 
     from nirc.targets.ethos_u import sim
 
+    if args.int8_tflite.suffix == ".tosa" and not args.describe:  # a TOSA-form artifact: its own reference
+        from nirc.tosa.artifact import validate_command
+
+        return validate_command(args.vela_tflite, args.int8_tflite, args.samples, sys.stdout.write)
     _check_validate_files(args.vela_tflite, args.int8_tflite)
     if args.describe:
         sys.stdout.write(sim.describe(args.vela_tflite) + "\n")

@@ -298,8 +298,10 @@ def optimize(
                 for p in sorted((work / "vela").rglob("*"))
                 if p.is_file()
             }
-            if tosa is not None:
-                vela_files[tosa_path.name] = tosa_path.read_bytes()
+            if tosa is not None:  # what `nirc validate VELA MODEL_npu.tosa` checks the artifact against
+                from nirc.tosa.artifact import sidecar_files
+
+                vela_files.update(sidecar_files(tosa, tosa_path.name))
             if opts.validate_npu != "none" and tosa is not None:
                 progress("executing the compiled NPU model against the TOSA reference model")
                 validation["npu"] = route.check_compiled(

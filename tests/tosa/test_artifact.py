@@ -1,0 +1,85 @@
+"""`nirc validate VELA MODEL_npu.tosa`: a TOSA-form artifact is checked against what its TOSA graph specifies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from nirc_testing import parse
+
+from nirc.cli import main
+from nirc.errors import ModelLoadError
+from nirc.ir import IRModel
+from nirc.pipeline import optimize
+from nirc.tosa.artifact import load, validate
+
+HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
+RNG = np.random.default_rng(23)
+
+
+def _silu_then(tail: str, out_shape: str) -> onnx.ModelProto:
+    proto = parse(
+        HEADER
+        + f"""g (float[1,16,16,16] x) => (float{out_shape} y) {{
+            c = Conv (x, w, b)
+            s = Sigmoid (c)
+            a = Mul (c, s)
+            {tail}
+        }}""",
+        w=(RNG.standard_normal((32, 16, 1, 1)) * 0.3).astype(np.float32),
+        b=(RNG.standard_normal(32) * 0.1).astype(np.float32),
+    )
+    return IRModel.load(proto).to_proto()
+
+
+def _lut_offset(vela: bytes, tosa: bytes) -> int:
+    """Where the compiled file holds a 256-byte table that the TOSA graph also holds (the SiLU TABLE)."""
+    windows = {tosa[i : i + 256] for i in range(len(tosa) - 255)}
+    hits = [i for i in range(len(vela) - 255) if vela[i : i + 256] in windows and len(set(vela[i : i + 256])) > 64]
+    assert hits, "no TABLE found in the compiled file"
+    return hits[0]
+
+
+def test_tosa_form_artifact_validates_and_a_corrupted_table_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _silu_then("y = Identity (a)", "[1,32,16,16]")
+    out = tmp_path / "out"
+    result = optimize(model, outdir=out, npu_format="tosa", no_hw_passes=True)
+    assert result.report["npu_format"]["format"] == "tosa"
+    vela, tosa = out / "model_vela.tflite", out / "model_npu.tosa"
+    assert (out / "model_npu.json").is_file() and load(tosa).tflite_outputs
+    assert main(["validate", str(vela), str(tosa), "--samples", "2"]) == 0
+    assert "bit-exact on 2 random inputs" in capsys.readouterr().out
+    data = bytearray(vela.read_bytes())
+    at = _lut_offset(bytes(data), tosa.read_bytes()) + 200  # one entry of the table, a positive input code
+    data[at] = (data[at] + 1) % 256
+    broken = tmp_path / "broken_vela.tflite"
+    broken.write_bytes(bytes(data))
+    assert validate(broken, tosa, samples=2).max_abs_diff_lsb == 1
+    assert main(["validate", str(broken), str(tosa), "--samples", "2"]) == 1
+    assert "first at output" in capsys.readouterr().out
+
+
+def test_split_artifact_ships_its_tflite_part(tmp_path: Path) -> None:
+    """A model the lift refuses an op of: MODEL_npu_rest.tflite holds it, validate runs both parts."""
+    model = _silu_then(
+        "axes = Constant <value_ints = [2, 3]> ()\n y = ReduceMean <keepdims = 1> (a, axes)", "[1,32,1,1]"
+    )
+    out = tmp_path / "out"
+    result = optimize(model, outdir=out, npu_format="tosa", no_hw_passes=True, passes=["fold-constants"])
+    fmt = result.report["npu_format"]
+    assert fmt["format"] == "tosa" and fmt["tflite_part_ops"] == {"MEAN": 1}, fmt
+    assert (out / "model_npu_rest.tflite").is_file()
+    assert result.report["validation"]["npu"]["bit_exact"], result.report["validation"]["npu"]
+    assert validate(out / "model_vela.tflite", out / "model_npu.tosa", samples=2).max_abs_diff_lsb == 0
+
+
+def test_missing_description_is_a_load_error(tmp_path: Path) -> None:
+    tosa = tmp_path / "model_npu.tosa"
+    tosa.write_bytes(b"\0\0\0\0TOSA")
+    with pytest.raises(ModelLoadError, match=r"model_npu\.json"):
+        load(tosa)
+    assert main(["validate", str(tmp_path / "x_vela.tflite"), str(tosa)]) != 0
