@@ -245,10 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--npu-format",
         choices=("tflite", "tosa", "auto"),
-        default="tflite",
-        help="what Vela reads: the int8 TFLite (default), or it lifted to TOSA 1.0, where SiLU and other "
-        "one-input functions are one TABLE (needs tosa-tools; falls back to TFLite naming the op it cannot "
-        "lift); auto: both forms compiled, the one Vela estimates faster kept (the report says why)",
+        default="auto",
+        help="what Vela reads: the int8 TFLite, or it lifted to TOSA 1.0, where SiLU and other one-input "
+        "functions are one TABLE (needs tosa-tools; ops it cannot lift, and all they feed, stay TFLite); "
+        "auto (default): both forms compiled, the one Vela estimates faster kept (the report says why)",
     )
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
 
@@ -604,10 +604,11 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
 
     from nirc.targets.ethos_u import sim
 
-    if args.int8_tflite.suffix == ".tosa" and not args.describe:  # a TOSA-form artifact: its own reference
+    tosa = None if args.describe else _tosa_reference(args.vela_tflite, args.int8_tflite)
+    if tosa is not None:  # a TOSA-form artifact computes its TOSA graph, not the int8 TFLite
         from nirc.tosa.artifact import validate_command
 
-        return validate_command(args.vela_tflite, args.int8_tflite, args.samples, sys.stdout.write)
+        return validate_command(args.vela_tflite, tosa, args.samples, sys.stdout.write)
     _check_validate_files(args.vela_tflite, args.int8_tflite)
     if args.describe:
         sys.stdout.write(sim.describe(args.vela_tflite) + "\n")
@@ -634,6 +635,17 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
         sys.stdout.write(f"{result.method}: {verdict}\n")
     sys.stdout.write(f"{'bit-exact' if exact else f'max difference {worst} LSB'} on {args.samples} random inputs\n")
     return 0 if worst <= 1 else 1
+
+
+def _tosa_reference(vela: Path, reference: Path) -> Path | None:
+    """The TOSA graph a TOSA-form artifact is checked against (see nirc.tosa.artifact.find_tosa)."""
+    from nirc.tosa.marker import tosa_source
+
+    if reference.suffix != ".tosa" and (not vela.is_file() or tosa_source(vela.read_bytes()) is None):
+        return None
+    from nirc.tosa.artifact import find_tosa  # needs tosa-tools
+
+    return find_tosa(vela, reference)
 
 
 def _check_validate_files(vela: Path, int8: Path) -> None:

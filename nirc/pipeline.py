@@ -464,10 +464,10 @@ def _compile(
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
     vela_dir = staging / "vela"
-    if tosa is not None and tosa.split is not None:  # part TOSA, part TFLite: two Vela runs, one file
-        from nirc.tosa.route import compile_split
+    if tosa is not None:  # the lifted graph (and a split model's TFLite part): one marked artifact
+        from nirc.tosa.route import compile_tosa
 
-        result = compile_split(tosa, int8_path, target, vela_dir)
+        result = compile_tosa(tosa, int8_path, target, vela_dir)
     else:
         result = compile_with_vela(int8_path, target, vela_dir)
     final = staging / f"{stem}_vela.tflite"

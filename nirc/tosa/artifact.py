@@ -20,6 +20,7 @@ import numpy as np
 
 from nirc.errors import ModelLoadError
 from nirc.tosa.lift import SplitRest, TosaGraph
+from nirc.tosa.marker import digest, tosa_source
 from nirc.tosa.route import ArtifactCheck, compare_artifact, interface
 
 _FORMAT = "nirc-tosa-artifact-1"
@@ -99,6 +100,30 @@ class Validation:
     @property
     def max_abs_diff_lsb(self) -> int:
         return max((c.max_abs_diff_lsb for c in self.checks), default=0)
+
+
+def find_tosa(vela_tflite: Path, reference: Path) -> Path | None:
+    """The TOSA graph ``vela_tflite`` must be checked against, or None for a TFLite-form artifact.
+
+    ``reference`` is what the user named: a ``.tosa`` file is taken as given; otherwise the
+    artifact's own mark (:mod:`nirc.tosa.marker`) names the file, which must sit next to it
+    with the recorded hash.
+
+    Raises:
+        ModelLoadError: the marked TOSA file is missing or is not the one the artifact was compiled from.
+    """
+    if reference.suffix == ".tosa":
+        return reference
+    source = tosa_source(vela_tflite.read_bytes()) if vela_tflite.is_file() else None
+    if source is None:
+        return None
+    name, recorded = source
+    path = vela_tflite.with_name(name)
+    if not path.is_file():
+        raise ModelLoadError(f"{vela_tflite}: compiled from the TOSA graph {name}, which is not next to it")
+    if digest(path.read_bytes()) != recorded:
+        raise ModelLoadError(f"{path}: not the TOSA graph {vela_tflite.name} was compiled from (hash differs)")
+    return path
 
 
 def validate(vela_tflite: Path, tosa_path: Path, samples: int = 3, seed: int = 0) -> Validation:

@@ -22,12 +22,14 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
 
 from nirc.errors import BackendError
 from nirc.tosa.lift import SplitRest, TosaGraph, TosaUnsupportedError, lift
+from nirc.tosa.marker import load_model as _load
+from nirc.tosa.marker import meta_name as _meta_name
+from nirc.tosa.marker import pack_model as _pack
 
 #: Vela flag both parts are compiled with (see the module docstring).
 SEPARATE_IO = ("--separate-io-regions", "--cop-format", "COP2")
@@ -50,16 +52,6 @@ class Parts:
     rest: bytes
     npu_ops: tuple[int, ...]
     rest_ops: tuple[int, ...]
-
-
-def _load(data: bytes) -> tfl.ModelT:
-    return tfl.ModelT.InitFromPackedBuf(bytearray(data), 0)
-
-
-def _pack(model: tfl.ModelT) -> bytes:
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _tname(t: tfl.TensorT) -> str:
@@ -237,8 +229,7 @@ def stitch(first: bytes, second: bytes, inputs: Sequence[str], outputs: Sequence
 
 def _offline_plan(model: tfl.ModelT) -> list[int] | None:
     for meta in model.metadata or []:
-        name = meta.name if isinstance(meta.name, bytes) else str(meta.name).encode()
-        if name == _OFFLINE_PLAN:
+        if _meta_name(meta) == _OFFLINE_PLAN:
             raw = np.asarray(model.buffers[meta.buffer].data, np.uint8).tobytes()
             words = np.frombuffer(raw, "<i4")
             return [int(v) for v in words[3 : 3 + int(words[2])]]

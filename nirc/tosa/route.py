@@ -25,6 +25,7 @@ from nirc.errors import BackendError
 from nirc.target import Target
 from nirc.tflite import TFLiteModel
 from nirc.tosa.lift import TosaGraph, TosaUnsupportedError
+from nirc.tosa.marker import mark
 from nirc.tosa.partition import SEPARATE_IO, io_names, lift_split, rename_interface, stitch
 from nirc.tosa.reference import run_reference
 from nirc.validate import OutputCheck, check_output, from_tflite_layout, to_tflite_layout
@@ -67,23 +68,31 @@ def lift_for_vela(model: TFLiteModel, path: Path, target: Target, warnings: list
     return graph
 
 
-def compile_split(graph: TosaGraph, tosa_path: Path, target: Target, output_dir: Path) -> VelaResult:
-    """Vela on both parts of a split model, stitched into one ``<tosa stem>_vela.tflite``.
+def compile_tosa(graph: TosaGraph, tosa_path: Path, target: Target, output_dir: Path) -> VelaResult:
+    """Vela on the lifted graph (and a split model's TFLite part): one ``<tosa stem>_vela.tflite``.
 
-    The estimates add up: the parts run one after the other, each with the whole SRAM.
+    The artifact's interface tensors get the int8 TFLite's names (Vela keeps the TOSA
+    graph's), so it is fed like the TFLite route's, and it is marked with the name and
+    hash of ``tosa_path`` (:func:`nirc.tosa.partition.mark`): ``nirc validate`` then
+    checks it against that graph, not against the int8 TFLite it does not compute.
+    A split model's estimates add up: its parts run one after the other, each with the
+    whole SRAM.
     """
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
-    assert graph.split is not None
+    names = dict(zip((*graph.inputs, *graph.outputs), (*graph.tflite_inputs, *graph.tflite_outputs), strict=True))
+    if graph.split is None:
+        result = compile_with_vela(tosa_path, target, output_dir)
+        artifact = rename_interface(result.vela_tflite.read_bytes(), names)
+        result.vela_tflite.write_bytes(mark(artifact, tosa_path.name, graph.data))
+        return result
     rest_path = tosa_path.with_name(f"{tosa_path.stem}_rest.tflite")
     rest_path.write_bytes(graph.split.tflite)
     first = compile_with_vela(tosa_path, target, output_dir, extra_args=SEPARATE_IO)
     second = compile_with_vela(rest_path, target, output_dir, extra_args=SEPARATE_IO)
-    names = dict(zip((*graph.inputs, *graph.outputs), (*graph.tflite_inputs, *graph.tflite_outputs), strict=True))
     part = rename_interface(first.vela_tflite.read_bytes(), names)
-    first.vela_tflite.write_bytes(
-        stitch(part, second.vela_tflite.read_bytes(), graph.split.inputs, graph.split.outputs)
-    )
+    joined = stitch(part, second.vela_tflite.read_bytes(), graph.split.inputs, graph.split.outputs)
+    first.vela_tflite.write_bytes(mark(joined, tosa_path.name, graph.data))
     second.vela_tflite.unlink()
     summed = {
         f: getattr(first, f) + getattr(second, f)

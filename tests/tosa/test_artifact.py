@@ -13,7 +13,7 @@ from nirc.cli import main
 from nirc.errors import ModelLoadError
 from nirc.ir import IRModel
 from nirc.pipeline import optimize
-from nirc.tosa.artifact import load, validate
+from nirc.tosa.artifact import find_tosa, load, validate
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 RNG = np.random.default_rng(23)
@@ -53,6 +53,9 @@ def test_tosa_form_artifact_validates_and_a_corrupted_table_fails(
     assert (out / "model_npu.json").is_file() and load(tosa).tflite_outputs
     assert main(["validate", str(vela), str(tosa), "--samples", "2"]) == 0
     assert "bit-exact on 2 random inputs" in capsys.readouterr().out
+    # Named with the int8 TFLite, the artifact's own mark still picks the TOSA graph as the reference.
+    assert main(["validate", str(vela), str(out / "model_int8.tflite"), "--samples", "1"]) == 0
+    assert "sim vs TOSA reference" in capsys.readouterr().out
     data = bytearray(vela.read_bytes())
     at = _lut_offset(bytes(data), tosa.read_bytes()) + 200  # one entry of the table, a positive input code
     data[at] = (data[at] + 1) % 256
@@ -75,6 +78,16 @@ def test_split_artifact_ships_its_tflite_part(tmp_path: Path) -> None:
     assert (out / "model_npu_rest.tflite").is_file()
     assert result.report["validation"]["npu"]["bit_exact"], result.report["validation"]["npu"]
     assert validate(out / "model_vela.tflite", out / "model_npu.tosa", samples=2).max_abs_diff_lsb == 0
+
+
+def test_stale_tosa_file_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    optimize(_silu_then("y = Identity (a)", "[1,32,16,16]"), outdir=out, npu_format="tosa", no_hw_passes=True)
+    tosa = out / "model_npu.tosa"
+    tosa.write_bytes(tosa.read_bytes() + b"\0")
+    with pytest.raises(ModelLoadError, match="hash differs"):
+        find_tosa(out / "model_vela.tflite", out / "model_int8.tflite")
+    assert main(["validate", str(out / "model_vela.tflite"), str(out / "model_int8.tflite")]) != 0
 
 
 def test_missing_description_is_a_load_error(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from nirc.quant import load_calibration
 from nirc.tflite import TFLiteModel
 from nirc.tosa.lift import TosaUnsupportedError, lift
 from nirc.tosa.partition import io_names, lift_split, split, submodel
-from nirc.tosa.route import check_compiled, compare_reference, compile_split
+from nirc.tosa.route import check_compiled, compare_reference, compile_tosa
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 U65 = next(t for t in ETHOS_U_TARGETS if t.name == "ethos-u65-256")
@@ -60,7 +60,7 @@ def test_mean_stays_tflite_and_silu_becomes_a_table(tmp_path: Path) -> None:
     assert (graph.tables, graph.ops_folded_into_tables) == (1, 2)  # LOGISTIC + MUL -> one TABLE
     path = tmp_path / "m_npu.tosa"
     path.write_bytes(graph.data)
-    stitched = compile_split(graph, path, U65, tmp_path / "vela")
+    stitched = compile_tosa(graph, path, U65, tmp_path / "vela")
     model = container.load(stitched.vela_tflite)
     assert [op.opcode for op in model.ops] == ["ethos-u", "ethos-u"]  # both parts on the NPU, one file
     assert io_names(stitched.vela_tflite.read_bytes()) == io_names(tflite.data)

@@ -110,6 +110,47 @@ def _finish(op: BlockOp, values: np.ndarray, memory: Memory | None = None) -> np
     return clipped
 
 
+def _clz32(values: np.ndarray) -> np.ndarray:
+    """Leading zeros of each value as a 32-bit word (32 for 0), as TOSA CLZ."""
+    words = values.astype(np.int64) & 0xFFFFFFFF
+    out = np.full(words.shape, 32, dtype=np.int64)
+    nonzero = words > 0
+    out[nonzero] = 31 - np.floor(np.log2(words[nonzero].astype(np.float64))).astype(np.int64)
+    # float log2 can be off by one just below a power of two: correct against the exact bounds
+    high = np.left_shift(np.int64(1), 31 - out[nonzero])
+    out[nonzero] += (words[nonzero] < high).astype(np.int64) - (words[nonzero] >= 2 * high).astype(np.int64)
+    return out
+
+
+def _shift(mode: str, a: np.ndarray, b: np.ndarray, rounding: str) -> np.ndarray:
+    """SHL: ``a << b`` wrapped to 32 bits (TOSA LOGICAL_LEFT_SHIFT); SHR: ``a >> b`` arithmetic,
+    rounding half up in NATURAL mode (TOSA ARITHMETIC_RIGHT_SHIFT with round), else rounding down.
+
+    Shift amounts outside 0..31 are refused rather than guessed (masked or saturated).
+    """
+    b = np.broadcast_to(b, a.shape).astype(np.int64)
+    if np.any((b < 0) | (b > 31)):
+        raise SimulationError(f"elementwise {mode} shift amount outside 0..31")
+    a = a.astype(np.int64)
+    if mode == "SHL":
+        wrapped = (a << b) & 0xFFFFFFFF
+        out: np.ndarray = np.where(wrapped >= 1 << 31, wrapped - (1 << 32), wrapped)
+        return out
+    shifted: np.ndarray = a >> b
+    if rounding == "NATURAL":
+        shifted = shifted + np.where(b > 0, (a >> np.maximum(b - 1, 0)) & 1, 0)
+    elif rounding != "TRUNCATE":
+        raise SimulationError(f"elementwise SHR in rounding mode {rounding} is not modelled")
+    return shifted
+
+
+def _finish_raw(op: BlockOp, values: np.ndarray) -> np.ndarray:
+    """CLZ and shifts write their integer result unscaled: only the OFM zero point, clamp and saturation."""
+    if op.global_scale or op.ofm_scale != (1, 0):
+        raise SimulationError(f"op {op.index}: {op.mode} with an output scale is not modelled")
+    return _finish(op, values)
+
+
 @dataclass
 class OpTrace:
     """What one executed operation produced, for divergence reports and debugging."""
@@ -288,9 +329,12 @@ class Engine:
         if op.mode not in ("AVERAGE", "REDUCE_SUM"):
             raise SimulationError(f"pooling mode {op.mode} is not modelled")
         padded = np.pad(ifm - op.ifm.zero_point, pads)
-        acc = np.zeros((op.ofm.height, op.ofm.width, op.ofm.depth), dtype=np.int64)
+        depth_sum = op.mode == "REDUCE_SUM" and op.ofm.depth == 1 < op.ifm.depth
+        acc = np.zeros((op.ofm.height, op.ofm.width, op.ifm.depth if depth_sum else op.ofm.depth), dtype=np.int64)
         for _, _, view in self._windows(op, padded):
             acc += view
+        if depth_sum:  # REDUCE_SUM to one channel sums over the IFM depth (TOSA REDUCE_SUM on the last axis)
+            acc = acc.sum(axis=2, keepdims=True)
         if op.mode == "REDUCE_SUM" or not (p.top or p.left or p.bottom or p.right):
             return self._output_stage(op, acc)
         # A padded average divides by the number of valid (non-padding) elements at
@@ -313,7 +357,9 @@ class Engine:
         a = read_fm(self.memory, op.ifm, "IFM") - op.ifm.zero_point
         shape = (op.ofm.height, op.ofm.width, op.ofm.depth)
         mode = op.mode
-        if mode in ("ABS", "LRELU", "CLZ"):
+        if mode == "CLZ":
+            return _finish_raw(op, _clz32(np.broadcast_to(a, shape)))
+        if mode in ("ABS", "LRELU"):
             raise SimulationError(f"elementwise {mode} is not modelled")
         assert op.ifm2 is not None
         if op.ifm2_scalar is not None:
@@ -348,5 +394,5 @@ class Engine:
                 return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
             return _finish(op, acc, self.memory)
         if mode in ("SHL", "SHR"):
-            raise SimulationError(f"elementwise {mode} is not modelled")
+            return _finish_raw(op, _shift(mode, a, b, op.rounding))
         raise SimulationError(f"elementwise {mode} is not modelled")
