@@ -604,12 +604,13 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
 
     from nirc.targets.ethos_u import sim
 
+    if args.int8_tflite.suffix != ".tosa":
+        _check_validate_files(args.vela_tflite, args.int8_tflite)
     tosa = None if args.describe else _tosa_reference(args.vela_tflite, args.int8_tflite)
     if tosa is not None:  # a TOSA-form artifact computes its TOSA graph, not the int8 TFLite
         from nirc.tosa.artifact import validate_command
 
         return validate_command(args.vela_tflite, tosa, args.samples, sys.stdout.write)
-    _check_validate_files(args.vela_tflite, args.int8_tflite)
     if args.describe:
         sys.stdout.write(sim.describe(args.vela_tflite) + "\n")
         return 0

@@ -92,7 +92,7 @@ def _build(kind: str) -> onnx.ModelProto:
 def _check(kind: str, target: str, tmp_path: Path) -> None:
     source = tmp_path / f"{kind}.onnx"
     onnx.save(_build(kind), str(source))
-    optimize(source, target, outdir=tmp_path / "out", require_fit=False)
+    optimize(source, target, outdir=tmp_path / "out", require_fit=False, npu_format="tflite")  # vs the int8 TFLite
     vela, int8 = tmp_path / "out" / f"{kind}_vela.tflite", tmp_path / "out" / f"{kind}_int8.tflite"
     model = container.load(vela)
     assert [op.opcode for op in model.ops] == ["ethos-u"]

@@ -288,8 +288,8 @@ def test_optimize_with_tosa_and_its_fallback(tmp_path: Path) -> None:
 def test_softmax_is_lifted_within_a_few_lsb_of_tflite(tmp_path: Path, shape: str) -> None:
     """Softmax as REDUCE_MAX, SUB, exp TABLE, REDUCE_SUM, CLZ-normalised reciprocal TABLE, MUL, shift.
 
-    Vela runs it for TOSA (YOLOv8n-320: 12.53 ms with it lifted vs 13.35 ms with SOFTMAX left to
-    Vela's TFLite reader); the result is TFLite's fixed-point SOFTMAX within 3 LSB (mostly equal),
+    Vela runs it for TOSA (YOLOv8n-320: 12.82 ms with it lifted vs 13.35 ms with SOFTMAX left to
+    Vela's TFLite reader); the result is TFLite's fixed-point SOFTMAX within 2 LSB (mostly equal),
     and the functional model (CLZ, SHL, rounding SHR, REDUCE_SUM over depth) runs it bit for bit.
     """
     if shape == "[1,10]":
@@ -307,7 +307,7 @@ def test_softmax_is_lifted_within_a_few_lsb_of_tflite(tmp_path: Path, shape: str
         ours = run_reference(graph, {graph.inputs[0]: x})[graph.outputs[0]].astype(np.int32)
         (theirs,) = litert(emitted.tflite.data, {graph.tflite_inputs[0]: x}).values()
         diff = np.abs(ours - theirs.reshape(ours.shape).astype(np.int32))
-        assert diff.max() <= 3 and diff.mean() <= 0.1, (diff.max(), diff.mean())
+        assert diff.max() <= 2 and diff.mean() <= 0.05, (diff.max(), diff.mean())
     (check,) = compare_reference(proto, emitted.tflite, graph, calib.samples)
     (tflite_check,) = validate(proto, emitted.tflite, calib)
     assert check.snr_db >= tflite_check.snr_db - 1.0, (check, tflite_check)
