@@ -4,34 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from nirc_testing import parse
+from nirc_testing import conv_silu_then
 
 from nirc.cli import main
 from nirc.errors import ModelLoadError
-from nirc.ir import IRModel
 from nirc.pipeline import optimize
 from nirc.tosa.artifact import find_tosa, load, validate
 
-HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
-RNG = np.random.default_rng(23)
-
 
 def _silu_then(tail: str, out_shape: str) -> onnx.ModelProto:
-    proto = parse(
-        HEADER
-        + f"""g (float[1,16,16,16] x) => (float{out_shape} y) {{
-            c = Conv (x, w, b)
-            s = Sigmoid (c)
-            a = Mul (c, s)
-            {tail}
-        }}""",
-        w=(RNG.standard_normal((32, 16, 1, 1)) * 0.3).astype(np.float32),
-        b=(RNG.standard_normal(32) * 0.1).astype(np.float32),
-    )
-    return IRModel.load(proto).to_proto()
+    return conv_silu_then(tail, out_shape, size=16, seed=23)
 
 
 def _lut_offset(vela: bytes, tosa: bytes) -> int:

@@ -10,35 +10,21 @@ import pytest
 from nirc.targets.ethos_u.sim import container
 from nirc.targets.ethos_u.spec import ETHOS_U_TARGETS
 from nirc.targets.ethos_u.vela_driver import compile_with_vela
-from nirc_testing import parse
+from nirc_testing import conv_silu_then
 
 from nirc.backend import emit, input_shapes
-from nirc.ir import IRModel
 from nirc.quant import load_calibration
 from nirc.tflite import TFLiteModel
 from nirc.tosa.lift import TosaUnsupportedError, lift
 from nirc.tosa.partition import io_names, lift_split, split, submodel
 from nirc.tosa.route import check_compiled, compare_reference, compile_tosa
 
-HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
 U65 = next(t for t in ETHOS_U_TARGETS if t.name == "ethos-u65-256")
-RNG = np.random.default_rng(5)
 
 
 def _model(tail: str, out_shape: str) -> onnx.ModelProto:
     """A 1x1 conv 16 -> 32 at 24x24, SiLU, then ``tail`` (reading ``a``, writing ``y``)."""
-    proto = parse(
-        HEADER
-        + f"""g (float[1,16,24,24] x) => (float{out_shape} y) {{
-            c = Conv (x, w, b)
-            s = Sigmoid (c)
-            a = Mul (c, s)
-            {tail}
-        }}""",
-        w=(RNG.standard_normal((32, 16, 1, 1)) * 0.3).astype(np.float32),
-        b=(RNG.standard_normal(32) * 0.1).astype(np.float32),
-    )
-    return IRModel.load(proto).to_proto()
+    return conv_silu_then(tail, out_shape, size=24, seed=5)
 
 
 def _emit(proto: onnx.ModelProto) -> tuple[TFLiteModel, list[dict[str, np.ndarray]]]:
