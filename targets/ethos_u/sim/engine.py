@@ -90,15 +90,26 @@ def _finish(op: BlockOp, values: np.ndarray, memory: Memory | None = None) -> np
 
     An 8-bit LUT activation (function 16 + n) maps the saturated int8 result through
     the 256-byte table in SHRAM slot n; Vela DMAs the tables into the last 2 KiB of
-    SHRAM (``shram_lut_address``), 256 bytes per slot.
+    SHRAM (``shram_lut_address``), 256 bytes per slot. On a 32-bit OFM the table has
+    256 32-bit entries (1 KiB from slot n), indexed by the result clamped to int8: Vela's
+    int8 SOFTMAX looks up ``exp(x - max)`` this way (``softmax.py``, PASS 1: a SUB to
+    int32 with zero point 127 and a 256-entry uint32 LUT whose entry ``i`` is for ``i - 255``).
     """
     out = values + op.ofm.zero_point
     act = op.activation
     if act.function in (3, 4):
         raise SimulationError(f"op {op.index}: built-in tanh/sigmoid activation is not modelled")
+    if act.lut_index is not None and op.ofm.dtype.bits == 32 and memory is not None and act.clip_range in (0, 3):
+        base = memory.shram.size - 2048 + 256 * act.lut_index
+        if base + 1024 > memory.shram.size:
+            raise SimulationError(f"op {op.index}: 32-bit LUT in slot {act.lut_index} runs past SHRAM")
+        table32 = memory.shram[base : base + 1024].view("<i4").astype(np.int64)
+        index = np.clip(out, max(act.minimum, -128), min(act.maximum, 127)) + 128
+        looked_up: np.ndarray = table32[index.astype(np.int64)]
+        return looked_up
     if act.lut_index is not None:
         if memory is None or op.ofm.dtype.bits != 8 or act.clip_range not in (0,):
-            raise SimulationError(f"op {op.index}: LUT activation is only modelled for 8-bit OFMs")
+            raise SimulationError(f"op {op.index}: LUT activation is only modelled for 8-bit and 32-bit OFMs")
         base = memory.shram.size - 2048 + 256 * act.lut_index
         table = memory.shram[base : base + 256]
         table = table.view(np.int8) if op.ofm.dtype.signed else table
@@ -142,6 +153,20 @@ def _shift(mode: str, a: np.ndarray, b: np.ndarray, rounding: str) -> np.ndarray
     elif rounding != "TRUNCATE":
         raise SimulationError(f"elementwise SHR in rounding mode {rounding} is not modelled")
     return shifted
+
+
+def _mul32_scale(op: BlockOp, scale: int) -> int:
+    """A MUL of two 32-bit IFMs applies only the OFM shift: ``round(a * b / 2^shift)``.
+
+    Inferred, not specified: Vela's int8 SOFTMAX writes its Q-format products (TFLite's
+    SaturatingRoundingDoublingHighMul, ``a * b / 2^31``) as multiplier 2^30 with shift 31,
+    and its plain ``* 4`` as 1 with shift 0; the sim matches TFLite Micro bit for bit on
+    that SOFTMAX, and the TOSA reference model on TOSA MULs with a shift, only when the
+    multiplier is taken as 1. Other multipliers are refused rather than guessed.
+    """
+    if scale not in (1, 1 << 30):
+        raise SimulationError(f"op {op.index}: 32-bit MUL with output multiplier {scale} is not modelled")
+    return 1
 
 
 def _finish_raw(op: BlockOp, values: np.ndarray) -> np.ndarray:
@@ -387,6 +412,8 @@ class Engine:
         if mode == "MUL":
             bound = _max_abs(a) * _max_abs(b)
             acc = _as_exact(a, bound) * _as_exact(b, bound)
+            if op.ifm.dtype.bits == 32 and op.ifm2.dtype.bits == 32:
+                scale = _mul32_scale(op, scale)
             return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
         if mode in ("MIN", "MAX"):
             acc = np.minimum(a, b) if mode == "MIN" else np.maximum(a, b)
