@@ -77,3 +77,12 @@ def test_split_part_is_closed_under_producers() -> None:
     assert io_names(submodel(tflite.data, parts.npu_ops))[0] == io_names(tflite.data)[0]
     # Nothing lifts: no split.
     assert split(tflite.data, blocked, lambda data: 0) is None
+
+
+def test_no_split_when_a_part_has_more_than_one_interface_tensor() -> None:
+    """The SiLU output is a model output and MEAN's input: the TFLite part would have two outputs."""
+    proto = _model("axes = Constant <value_ints = [2, 3]> ()\n y = ReduceMean <keepdims = 1> (a, axes)", "[1,32,1,1]")
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 32, 24, 24]))
+    tflite, _ = _emit(proto)
+    with pytest.raises(TosaUnsupportedError, match="MEAN"):
+        lift_split(tflite.data)
