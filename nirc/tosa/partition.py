@@ -157,11 +157,10 @@ def split(data: bytes, blocked: int, lifts: Callable[[bytes], int | None]) -> Pa
     return parts
 
 
-#: Each part may have one input and one output feature map. With more, Vela 5.2's
-#: ``--separate-io-regions`` streams address regions the functional model cannot map to the
-#: custom op's tensors (measured on yolo11n and mobilevit_xxs: an OFM written past the
-#: tensor of region 4), so such a stitched artifact could not be checked: the model then
-#: keeps the TFLite form, which can.
+#: Each part may have one input and one output feature map. Vela 5.2's ``--separate-io-regions``
+#: packs all inputs into region 3 and all outputs into region 4 (measured: a second input read
+#: at region 3 + the first one's size), while TFLite Micro's Ethos-U kernel gives every custom-op
+#: tensor its own base pointer (region 3 + k): the two agree only for one input and one output.
 MAX_INTERFACE = 1
 
 
