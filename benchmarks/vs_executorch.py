@@ -46,7 +46,8 @@ int8 SNR (dB, over all outputs of the 16 held-out samples, vs the float PyTorch 
 ExecuTorch -- the TOSA int8 graph that ExecuTorch hands to Vela, executed by the TOSA reference
 model (``tosa_reference_model``, integer-exact), with the CPU-side input quantize / output
 dequantize done here with the delegate's own scales; also the PT2E fake-quantized module
-(``convert_pt2e``) in PyTorch float.  nirc -- its int8 TFLite in LiteRT (builtin kernels).
+(``convert_pt2e``) in PyTorch float.  nirc -- its int8 TFLite in LiteRT (builtin kernels), or when
+Vela read the TOSA form, that TOSA graph in the TOSA reference model (what the artifact computes).
 The NPU runs Vela's command stream; both of these are the int8 graphs Vela compiled.
 """
 
@@ -490,8 +491,12 @@ def stage_export(names: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- stage (b)
 
 
-def _nirc_int8_outputs(tflite_path: Path, onnx_path: Path, x: np.ndarray) -> np.ndarray:
-    """LiteRT (builtin kernels) on nirc's int8 TFLite; NCHW float in, ONNX-layout float out."""
+def _nirc_int8_outputs(tflite_path: Path, onnx_path: Path, x: np.ndarray, tosa: Path | None = None) -> np.ndarray:
+    """LiteRT (builtin kernels) on nirc's int8 TFLite; NCHW float in, ONNX-layout float out.
+
+    ``tosa``: the int8 outputs come from the TOSA graph of a TOSA-form artifact instead (the TOSA
+    reference model, then a split model's TFLite part), what that artifact computes.
+    """
     import onnx
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -514,9 +519,15 @@ def _nirc_int8_outputs(tflite_path: Path, onnx_path: Path, x: np.ndarray) -> np.
         scale, zp = inp["quantization"]
         if inp["dtype"] == np.int8:
             xi = np.clip(np.round(xi / scale) + zp, -128, 127).astype(np.int8)
-        interp.set_tensor(inp["index"], np.ascontiguousarray(xi))
-        interp.invoke()
-        y = interp.get_tensor(outp["index"]).astype(np.float32)
+        if tosa is None:
+            interp.set_tensor(inp["index"], np.ascontiguousarray(xi))
+            interp.invoke()
+            y = interp.get_tensor(outp["index"]).astype(np.float32)
+        else:
+            from nirc.tosa.artifact import load
+            from nirc.tosa.route import run_graph
+
+            y = run_graph(load(tosa), [np.ascontiguousarray(xi)])[0].reshape(outp["shape"]).astype(np.float32)
         oscale, ozp = outp["quantization"]
         if outp["dtype"] == np.int8:
             y = (y - ozp) * oscale
@@ -540,11 +551,18 @@ def _onnx_vs_torch(d: Path, onnx_path: Path) -> float:
 
 
 VARIANT_FLAGS: dict[str, tuple[str, ...]] = {
-    "full": (),
+    "full": ("--npu-format", "tflite"),
     "tosa": ("--npu-format", "auto"),
-    "base": ("--no-hw-passes",),
+    "base": ("--no-hw-passes", "--npu-format", "tflite"),
 }
-"""nirc configurations per model: default pipeline, the same with Vela reading TOSA where it can, baseline."""
+"""nirc configurations per model: the pipeline with Vela reading the int8 TFLite, the default (Vela reads
+TOSA where its estimate says so), the TFLite baseline without the hardware passes."""
+
+VARIANT_LABELS = (
+    ("full", "nirc --npu-format tflite"),
+    ("tosa", "nirc (default: --npu-format auto)"),
+    ("base", "nirc --no-hw-passes --npu-format tflite"),
+)
 
 
 def nirc_one(name: str, nirc_exe: str, variant: str) -> dict[str, Any]:
@@ -596,12 +614,14 @@ def nirc_one(name: str, nirc_exe: str, variant: str) -> dict[str, Any]:
     dest.mkdir(parents=True)
     for f in (out / "vela").glob("*.csv"):
         shutil.copy(f, dest / f.name)
-    snr_heldout, top1_heldout = snr_db(ref, y), top1(ref, y)
     npu_format = report.get("npu_format", {}).get("format", "tflite")
-    if npu_format == "tosa" and report["validation"].get("tosa"):
+    if npu_format == "tosa":
         # What the NPU computes is the TOSA graph (one TABLE per activation), not the int8 TFLite:
-        # its SNR is the report's TOSA reference model against ONNX Runtime, on the calibration inputs.
-        snr_heldout, top1_heldout = report["validation"]["tosa"][0]["snr_db"], None
+        # the same held-out inputs through the TOSA reference model (seconds per input).
+        y = _nirc_int8_outputs(
+            out / f"{name}_int8.tflite", onnx_path, np.load(d / "heldout.npy"), out / report["npu_format"]["tosa_file"]
+        )
+    snr_heldout, top1_heldout = snr_db(ref, y), top1(ref, y)
     return {
         "npu_format": npu_format,
         "nirc_version": report["nirc_version"],
@@ -617,7 +637,8 @@ def nirc_one(name: str, nirc_exe: str, variant: str) -> dict[str, Any]:
     }
 
 
-def stage_nirc(names: Sequence[str]) -> None:
+def stage_nirc(names: Sequence[str], variants: Sequence[str] = tuple(VARIANT_FLAGS)) -> None:
+    """Compile ``names`` with nirc; ``variants`` re-measured, the others' saved rows kept."""
     nirc_exe = str(Path(sys.executable).with_name("nirc"))
     et = load_json(ET_JSON)
     data = load_json(NIRC_JSON)
@@ -630,7 +651,11 @@ def stage_nirc(names: Sequence[str]) -> None:
         if name in et and et[name]["onnx_sha256"] != sha256(onnx_path):
             print(f"{name}: {onnx_path} is not the file the ExecuTorch results were made with", file=sys.stderr)
             continue
-        row: dict[str, Any] = {variant: nirc_one(name, nirc_exe, variant) for variant in VARIANT_FLAGS}
+        kept = {v: r for v, r in load_json(NIRC_JSON).get(name, {}).items() if v in VARIANT_FLAGS}
+        row: dict[str, Any] = {
+            variant: nirc_one(name, nirc_exe, variant) if variant in variants or variant not in kept else kept[variant]
+            for variant in VARIANT_FLAGS
+        }
         row["onnx_vs_torch_snr_db"] = _onnx_vs_torch(d, onnx_path)
         row["onnx_sha256"] = sha256(onnx_path)
         data = load_json(NIRC_JSON)  # re-read: another run may have saved other models meanwhile
@@ -652,7 +677,7 @@ def _fmt(value: float | None, digits: int) -> str:
 def _geomeans(et: dict[str, Any], nr: dict[str, Any]) -> str:
     """Geometric mean of ExecuTorch ms / nirc ms per configuration over the models both compiled."""
     parts = []
-    for key, label in (("full", "nirc"), ("tosa", "nirc --npu-format auto"), ("base", "nirc --no-hw-passes")):
+    for key, label in VARIANT_LABELS:
         ratios = []
         for spec in MODELS:
             e = et.get(spec.name, {}).get("executorch")
@@ -694,7 +719,7 @@ def table_markdown(et: dict[str, Any], nr: dict[str, Any]) -> str:
             and "onnx_sha256" in nr.get(spec.name, {})
             and nr[spec.name]["onnx_sha256"] != et[spec.name]["onnx_sha256"]
         )
-        for key, label in (("full", "nirc"), ("tosa", "nirc --npu-format auto"), ("base", "nirc --no-hw-passes")):
+        for key, label in VARIANT_LABELS:
             n = None if stale else nr.get(spec.name, {}).get(key)
             if not n:
                 continue
@@ -737,7 +762,8 @@ SECTION_INTRO = (
     "`nirc optimize --target ethos-u65 --calib` on the TorchScript ONNX export (opset 17) of the same module. "
     "Vela ms, SRAM and DRAM traffic are Vela's estimates summed over ExecuTorch's delegated partitions. int8 SNR and "
     "top-1 agreement: 16 held-out inputs vs the float PyTorch module (ExecuTorch: its TOSA int8 graph in the TOSA "
-    "reference model; nirc: its int8 TFLite in LiteRT). CPU ops: ExecuTorch ops left outside the delegate "
+    "reference model; nirc: its int8 TFLite in LiteRT, or for a TOSA-form artifact its TOSA graph in the TOSA "
+    "reference model). CPU ops: ExecuTorch ops left outside the delegate "
     "(including the input quantize / output dequantize), nirc ops Vela left on the CPU. Compile seconds: "
     "quantization + lowering + Vela on a shared 2-core machine whose load varied between rows (nirc with "
     "`--validate none` and an empty Vela cost cache): compare orders of magnitude only. "
@@ -831,6 +857,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("export", "nirc", "table"))
     parser.add_argument("models", nargs="*", help=f"default: all of {', '.join(BY_NAME)}")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANT_FLAGS),
+        default=tuple(VARIANT_FLAGS),
+        help="nirc stage: which configurations to re-measure (the others' saved results are kept)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.models if m not in BY_NAME]
     if unknown:
@@ -838,7 +871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.models or list(BY_NAME)
     stages: dict[str, Callable[[], None]] = {
         "export": lambda: stage_export(names),
-        "nirc": lambda: stage_nirc(names),
+        "nirc": lambda: stage_nirc(names, args.variants),
         "table": stage_table,
     }
     stages[args.stage]()

@@ -248,10 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--npu-format",
         choices=("tflite", "tosa", "auto"),
-        default="tflite",
-        help="what Vela reads: the int8 TFLite (default), or it lifted to TOSA 1.0, where SiLU and other "
-        "one-input functions are one TABLE (needs tosa-tools; falls back to TFLite naming the op it cannot "
-        "lift); auto: both forms compiled, the one Vela estimates faster kept (the report says why)",
+        default="auto",
+        help="what Vela reads: the int8 TFLite, or it lifted to TOSA 1.0, where SiLU and other one-input "
+        "functions are one TABLE (needs tosa-tools; ops it cannot lift, and all they feed, stay TFLite); "
+        "auto (default): both forms compiled, the one Vela estimates faster kept (the report says why)",
     )
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
 
@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="execute a Vela-compiled model and compare it with its int8 TFLite")
     p.add_argument("vela_tflite", type=Path, help="MODEL_vela.tflite")
-    p.add_argument("int8_tflite", type=Path, help="the MODEL_int8.tflite Vela compiled")
+    p.add_argument(
+        "int8_tflite", type=Path, help="the MODEL_int8.tflite Vela compiled (MODEL_npu.tosa for a TOSA-form artifact)"
+    )
     p.add_argument(
         "--method",
         choices=("sim", "fvp"),
@@ -606,7 +608,13 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
 
     from nirc.targets.ethos_u import sim
 
-    _check_validate_files(args.vela_tflite, args.int8_tflite)
+    if args.int8_tflite.suffix != ".tosa":
+        _check_validate_files(args.vela_tflite, args.int8_tflite)
+    tosa = None if args.describe else _tosa_reference(args.vela_tflite, args.int8_tflite)
+    if tosa is not None:  # a TOSA-form artifact computes its TOSA graph, not the int8 TFLite
+        from nirc.tosa.artifact import validate_command
+
+        return validate_command(args.vela_tflite, tosa, args.samples, sys.stdout.write)
     if args.describe:
         sys.stdout.write(sim.describe(args.vela_tflite) + "\n")
         return 0
@@ -632,6 +640,17 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
         sys.stdout.write(f"{result.method}: {verdict}\n")
     sys.stdout.write(f"{'bit-exact' if exact else f'max difference {worst} LSB'} on {args.samples} random inputs\n")
     return 0 if worst <= 1 else 1
+
+
+def _tosa_reference(vela: Path, reference: Path) -> Path | None:
+    """The TOSA graph a TOSA-form artifact is checked against (see nirc.tosa.artifact.find_tosa)."""
+    from nirc.tosa.marker import tosa_source
+
+    if reference.suffix != ".tosa" and (not vela.is_file() or tosa_source(vela.read_bytes()) is None):
+        return None
+    from nirc.tosa.artifact import find_tosa  # needs tosa-tools
+
+    return find_tosa(vela, reference)
 
 
 def _check_validate_files(vela: Path, int8: Path) -> None:

@@ -94,7 +94,7 @@ class OptimizeOptions:
     io_dtype: Literal["int8", "float32"] = "int8"
     compile: bool = True
     validate_npu: Literal["sim", "fvp", "none"] = "sim"
-    npu_format: Literal["tflite", "tosa", "auto"] = "tflite"
+    npu_format: Literal["tflite", "tosa", "auto"] = "auto"
     accuracy: bool | None = None
     max_snr_drop: float = DEFAULT_MAX_SNR_DROP_DB
     layer_report: bool = True

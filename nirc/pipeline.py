@@ -287,7 +287,7 @@ def _optimize(
             stages.next("vela")
             progress(f"compiling with Vela for {tgt.name}")
             try:
-                vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, work, stem, after)
+                vela_json, fits = _compile(int8_path if tosa is None else tosa_path, tgt, work, stem, after, tosa)
             except BackendError as exc:
                 if tosa is None:
                     raise
@@ -328,8 +328,10 @@ def _optimize(
                 for p in sorted((work / "vela").rglob("*"))
                 if p.is_file()
             }
-            if tosa is not None:
-                vela_files[tosa_path.name] = tosa_path.read_bytes()
+            if tosa is not None:  # what `nirc validate VELA MODEL_npu.tosa` checks the artifact against
+                from nirc.tosa.artifact import sidecar_files
+
+                vela_files.update(sidecar_files(tosa, tosa_path.name))
             if opts.validate_npu != "none":
                 stages.next("validate-npu")
             if opts.validate_npu != "none" and tosa is not None:
@@ -503,13 +505,18 @@ def _lossy_pass_warnings(records: Sequence[PassRecord]) -> list[str]:
 
 
 def _compile(
-    int8_path: Path, target: Target, staging: Path, stem: str, after: Analysis
+    int8_path: Path, target: Target, staging: Path, stem: str, after: Analysis, tosa: TosaGraph | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from nirc.targets.ethos_u.vela_driver import compile_with_vela
 
     vela_dir = staging / "vela"
     with timing.timed("vela"):
-        result = compile_with_vela(int8_path, target, vela_dir)
+        if tosa is not None:  # the lifted graph (and a split model's TFLite part): one marked artifact
+            from nirc.tosa.route import compile_tosa
+
+            result = compile_tosa(tosa, int8_path, target, vela_dir)
+        else:
+            result = compile_with_vela(int8_path, target, vela_dir)
     final = staging / f"{stem}_vela.tflite"
     shutil.move(str(result.vela_tflite), final)
     # Vela prints its output path into the log; the staging name is random, so scrub it

@@ -56,3 +56,20 @@ def assert_same_function(
         }
         for ref, got in zip(ort_run(before, feed), ort_run(after, feed), strict=True):
             np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+
+
+def conv_silu_then(tail: str, out_shape: str, size: int, seed: int) -> onnx.ModelProto:
+    """A 1x1 conv 16 -> 32 at ``size`` x ``size``, SiLU, then ``tail`` (ONNX text reading ``a``, writing ``y``)."""
+    rng = np.random.default_rng(seed)
+    proto = parse(
+        '<ir_version: 9, opset_import: ["" : 18]>'
+        + f"""g (float[1,16,{size},{size}] x) => (float{out_shape} y) {{
+            c = Conv (x, w, b)
+            s = Sigmoid (c)
+            a = Mul (c, s)
+            {tail}
+        }}""",
+        w=(rng.standard_normal((32, 16, 1, 1)) * 0.3).astype(np.float32),
+        b=(rng.standard_normal(32) * 0.1).astype(np.float32),
+    )
+    return IRModel.load(proto).to_proto()

@@ -109,7 +109,7 @@ def test_table_section_replaces_itself_and_survives_run_py(tmp_path: Path, monke
     text = bench.read_text()
     assert text.startswith("# Benchmarks\n\nthe main table\n")
     assert text.count(vs.SECTION_BEGIN) == 1 and text.count(vs.SECTION_END) == 1
-    assert "| resnet18 | nirc | 8.000 |" in text and "| 0.800 |" in text
+    assert f"| resnet18 | {dict(vs.VARIANT_LABELS)['full']} | 8.000 |" in text and "| 0.800 |" in text
     kept = run.kept_sections(bench)
     assert kept.strip().startswith(vs.SECTION_BEGIN) and kept.strip().endswith(vs.SECTION_END)
     assert "the main table" not in kept

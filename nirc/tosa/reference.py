@@ -24,10 +24,13 @@ _BINARY = "tosa_reference_model"
 
 
 def reference_binary() -> Path:
-    """The reference model next to this Python (a venv's bin/) or on PATH."""
-    local = Path(sys.executable).parent / _BINARY
-    if local.is_file():
-        return local
+    """The reference model next to this Python (a venv's bin/), in the venv tosa-tools is in, or on PATH."""
+    import tosa
+
+    site = Path(tosa.__file__).resolve().parent.parent  # .../lib/pythonX.Y/site-packages
+    for local in (Path(sys.executable).parent / _BINARY, site.parent.parent.parent / "bin" / _BINARY):
+        if local.is_file():
+            return local
     found = shutil.which(_BINARY)
     if found is None:
         raise BackendError(f"{_BINARY} not found: pip install tosa-tools")

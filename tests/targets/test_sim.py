@@ -33,6 +33,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _compile(tmp: Path, target: str, **kwargs: object) -> tuple[Path, Path]:
+    kwargs.setdefault("npu_format", "tflite")  # these tests check the TFLite form against the int8 TFLite
     optimize(EXAMPLES / "tiny_cnn.onnx", target, outdir=tmp, require_fit=False, **kwargs)  # type: ignore[arg-type]
     return tmp / "tiny_cnn_vela.tflite", tmp / "tiny_cnn_int8.tflite"
 

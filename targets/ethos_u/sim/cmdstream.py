@@ -88,6 +88,8 @@ def parse_payload(payload: bytes) -> tuple[NpuConfig, list[int]]:
     fourcc = payload[:4]
     if fourcc not in _FOURCCS:
         raise CommandStreamError(f"payload does not start with a COP1/COP2 FourCC (got {fourcc!r})")
+    if fourcc == b"COP2":
+        return _parse_cop2(words)
     config: NpuConfig | None = None
     i = 1
     while i < len(words):
@@ -120,6 +122,30 @@ def parse_payload(payload: bytes) -> tuple[NpuConfig, list[int]]:
         else:
             raise CommandStreamError(f"unknown driver action {action:#x} at word {i}")
     raise CommandStreamError("payload has no CMDSTREAM driver action")
+
+
+_COP2_MAGIC = 0x4D554556  # "VEUM"
+
+
+def _parse_cop2(words: tuple[int, ...]) -> tuple[NpuConfig, list[int]]:
+    """COP2 (what Vela writes for ``--cop-format COP2`` / ``--separate-io-regions``), read from Regor's output.
+
+    After the FourCC comes a chunk ``[kind, bytes, 0]``, then a chunk ``[kind, bytes]``
+    whose body is a header (its size in bytes, the ``VEUM`` magic, a version, the size of
+    the config block, the config and ID words, ...) followed by the register commands
+    up to the end of the chunk.
+    """
+    if _COP2_MAGIC not in words:
+        raise CommandStreamError("COP2 payload without its VEUM header")
+    m = words.index(_COP2_MAGIC)
+    if m < 6 or m + 3 >= len(words):
+        raise CommandStreamError(f"COP2 header at word {m} is truncated")
+    start, end = m + words[m - 1] // 4, (m - 1) + words[m - 2] // 4
+    if not m + 4 <= start <= end <= len(words):
+        raise CommandStreamError(f"COP2 header at word {m} announces commands {start}..{end} of {len(words)} words")
+    cfg = words[m + 3]
+    config = NpuConfig(product=(cfg >> 28) & 0xF, macs=1 << (cfg & 0xF), shram_kib=(cfg >> 8) & 0xFF, cop_format="COP2")
+    return config, list(words[start:end])
 
 
 _CMD0_NAMES = {c.value: c.name for c in cmd0}

@@ -90,15 +90,26 @@ def _finish(op: BlockOp, values: np.ndarray, memory: Memory | None = None) -> np
 
     An 8-bit LUT activation (function 16 + n) maps the saturated int8 result through
     the 256-byte table in SHRAM slot n; Vela DMAs the tables into the last 2 KiB of
-    SHRAM (``shram_lut_address``), 256 bytes per slot.
+    SHRAM (``shram_lut_address``), 256 bytes per slot. On a 32-bit OFM the table has
+    256 32-bit entries (1 KiB from slot n), indexed by the result clamped to int8: Vela's
+    int8 SOFTMAX looks up ``exp(x - max)`` this way (``softmax.py``, PASS 1: a SUB to
+    int32 with zero point 127 and a 256-entry uint32 LUT whose entry ``i`` is for ``i - 255``).
     """
     out = values + op.ofm.zero_point
     act = op.activation
     if act.function in (3, 4):
         raise SimulationError(f"op {op.index}: built-in tanh/sigmoid activation is not modelled")
+    if act.lut_index is not None and op.ofm.dtype.bits == 32 and memory is not None and act.clip_range in (0, 3):
+        base = memory.shram.size - 2048 + 256 * act.lut_index
+        if base + 1024 > memory.shram.size:
+            raise SimulationError(f"op {op.index}: 32-bit LUT in slot {act.lut_index} runs past SHRAM")
+        table32 = memory.shram[base : base + 1024].view("<i4").astype(np.int64)
+        index = np.clip(out, max(act.minimum, -128), min(act.maximum, 127)) + 128
+        looked_up: np.ndarray = table32[index.astype(np.int64)]
+        return looked_up
     if act.lut_index is not None:
         if memory is None or op.ofm.dtype.bits != 8 or act.clip_range not in (0,):
-            raise SimulationError(f"op {op.index}: LUT activation is only modelled for 8-bit OFMs")
+            raise SimulationError(f"op {op.index}: LUT activation is only modelled for 8-bit and 32-bit OFMs")
         base = memory.shram.size - 2048 + 256 * act.lut_index
         table = memory.shram[base : base + 256]
         table = table.view(np.int8) if op.ofm.dtype.signed else table
@@ -108,6 +119,61 @@ def _finish(op: BlockOp, values: np.ndarray, memory: Memory | None = None) -> np
         out = np.clip(out, act.minimum, act.maximum)
     clipped: np.ndarray = np.clip(out, op.ofm.dtype.min, op.ofm.dtype.max)
     return clipped
+
+
+def _clz32(values: np.ndarray) -> np.ndarray:
+    """Leading zeros of each value as a 32-bit word (32 for 0), as TOSA CLZ."""
+    words = values.astype(np.int64) & 0xFFFFFFFF
+    out = np.full(words.shape, 32, dtype=np.int64)
+    nonzero = words > 0
+    out[nonzero] = 31 - np.floor(np.log2(words[nonzero].astype(np.float64))).astype(np.int64)
+    # float log2 can be off by one just below a power of two: correct against the exact bounds
+    high = np.left_shift(np.int64(1), 31 - out[nonzero])
+    out[nonzero] += (words[nonzero] < high).astype(np.int64) - (words[nonzero] >= 2 * high).astype(np.int64)
+    return out
+
+
+def _shift(mode: str, a: np.ndarray, b: np.ndarray, rounding: str) -> np.ndarray:
+    """SHL: ``a << b`` wrapped to 32 bits (TOSA LOGICAL_LEFT_SHIFT); SHR: ``a >> b`` arithmetic,
+    rounding half up in NATURAL mode (TOSA ARITHMETIC_RIGHT_SHIFT with round), else rounding down.
+
+    Shift amounts outside 0..31 are refused rather than guessed (masked or saturated).
+    """
+    b = np.broadcast_to(b, a.shape).astype(np.int64)
+    if np.any((b < 0) | (b > 31)):
+        raise SimulationError(f"elementwise {mode} shift amount outside 0..31")
+    a = a.astype(np.int64)
+    if mode == "SHL":
+        wrapped = (a << b) & 0xFFFFFFFF
+        out: np.ndarray = np.where(wrapped >= 1 << 31, wrapped - (1 << 32), wrapped)
+        return out
+    shifted: np.ndarray = a >> b
+    if rounding == "NATURAL":
+        shifted = shifted + np.where(b > 0, (a >> np.maximum(b - 1, 0)) & 1, 0)
+    elif rounding != "TRUNCATE":
+        raise SimulationError(f"elementwise SHR in rounding mode {rounding} is not modelled")
+    return shifted
+
+
+def _mul32_scale(op: BlockOp, scale: int) -> int:
+    """A MUL of two 32-bit IFMs applies only the OFM shift: ``round(a * b / 2^shift)``.
+
+    Inferred, not specified: Vela's int8 SOFTMAX writes its Q-format products (TFLite's
+    SaturatingRoundingDoublingHighMul, ``a * b / 2^31``) as multiplier 2^30 with shift 31,
+    and its plain ``* 4`` as 1 with shift 0; the sim matches TFLite Micro bit for bit on
+    that SOFTMAX, and the TOSA reference model on TOSA MULs with a shift, only when the
+    multiplier is taken as 1. Other multipliers are refused rather than guessed.
+    """
+    if scale not in (1, 1 << 30):
+        raise SimulationError(f"op {op.index}: 32-bit MUL with output multiplier {scale} is not modelled")
+    return 1
+
+
+def _finish_raw(op: BlockOp, values: np.ndarray) -> np.ndarray:
+    """CLZ and shifts write their integer result unscaled: only the OFM zero point, clamp and saturation."""
+    if op.global_scale or op.ofm_scale != (1, 0):
+        raise SimulationError(f"op {op.index}: {op.mode} with an output scale is not modelled")
+    return _finish(op, values)
 
 
 @dataclass
@@ -288,9 +354,12 @@ class Engine:
         if op.mode not in ("AVERAGE", "REDUCE_SUM"):
             raise SimulationError(f"pooling mode {op.mode} is not modelled")
         padded = np.pad(ifm - op.ifm.zero_point, pads)
-        acc = np.zeros((op.ofm.height, op.ofm.width, op.ofm.depth), dtype=np.int64)
+        depth_sum = op.mode == "REDUCE_SUM" and op.ofm.depth == 1 < op.ifm.depth
+        acc = np.zeros((op.ofm.height, op.ofm.width, op.ifm.depth if depth_sum else op.ofm.depth), dtype=np.int64)
         for _, _, view in self._windows(op, padded):
             acc += view
+        if depth_sum:  # REDUCE_SUM to one channel sums over the IFM depth (TOSA REDUCE_SUM on the last axis)
+            acc = acc.sum(axis=2, keepdims=True)
         if op.mode == "REDUCE_SUM" or not (p.top or p.left or p.bottom or p.right):
             return self._output_stage(op, acc)
         # A padded average divides by the number of valid (non-padding) elements at
@@ -313,7 +382,9 @@ class Engine:
         a = read_fm(self.memory, op.ifm, "IFM") - op.ifm.zero_point
         shape = (op.ofm.height, op.ofm.width, op.ofm.depth)
         mode = op.mode
-        if mode in ("ABS", "LRELU", "CLZ"):
+        if mode == "CLZ":
+            return _finish_raw(op, _clz32(np.broadcast_to(a, shape)))
+        if mode in ("ABS", "LRELU"):
             raise SimulationError(f"elementwise {mode} is not modelled")
         assert op.ifm2 is not None
         if op.ifm2_scalar is not None:
@@ -341,6 +412,8 @@ class Engine:
         if mode == "MUL":
             bound = _max_abs(a) * _max_abs(b)
             acc = _as_exact(a, bound) * _as_exact(b, bound)
+            if op.ifm.dtype.bits == 32 and op.ifm2.dtype.bits == 32:
+                scale = _mul32_scale(op, scale)
             return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
         if mode in ("MIN", "MAX"):
             acc = np.minimum(a, b) if mode == "MIN" else np.maximum(a, b)
@@ -348,5 +421,5 @@ class Engine:
                 return _finish(op, rescale(acc, scale, shift, op.rounding), self.memory)
             return _finish(op, acc, self.memory)
         if mode in ("SHL", "SHR"):
-            raise SimulationError(f"elementwise {mode} is not modelled")
+            return _finish_raw(op, _shift(mode, a, b, op.rounding))
         raise SimulationError(f"elementwise {mode} is not modelled")
