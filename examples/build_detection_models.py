@@ -55,81 +55,22 @@ import numpy as np
 import onnx
 from build_models import (  # examples/ is the script's dir
     _RELU_GAIN,
-    IR_VERSION,
-    OPSET,
-    PRODUCER,
     GraphBuilder,
     parse_model_args,
     pick,
 )
-from onnx import helper
+
+from nirc.search.families import c2f as _c2f
+from nirc.search.families import sppf as _sppf
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "models"
-_SILU_GAIN = 1.55  # just below the gain where SiLU stacks blow up (1.6 already grows ~4x over the net)
 Shape = tuple[int, ...]
 
 
 class Builder(GraphBuilder):
     """:class:`build_models.GraphBuilder` plus the ops these architectures need, with shapes tracked."""
 
-    def _add_init(self, name: str, array: np.ndarray) -> str:
-        self.shapes[name] = tuple(int(d) for d in np.shape(array))
-        result: str = super()._add_init(name, array)
-        return result
-
-    def silu(self, x: str, name: str) -> str:
-        sig = self._node("Sigmoid", [x], f"{name}.sigmoid", self.shapes[x])
-        return self._node("Mul", [x, sig], name, self.shapes[x])
-
-    def conv_bn_silu(self, x: str, name: str, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> str:
-        """Ultralytics ``Conv``: Conv(no bias) -> BN -> SiLU, module path ``name.{conv,bn,act}``."""
-        y = self.bn(self.conv(x, f"{name}.conv", cout, kernel, stride, groups, gain=_SILU_GAIN), f"{name}.bn")
-        return self.silu(y, f"{name}.act")
-
-    def conv_bias(self, x: str, name: str, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-                  gain: float = 1.0, pad: int | None = None, output: str | None = None) -> str:  # fmt: skip
-        """Conv with bias and explicit padding (default ``kernel // 2``), no BN after it."""
-        n, cin, h, w = self.shapes[x]
-        p = kernel // 2 if pad is None else pad
-        weight = self.normal(f"{name}.weight", (cout, cin // groups, kernel, kernel), 0.0,
-                             gain / math.sqrt(cin // groups * kernel * kernel))  # fmt: skip
-        bias = self.normal(f"{name}.bias", (cout,), 0.0, 0.05)
-        shape = (n, cout, (h + 2 * p - kernel) // stride + 1, (w + 2 * p - kernel) // stride + 1)
-        return self._node("Conv", [x, weight, bias], name, shape, output=output, group=groups,
-                          kernel_shape=[kernel, kernel], pads=[p] * 4, strides=[stride, stride])  # fmt: skip
-
-    def split(self, x: str, name: str, parts: int, axis: int = 1) -> list[str]:
-        """``torch.chunk`` along ``axis`` (equal parts), exported as Split with ``num_outputs``."""
-        shape = list(self.shapes[x])
-        if shape[axis] % parts:
-            raise ValueError(f"{name}: {shape[axis]} not divisible into {parts}")
-        shape[axis] //= parts
-        outs = [f"{name}.{i}" for i in range(parts)]
-        for o in outs:
-            if o in self._names:
-                raise ValueError(f"duplicate tensor name {o!r}")
-            self._names.add(o)
-            self.shapes[o] = tuple(shape)
-        self.nodes.append(helper.make_node("Split", [x], outs, name=name, axis=axis, num_outputs=parts))
-        return outs
-
-    def concat(self, xs: Sequence[str], name: str, axis: int = 1) -> str:
-        shape = list(self.shapes[xs[0]])
-        shape[axis] = sum(self.shapes[x][axis] for x in xs)
-        return self._node("Concat", list(xs), name, tuple(shape), axis=axis)
-
-    def maxpool_same(self, x: str, name: str, kernel: int) -> str:
-        """Stride-1 max-pool with ``kernel // 2`` padding (SPPF's ``nn.MaxPool2d(k, 1, k // 2)``)."""
-        p = kernel // 2
-        return self._node("MaxPool", [x], name, self.shapes[x], kernel_shape=[kernel, kernel], pads=[p] * 4,
-                          strides=[1, 1])  # fmt: skip
-
-    def upsample2(self, x: str, name: str) -> str:
-        """``nn.Upsample(scale_factor=2, mode="nearest")`` as PyTorch exports it."""
-        n, c, h, w = self.shapes[x]
-        scales = self._add_init(f"{name}.scales", np.array([1, 1, 2, 2], np.float32))
-        return self._node("Resize", [x, "", scales], name, (n, c, 2 * h, 2 * w), mode="nearest",
-                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")  # fmt: skip
+    doc_source = "examples/build_detection_models.py"
 
     def const_i64(self, name: str, values: Sequence[int]) -> str:
         if name in self._names:
@@ -153,10 +94,6 @@ class Builder(GraphBuilder):
         y = self.reshape(x, f"{name}.view1", (n, groups, c // groups, h, w))
         y = self.transpose(y, f"{name}.transpose", (0, 2, 1, 3, 4))
         return self.reshape(y, f"{name}.view2", (n, c, h, w))
-
-    def binary(self, op: str, a: str, b: str, name: str) -> str:
-        shape = tuple(int(d) for d in np.broadcast_shapes(self.shapes[a], self.shapes[b]))
-        return self._node(op, [a, b], name, shape)
 
     def unary(self, op: str, x: str, name: str) -> str:
         return self._node(op, [x], name, self.shapes[x])
@@ -211,50 +148,12 @@ class Builder(GraphBuilder):
 
     def finish_multi(self, outputs: Sequence[str], doc: str) -> onnx.ModelProto:
         """Like ``finish`` but with several graph outputs."""
-        graph = helper.make_graph(
-            self.nodes,
-            self.model_name,
-            [helper.make_tensor_value_info(self.input_name, onnx.TensorProto.FLOAT, list(self.input_shape))],
-            [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, list(self.shapes[o])) for o in outputs],
-            initializer=self.initializers,
-            doc_string=doc,
-        )
-        return helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
-            ir_version=IR_VERSION,
-            producer_name=PRODUCER,
-            producer_version="1",
-            doc_string=f"{self.model_name}: random seeded weights, see examples/build_detection_models.py",
-        )
+        return self.finish(outputs, doc)
 
 
 # ---------------------------------------------------------------------------------------------------
 # YOLO
 # ---------------------------------------------------------------------------------------------------
-
-
-def _c2f(b: Builder, x: str, name: str, cout: int, blocks: int = 1, shortcut: bool = True) -> str:
-    """Ultralytics C2f: cv1 1x1 -> Split in two -> bottlenecks chained on the second half -> Concat all -> cv2."""
-    hidden = cout // 2
-    y = b.conv_bn_silu(x, f"{name}.cv1", 2 * hidden, 1)
-    parts = b.split(y, f"{name}.split", 2)
-    last = parts[-1]
-    for i in range(blocks):
-        m = b.conv_bn_silu(last, f"{name}.m.{i}.cv1", hidden, 3)
-        m = b.conv_bn_silu(m, f"{name}.m.{i}.cv2", hidden, 3)
-        last = b.binary("Add", last, m, f"{name}.m.{i}.add") if shortcut else m
-        parts.append(last)
-    return b.conv_bn_silu(b.concat(parts, f"{name}.cat"), f"{name}.cv2", cout, 1)
-
-
-def _sppf(b: Builder, x: str, name: str, cout: int) -> str:
-    """SPPF: cv1 1x1 halves the channels, three chained 5x5/1 max-pools, Concat of all four, cv2 1x1."""
-    y = b.conv_bn_silu(x, f"{name}.cv1", b.shapes[x][1] // 2, 1)
-    pools = [y]
-    for i in range(3):
-        pools.append(b.maxpool_same(pools[-1], f"{name}.m.{i}", 5))
-    return b.conv_bn_silu(b.concat(pools, f"{name}.cat"), f"{name}.cv2", cout, 1)
 
 
 def yolo_tiny() -> onnx.ModelProto:

@@ -82,26 +82,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 18
-# Pinned (rather than onnx's default for the installed version) so the files do not change when onnx is
-# upgraded and so older onnxruntime releases can still load them.  IR 8 is the minimum for opset 18.
-IR_VERSION = 8
-PRODUCER = "nirc-examples"
-BN_EPS = 1e-5
-
-# E[gamma^2] * E[1 / var] for gamma, var ~ U(0.5, 1.5): the expected variance gain of an eval-mode BN whose
-# running statistics are random instead of data-derived.  Conv weights are divided by its square root.
-_BN_VAR_GAIN = (13.0 / 12.0) * math.log(3.0)
-_RELU_GAIN = math.sqrt(2.0)
+from nirc.search import graph
+from nirc.search.graph import IR_VERSION, OPSET, PRODUCER, count_macs_params  # noqa: F401  (re-exported)
+from nirc.search.graph import RELU_GAIN as _RELU_GAIN
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "models"
 
@@ -114,199 +102,11 @@ REFERENCE: dict[str, tuple[int | None, int]] = {
     "mobilenetv2_224": (300_800_000, 3_500_000),
 }
 
-Shape = tuple[int, ...]
 
+class GraphBuilder(graph.GraphBuilder):
+    """nirc's builder (:mod:`nirc.search.graph`), naming this script in the models' doc strings."""
 
-class GraphBuilder:
-    """Appends nodes and seeded initializers to one graph while tracking NCHW shapes.
-
-    Every layer method takes the input tensor name and returns the output tensor name; the output tensor
-    is named after the node so that ``onnx`` error messages and Netron point at the PyTorch module path.
-    """
-
-    def __init__(self, model_name: str, input_shape: Shape, input_name: str = "input") -> None:
-        self.model_name = model_name
-        self.input_name = input_name
-        self.input_shape = input_shape
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[TensorProto] = []
-        self.shapes: dict[str, Shape] = {input_name: input_shape}
-        self._names: set[str] = {input_name}
-
-    # -- initializers -------------------------------------------------------------------------------
-
-    def _rng(self, tensor_name: str) -> np.random.Generator:
-        # One generator per tensor, seeded from its qualified name: stable under graph edits elsewhere.
-        return np.random.default_rng(zlib.crc32(f"{self.model_name}/{tensor_name}".encode()))
-
-    def _add_init(self, name: str, array: np.ndarray) -> str:
-        if name in self._names:
-            raise ValueError(f"duplicate tensor name {name!r}")
-        self._names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
-        return name
-
-    def normal(self, name: str, shape: Shape, mean: float, std: float) -> str:
-        arr = self._rng(name).standard_normal(shape) * std + mean
-        return self._add_init(name, arr)
-
-    def uniform(self, name: str, shape: Shape, low: float, high: float) -> str:
-        return self._add_init(name, self._rng(name).uniform(low, high, shape))
-
-    def constant(self, name: str, value: float) -> str:
-        """A scalar initializer, shared when requested twice (e.g. the Clip bounds of every ReLU6)."""
-        if name not in self._names:
-            self._add_init(name, np.array(value, np.float32))
-        return name
-
-    # -- nodes --------------------------------------------------------------------------------------
-
-    def _node(
-        self, op: str, inputs: Sequence[str], name: str, shape: Shape, output: str | None = None, **attrs: Any
-    ) -> str:
-        """Append one node; its output tensor is called like the node unless ``output`` is given."""
-        output = output or name
-        if output in self._names:
-            raise ValueError(f"duplicate tensor name {output!r}")
-        self._names.add(output)
-        self.nodes.append(helper.make_node(op, list(inputs), [output], name=name, **attrs))
-        self.shapes[output] = shape
-        return output
-
-    def conv(
-        self,
-        x: str,
-        name: str,
-        cout: int,
-        kernel: int,
-        stride: int = 1,
-        groups: int = 1,
-        gain: float = _RELU_GAIN,
-        bn_follows: bool = True,
-    ) -> str:
-        """Bias-free Conv with symmetric ``kernel // 2`` padding (PyTorch ``padding=k//2``)."""
-        n, cin, h, w = self.shapes[x]
-        if cin % groups or cout % groups:
-            raise ValueError(f"{name}: channels {cin}->{cout} not divisible by groups={groups}")
-        fan_in = cin // groups * kernel * kernel
-        std = gain / math.sqrt(fan_in)
-        if bn_follows:
-            std /= math.sqrt(_BN_VAR_GAIN)
-        weight = self.normal(f"{name}.weight", (cout, cin // groups, kernel, kernel), 0.0, std)
-        pad = kernel // 2
-        hout = (h + 2 * pad - kernel) // stride + 1
-        wout = (w + 2 * pad - kernel) // stride + 1
-        return self._node(
-            "Conv",
-            [x, weight],
-            name,
-            (n, cout, hout, wout),
-            dilations=[1, 1],
-            group=groups,
-            kernel_shape=[kernel, kernel],
-            pads=[pad, pad, pad, pad],
-            strides=[stride, stride],
-        )
-
-    def bn(self, x: str, name: str) -> str:
-        c = self.shapes[x][1]
-        inputs = [
-            x,
-            self.uniform(f"{name}.weight", (c,), 0.5, 1.5),
-            self.normal(f"{name}.bias", (c,), 0.0, 0.1),
-            self.normal(f"{name}.running_mean", (c,), 0.0, 0.1),
-            self.uniform(f"{name}.running_var", (c,), 0.5, 1.5),
-        ]
-        return self._node("BatchNormalization", inputs, name, self.shapes[x], epsilon=BN_EPS, momentum=0.9)
-
-    def relu(self, x: str, name: str) -> str:
-        return self._node("Relu", [x], name, self.shapes[x])
-
-    def relu6(self, x: str, name: str) -> str:
-        bounds = [self.constant("relu6.min", 0.0), self.constant("relu6.max", 6.0)]
-        return self._node("Clip", [x, *bounds], name, self.shapes[x])
-
-    def add(self, a: str, b: str, name: str) -> str:
-        if self.shapes[a] != self.shapes[b]:
-            raise ValueError(f"{name}: shape mismatch {self.shapes[a]} vs {self.shapes[b]}")
-        return self._node("Add", [a, b], name, self.shapes[a])
-
-    def maxpool(self, x: str, name: str, kernel: int = 2, stride: int = 2) -> str:
-        n, c, h, w = self.shapes[x]
-        shape = (n, c, (h - kernel) // stride + 1, (w - kernel) // stride + 1)
-        return self._node(
-            "MaxPool",
-            [x],
-            name,
-            shape,
-            kernel_shape=[kernel, kernel],
-            pads=[0, 0, 0, 0],
-            strides=[stride] * 2,
-        )
-
-    def global_avg_pool(self, x: str, name: str) -> str:
-        n, c, _, _ = self.shapes[x]
-        return self._node("GlobalAveragePool", [x], name, (n, c, 1, 1))
-
-    def flatten(self, x: str, name: str) -> str:
-        shape = self.shapes[x]
-        return self._node("Flatten", [x], name, (shape[0], math.prod(shape[1:])), axis=1)
-
-    def gemm(
-        self, x: str, name: str, out_features: int, gain: float = 1.0, out_name: str | None = None
-    ) -> str:
-        """PyTorch ``nn.Linear`` as exported: ``Gemm(x, W[out, in], b, transB=1)``, PyTorch bias init."""
-        n, in_features = self.shapes[x]
-        weight = self.normal(
-            f"{name}.weight", (out_features, in_features), 0.0, gain / math.sqrt(in_features)
-        )
-        bound = 1.0 / math.sqrt(in_features)
-        bias = self.uniform(f"{name}.bias", (out_features,), -bound, bound)
-        return self._node("Gemm", [x, weight, bias], name, (n, out_features), output=out_name, transB=1)
-
-    # -- composites ---------------------------------------------------------------------------------
-
-    def conv_bn_act(
-        self,
-        x: str,
-        names: tuple[str, str, str | None],
-        cout: int,
-        kernel: int,
-        stride: int = 1,
-        groups: int = 1,
-        gain: float = _RELU_GAIN,
-        act: Callable[[str, str], str] | None = None,
-    ) -> str:
-        """Conv -> BatchNormalization -> optional activation; ``names`` = (conv, bn, activation)."""
-        conv_name, bn_name, act_name = names
-        y = self.bn(self.conv(x, conv_name, cout, kernel, stride, groups, gain), bn_name)
-        if act_name is None:
-            return y
-        return (act or self.relu)(y, act_name)
-
-    def classifier_head(self, x: str, num_classes: int, pool: str = "avgpool", fc: str = "linear") -> str:
-        """GlobalAveragePool -> Flatten -> Gemm producing the graph output ``logits``."""
-        y = self.flatten(self.global_avg_pool(x, pool), "flatten")
-        return self.gemm(y, fc, num_classes, gain=_RELU_GAIN, out_name="logits")
-
-    def finish(self, output: str, doc: str) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes,
-            self.model_name,
-            [helper.make_tensor_value_info(self.input_name, TensorProto.FLOAT, list(self.input_shape))],
-            [helper.make_tensor_value_info(output, TensorProto.FLOAT, list(self.shapes[output]))],
-            initializer=self.initializers,
-            doc_string=doc,
-        )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
-            ir_version=IR_VERSION,
-            producer_name=PRODUCER,
-            producer_version="1",
-            doc_string=f"{self.model_name}: random seeded weights, see examples/build_models.py",
-        )
-        return model
+    doc_source = "examples/build_models.py"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -488,33 +288,6 @@ def parse_model_args(
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     return names, out_dir
-
-
-def count_macs_params(model: onnx.ModelProto) -> tuple[int, int]:
-    """(MACs, learnable params) of a graph, from initializer shapes and ONNX shape inference.
-
-    MACs: Conv ``prod(output shape) * Cin/groups * kh * kw`` and Gemm ``M * K * N``; other ops are free.
-    Params: weight and bias of Conv/Gemm plus BatchNormalization scale and bias -- PyTorch's
-    ``sum(p.numel() for p in model.parameters())``, which excludes BN running statistics.
-    """
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    shapes: dict[str, list[int]] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-    inits = {t.name: list(t.dims) for t in model.graph.initializer}
-    macs = 0
-    learnable: set[str] = set()
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            macs += math.prod(shapes[node.output[0]]) * math.prod(inits[node.input[1]][1:])
-            learnable.update(node.input[1:])
-        elif node.op_type == "Gemm":
-            macs += shapes[node.output[0]][0] * math.prod(inits[node.input[1]])
-            learnable.update(node.input[1:])
-        elif node.op_type == "BatchNormalization":
-            learnable.update(node.input[1:3])
-    params = sum(math.prod(inits[name]) for name in learnable if name in inits)
-    return macs, params
 
 
 # ---------------------------------------------------------------------------------------------------
