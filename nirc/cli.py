@@ -36,6 +36,7 @@ from nirc.options import (
     OptimizeOptions,
 )
 from nirc.plugin import Registry, load_registry
+from nirc.search import cli as search_cli
 from nirc.target import Target
 
 EXIT_INTERNAL = 70
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in cost_cli.COMMANDS.items():
         cost_cli.add_arguments(sub.add_parser(name, help=text), name)
+
+    search_cli.add_arguments(sub.add_parser("search", help=search_cli.HELP))
 
     p = sub.add_parser("validate", help="execute a Vela-compiled model and compare it with its int8 TFLite")
     p.add_argument("vela_tflite", type=Path, help="MODEL_vela.tflite")
@@ -742,6 +745,8 @@ def _run(args: argparse.Namespace) -> int:
         return _cmd_validate(args, registry)
     if args.command in cost_cli.COMMANDS:
         return cost_cli.run(args)
+    if args.command == "search":
+        return search_cli.run(args)
     if args.command == "passes":
         return _cmd_passes(registry, args.target)
     return _cmd_targets(registry)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from nirc.search.evaluate import evaluate_all
 from nirc.search.families import FAMILIES, Candidate, candidates
-from nirc.search.search import Budget, Row, SearchResult, search
+from nirc.search.rows import Budget, Row
+from nirc.search.search import SearchResult, search
 
 __all__ = ["FAMILIES", "Budget", "Candidate", "Row", "SearchResult", "candidates", "evaluate_all", "search"]

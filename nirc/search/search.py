@@ -25,59 +25,8 @@ from nirc.options import DEFAULT_TARGET
 from nirc.search.evaluate import Executor, Outcome, Pipeline, evaluate_all
 from nirc.search.families import Candidate, Task, candidates
 from nirc.search.graph import count_macs_params
+from nirc.search.rows import MIB, Budget, Row
 from nirc.target import Target
-
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What a recommendation must meet; None means no limit.
-
-    Attributes:
-        latency_ms: Vela's estimated inference time.
-        max_mib: int8 weights (what the flash holds), in MiB.
-    """
-
-    latency_ms: float | None = None
-    max_mib: float | None = None
-
-
-@dataclass(frozen=True)
-class Row:
-    """One costed candidate: a row of the Pareto table.
-
-    Attributes:
-        name: ``family-variant-resolution`` (or the user's model and its scaling).
-        family, variant, resolution: where it comes from.
-        latency_ms: Vela's estimate (None when the candidate could not be compiled).
-        macs: multiply-accumulates of the float model (Conv and Gemm).
-        params: learnable parameters (PyTorch's count).
-        weight_mib: int8 weights and biases Vela compiled.
-        required_mib: platform memory the compiled model needs (encoded weights + arena).
-        fits: the compiled model fits the target platform's memory (None: limit unknown).
-        cpu_ops: operators Vela left on the CPU (their time is not in ``latency_ms``).
-        meets: fits, compiled, and within the budget.
-        pareto: no other candidate is both faster (or as fast) and larger in MACs.
-        recommended: meets the budget and is on the Pareto front of those that do.
-        error: why the candidate could not be costed.
-    """
-
-    name: str
-    family: str
-    variant: str
-    resolution: int
-    latency_ms: float | None
-    macs: int
-    params: int
-    weight_mib: float | None
-    required_mib: float | None
-    fits: bool | None
-    cpu_ops: int
-    meets: bool = False
-    pareto: bool = False
-    recommended: bool = False
-    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +38,7 @@ class SearchResult:
     budget: Budget
     pipeline: str
     rows: tuple[Row, ...]
+    notes: tuple[str, ...] = ()
     models: dict[str, onnx.ModelProto] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -102,6 +52,7 @@ class SearchResult:
             "budget": asdict(self.budget),
             "pipeline": self.pipeline,
             "recommended": [r.name for r in self.recommended],
+            "notes": list(self.notes),
             "candidates": [asdict(r) for r in self.rows],
         }
 
@@ -136,7 +87,8 @@ class SearchResult:
         if plot:
             from nirc.search.plot import plot_pareto
 
-            png = plot_pareto(self, outdir / "pareto.png")
+            title = f"nirc search: {self.task} on {self.target}"
+            png = plot_pareto(self.rows, self.budget, title, self.target, outdir / "pareto.png")
             if png is not None:
                 written.append(png)
         return written
@@ -157,6 +109,7 @@ class SearchResult:
             "`*` recommended (meets the budget, on the latency/MACs Pareto front of those that do), "
             "`p` on the Pareto front of all candidates. Random weights: train the recommended ONNX.\n\n"
             + self.table()
+            + "".join(f"\nNote: {note}\n" for note in self.notes)
         )
 
 
@@ -278,4 +231,4 @@ def evaluate_candidates(
     ]
     ranked = rank(rows, budget)
     keep = {r.name: built[r.name] for r in ranked if r.recommended}
-    return SearchResult(resolved.name, task, budget, pipeline, tuple(ranked), keep)
+    return SearchResult(resolved.name, task, budget, pipeline, tuple(ranked), models=keep)
