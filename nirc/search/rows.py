@@ -35,7 +35,7 @@ class Row:
         fits: the compiled model fits the target platform's memory (None: limit unknown).
         cpu_ops: operators Vela left on the CPU (their time is not in ``latency_ms``).
         meets: fits, compiled, and within the budget.
-        pareto: no other candidate is both faster (or as fast) and larger in MACs.
+        pareto: no other candidate that fits is both faster (or as fast) and larger in MACs.
         recommended: meets the budget and is on the Pareto front of those that do.
         error: why the candidate could not be costed.
     """

@@ -138,7 +138,7 @@ def rank(rows: Sequence[Row], budget: Budget) -> list[Row]:
 
     costed = [r for r in rows if r.latency_ms is not None]
     meeting = [r for r in costed if within(r)]
-    front = _front(costed)
+    front = _front([r for r in costed if r.fits is not False])
     best = _front(meeting)
     out = [replace(r, meets=within(r), pareto=r.name in front, recommended=r.name in best) for r in rows]
     return sorted(out, key=lambda r: (r.latency_ms is None, r.latency_ms or 0.0, -r.macs, r.name))
