@@ -4,7 +4,7 @@ Map of the package:
 
 * :mod:`~nirc.search.graph` -- the torch-free seeded ONNX builder (also used by ``examples/``);
 * :mod:`~nirc.search.families` -- parametric families (MobileNetV2, EfficientNet-lite, fused
-  inverted bottlenecks, ResNet, RepVGG, YOLOv8-style n/s/m) and the candidate grid;
+  inverted bottlenecks, ResNet, RepVGG, GhostNet, YOLOv8-style n/s/m) and the candidate grid;
 * :mod:`~nirc.search.evaluate` -- cost one candidate as nirc compiles it (cached), and fan many
   out serially, on a process pool or on Ray;
 * :mod:`~nirc.search.search` -- :func:`search`: the Pareto table, recommendations, files;

@@ -207,6 +207,66 @@ def _repvgg(name: str, p: Params, resolution: int, classes: int) -> onnx.ModelPr
 
 
 # ---------------------------------------------------------------------------------------------------
+# GhostNet
+# ---------------------------------------------------------------------------------------------------
+
+# (kernel, expansion channels, out channels, squeeze-excite, stride) per block, GhostNet 1.0
+_GHOSTNET = ((3, 16, 16, 0, 1), (3, 48, 24, 0, 2), (3, 72, 24, 0, 1), (5, 72, 40, 1, 2), (5, 120, 40, 1, 1),
+             (3, 240, 80, 0, 2), (3, 200, 80, 0, 1), (3, 184, 80, 0, 1), (3, 184, 80, 0, 1), (3, 480, 112, 1, 1),
+             (3, 672, 112, 1, 1), (5, 672, 160, 1, 2), (5, 960, 160, 0, 1), (5, 960, 160, 1, 1), (5, 960, 160, 0, 1),
+             (5, 960, 160, 1, 1))  # fmt: skip
+
+
+def _ghost_module(b: GraphBuilder, x: str, name: str, cout: int, relu: bool) -> str:
+    """Half the channels from a 1x1 conv, the other half from a cheap 3x3 depthwise conv on them, concatenated."""
+    half = cout // 2
+    act = f"{name}.primary_conv.2" if relu else None
+    y = b.conv_bn_act(x, (f"{name}.primary_conv.0", f"{name}.primary_conv.1", act), half, 1, gain=1.0)
+    act = f"{name}.cheap_operation.2" if relu else None
+    z = b.conv_bn_act(y, (f"{name}.cheap_operation.0", f"{name}.cheap_operation.1", act), half, 3, groups=half,
+                      gain=1.0)  # fmt: skip
+    return b.concat([y, z], f"{name}.cat")
+
+
+def _squeeze_excite(b: GraphBuilder, x: str, name: str) -> str:
+    """GAP -> 1x1 reduce (/4) -> ReLU -> 1x1 expand -> HardSigmoid gate, multiplied into ``x``."""
+    c = b.shapes[x][1]
+    y = b.global_avg_pool(x, f"{name}.avg_pool")
+    y = b.relu(b.conv_bias(y, f"{name}.conv_reduce", make_divisible(c / 4, 4), 1, gain=RELU_GAIN), f"{name}.act1")
+    y = b.conv_bias(y, f"{name}.conv_expand", c, 1)
+    return b.binary("Mul", x, b.hardsigmoid(y, f"{name}.gate"), f"{name}.mul")
+
+
+def _ghostnet(name: str, p: Params, resolution: int, classes: int) -> onnx.ModelProto:
+    """GhostNet (Han et al. 2020, timm's ghostnet_100 layout) with a width multiplier."""
+    width = p["width"]
+    b = GraphBuilder(name, (1, 3, resolution, resolution))
+    x = b.conv_bn_act(b.input_name, ("conv_stem", "bn1", "act1"), make_divisible(16 * width, 4), 3, 2, gain=1.0)
+    for i, (kernel, mid, channels, se, stride) in enumerate(_GHOSTNET):
+        q = f"blocks.{i}"
+        cin, cout = b.shapes[x][1], make_divisible(channels * width, 4)
+        y = _ghost_module(b, x, f"{q}.ghost1", make_divisible(mid * width, 4), relu=True)
+        if stride > 1:
+            y = b.bn(b.conv(y, f"{q}.conv_dw", b.shapes[y][1], kernel, stride, groups=b.shapes[y][1], gain=1.0),
+                     f"{q}.bn_dw")  # fmt: skip
+        if se:
+            y = _squeeze_excite(b, y, f"{q}.se")
+        y = _ghost_module(b, y, f"{q}.ghost2", cout, relu=False)
+        if stride == 1 and cin == cout:
+            x = b.add(x, y, f"{q}.add")
+        else:
+            s = b.bn(b.conv(x, f"{q}.shortcut.0", cin, kernel, stride, groups=cin, gain=1.0), f"{q}.shortcut.1")
+            s = b.bn(b.conv(s, f"{q}.shortcut.2", cout, 1, gain=1.0), f"{q}.shortcut.3")
+            x = b.add(s, y, f"{q}.add")
+    x = b.conv_bn_act(x, ("blocks.16.conv", "blocks.16.bn1", "blocks.16.act1"), make_divisible(960 * width, 4), 1)
+    x = b.global_avg_pool(x, "global_pool")
+    x = b.relu(b.conv_bias(x, "conv_head", 1280, 1, gain=RELU_GAIN), "act2")
+    x = b.flatten(x, "flatten")
+    logits = b.gemm(x, "classifier", classes, gain=RELU_GAIN, out_name="logits")
+    return b.finish(logits, f"{name}: random weights (nirc search)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # YOLO (v8-style)
 # ---------------------------------------------------------------------------------------------------
 
@@ -306,6 +366,8 @@ FAMILIES: dict[str, Family] = {
                {"a0": {"a": 0.75, "b": 2.5, "deep": 0}, "a1": {"a": 1.0, "b": 2.5, "deep": 0},
                 "b0": {"a": 1.0, "b": 2.5, "deep": 1}},
                _repvgg, "RepVGG-A0/A1/B0 in deploy form (plain 3x3 conv + ReLU)"),
+        Family("ghostnet", "classification", {f"w{w}": {"width": w} for w in (0.5, 1.0, 1.3)}, _ghostnet,
+               "GhostNet, width 0.5-1.3 (ghost modules, squeeze-excite with a hard-sigmoid gate)"),
         Family("yolo", "detection",
                {"n": {"depth": 0.33, "width": 0.25, "max_channels": 1024},
                 "s": {"depth": 0.33, "width": 0.5, "max_channels": 1024},

@@ -235,6 +235,10 @@ class GraphBuilder:
         """``nn.Hardswish`` as PyTorch exports it at opset 14+: one HardSwish op."""
         return self._node("HardSwish", [x], name, self.shapes[x])
 
+    def hardsigmoid(self, x: str, name: str) -> str:
+        """``F.hardsigmoid`` as exported: ``HardSigmoid(alpha=1/6, beta=0.5)``."""
+        return self._node("HardSigmoid", [x], name, self.shapes[x], alpha=1.0 / 6.0, beta=0.5)
+
     def conv_bn_silu(self, x: str, name: str, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> str:
         """Ultralytics ``Conv``: Conv(no bias) -> BN -> SiLU, module path ``name.{conv,bn,act}``."""
         y = self.bn(self.conv(x, f"{name}.conv", cout, kernel, stride, groups, gain=SILU_GAIN), f"{name}.bn")

@@ -33,6 +33,7 @@ def test_smallest_variant_runs_in_onnxruntime(family: str) -> None:
     [
         ("mobilenetv2", "w1.0", 224, 300.8, 3.50),  # torchvision mobilenet_v2
         ("resnet", "d18-w1.0", 224, 1814.1, 11.69),  # torchvision resnet18
+        ("ghostnet", "w1.0", 224, 141.2, 5.18),  # timm ghostnet_100: 5.18 M params
         ("yolo", "n", 640, 4371.5, 3.16),  # yolov8n: 8.7 GFLOPs, 3.2 M params
     ],
 )
