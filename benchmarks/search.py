@@ -93,11 +93,45 @@ def recommendations(target: str, budgets: tuple[float, ...], quick: bool, outdir
     return lines
 
 
+PIPELINE_CHECK = {"input_size": 128, "variants": ["w1.0", "d10-w0.5", "f1-w0.5", "lite0"], "resolutions": [128]}
+
+
+def pipeline_check(target: str, output: Path) -> None:
+    """Does the ``fast`` pipeline rank candidates as the ``full`` one (``nirc optimize``'s) does?"""
+    runs = {}
+    for pipeline in ("fast", "full"):
+        with tempfile.TemporaryDirectory(prefix=f"nirc-search-{pipeline}-") as cache:
+            os.environ["NIRC_CACHE_DIR"] = cache
+            start = time.perf_counter()
+            result = search(target=target, pipeline=pipeline, **PIPELINE_CHECK)  # type: ignore[arg-type]
+            runs[pipeline] = (result, time.perf_counter() - start)
+    full = {r.name: r for r in runs["full"][0].rows}
+    lines = ["# nirc search: `fast` vs `full` pipeline", "",
+             "Command: `python benchmarks/search.py --pipeline-check` (nice -n 10, shared 2-core machine). "
+             "`fast` skips schedule-memory and tile-activations (they run Vela in their own loop).", "",
+             f"Wall time: fast {runs['fast'][1]:.0f} s, full {runs['full'][1]:.0f} s for {len(full)} candidates "
+             f"on {runs['fast'][0].target}.", "",
+             "| candidate | fast ms | full ms | full / fast |", "|---|---:|---:|---:|"]  # fmt: skip
+    for row in runs["fast"][0].rows:
+        other = full[row.name]
+        fast_ms, full_ms = row.latency_ms or 0.0, other.latency_ms or 0.0
+        lines.append(f"| {row.name} | {fast_ms:.3f} | {full_ms:.3f} | {full_ms / fast_ms:.3f} |")
+    same = [r.name for r in runs["fast"][0].rows] == [r.name for r in runs["full"][0].rows]
+    lines += ["", f"Same latency order under both pipelines: {'yes' if same else 'no'}.", ""]
+    output.write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {output}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks" / "results" / "search.md")
     parser.add_argument("--quick", action="store_true", help="fewer candidates (a smoke run)")
+    parser.add_argument("--pipeline-check", action="store_true",
+                        help="only compare the fast and full pipelines -> results/search_pipelines.md")  # fmt: skip
     args = parser.parse_args()
+    if args.pipeline_check:
+        pipeline_check("ethos-u65", args.output.parent / "search_pipelines.md")
+        return 0
     out: list[str] = ["# nirc search: throughput and recommendations", "",
                       f"Command: `python benchmarks/search.py{' --quick' if args.quick else ''}` (2-core machine "
                       "shared with other jobs, `nice -n 10`; Vela 5.2 in-process; `fast` pipeline).", "",
