@@ -15,6 +15,7 @@ instead of lucky zeros.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from ai_edge_litert import schema_py_generated as schema
 from nirc.targets.ethos_u.sim import cmdstream, container
 from nirc.targets.ethos_u.sim.engine import Engine, OpTrace
 from nirc.targets.ethos_u.sim.memory import Memory, SimulationError
+from nirc.targets.ethos_u.sim.weights import WeightStreamError
 
 _GARBAGE_SEED = 0x5EED
 
@@ -56,7 +58,7 @@ def run_npu_call(
     capture: bool = False,
 ) -> list[OpTrace]:
     """Execute one ``ethos-u`` op: lay out its regions, run the stream, read its OFMs into ``values``."""
-    stream = stream or cmdstream.decode(call.command_stream)
+    stream = stream or decoded(call.command_stream)
     rng = np.random.default_rng(seed)
     io = [model.tensors[i] for i in (*call.ifms, *call.ofms)]
     separate_io = any(
@@ -91,7 +93,10 @@ def run_npu_call(
             regions[1][t.arena_offset : t.arena_offset + t.nbytes] = data
     memory = Memory(regions, shram_bytes=max(stream.config.shram_kib, 16) * 1024)
     engine = Engine(memory, stream.config.accelerator, capture=capture)
-    engine.run(stream.ops)
+    try:
+        engine.run(stream.ops)
+    except (SimulationError, WeightStreamError, ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+        raise _failed_at(call, stream, len(engine.trace), exc) from exc
     for k, index in enumerate(call.ofms):
         t = model.tensors[index]
         if separate_io:
@@ -102,6 +107,29 @@ def run_npu_call(
         values[index] = raw.copy().view(t.dtype).reshape(t.shape)
     trace: list[OpTrace] = engine.trace
     return trace
+
+
+@functools.lru_cache(maxsize=8)
+def decoded(payload: bytes) -> cmdstream.CommandStream:
+    """Decode each command stream once when the same artifact runs on several inputs."""
+    return cmdstream.decode(payload)
+
+
+def _failed_at(call: container.NpuCall, stream: cmdstream.CommandStream, done: int, exc: Exception) -> SimulationError:
+    """One line naming the custom op, the NPU operation and its command word, whatever went wrong inside.
+
+    Why: a malformed stream (an address past its region, a length that does not fit
+    the shapes, a corrupted weight stream) must end as a validation failure that says
+    where, never as an internal error.
+    """
+    if done >= len(stream.ops):
+        return SimulationError(f"ethos-u op {call.op.index}: {exc}")
+    op = stream.ops[done]
+    where = f"op {op.index} ({op.name}, word {op.offset})"
+    text = str(exc) if isinstance(exc, SimulationError) else f"{type(exc).__name__}: {exc}"
+    if text.startswith(where):
+        text = text[len(where) :].lstrip(": ")
+    return SimulationError(f"ethos-u op {call.op.index}, NPU {where}: {text}")
 
 
 def _cpu_op_model(model: container.VelaModel, op: container.OpInfo) -> bytes:
