@@ -15,8 +15,9 @@ instead of lucky zeros.
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,24 +133,45 @@ def _failed_at(call: container.NpuCall, stream: cmdstream.CommandStream, done: i
     return SimulationError(f"ethos-u op {call.op.index}, NPU {where}: {text}")
 
 
-def _cpu_op_model(model: container.VelaModel, op: container.OpInfo) -> bytes:
-    """A one-operator TFLite model for a CPU-fallback op, with only the buffers it uses."""
+def one_op_models(model: container.VelaModel, ops: Sequence[container.OpInfo]) -> dict[int, bytes]:
+    """One-operator TFLite models (by op index), each with only the tensors and buffers its op uses.
+
+    The flatbuffer is unpacked once for all of them (unpacking a model with megabytes
+    of weights per op would dominate a per-op run), and each keeps only its own
+    tensors: TFLite Micro plans arena memory for every tensor of a subgraph.
+    """
     obj = schema.ModelT.InitFromPackedBuf(model.data, 0)
     sg = obj.subgraphs[0]
-    op_t = sg.operators[op.index]
-    used = {i for i in (*op.inputs, *op.outputs) if i >= 0}
-    keep = {sg.tensors[i].buffer for i in used}
-    for b, buf in enumerate(obj.buffers):
-        if b not in keep:
-            buf.data = None
-    sg.operators = [op_t]
-    sg.inputs = [i for i in op.inputs if i >= 0 and model.tensors[i].data is None]
-    sg.outputs = list(op.outputs)
-    obj.metadata = None
-    obj.signatureDefs = None
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    models: dict[int, bytes] = {}
+    for op in ops:
+        used = list(dict.fromkeys(i for i in (*op.inputs, *op.outputs) if i >= 0))
+        remap = {old: new for new, old in enumerate(used)}
+        one = schema.ModelT()
+        one.version = obj.version
+        one.operatorCodes = obj.operatorCodes
+        one.buffers = [schema.BufferT()]
+        tensors = []
+        for old in used:
+            tensor = copy.copy(sg.tensors[old])
+            data = obj.buffers[tensor.buffer].data if 0 < tensor.buffer < len(obj.buffers) else None
+            buffer = schema.BufferT()
+            buffer.data = data
+            tensor.buffer = len(one.buffers)
+            one.buffers.append(buffer)
+            tensors.append(tensor)
+        operator = copy.copy(sg.operators[op.index])
+        operator.inputs = [remap[i] if i >= 0 else -1 for i in op.inputs]
+        operator.outputs = [remap[i] for i in op.outputs]
+        graph = schema.SubGraphT()
+        graph.tensors = tensors
+        graph.operators = [operator]
+        graph.inputs = [remap[i] for i in dict.fromkeys(op.inputs) if i >= 0 and model.tensors[i].data is None]
+        graph.outputs = [remap[i] for i in op.outputs]
+        one.subgraphs = [graph]
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(one.Pack(builder), file_identifier=b"TFL3")
+        models[op.index] = bytes(builder.Output())
+    return models
 
 
 def _run_litert(data: bytes, feeds: list[np.ndarray], kernels: str = "reference") -> list[np.ndarray]:
@@ -219,13 +241,13 @@ def run(
             result.traces.append(run_npu_call(model, call, values, seed=seed, capture=capture))
             continue
         feeds = []
-        for i in op.inputs:
+        for i in dict.fromkeys(op.inputs):  # an op reading one tensor twice has it once among the inputs
             if i >= 0 and model.tensors[i].data is None:
                 if i not in values:
                     raise SimulationError(f"op {op.index} ({op.opcode}): input {model.tensors[i].name!r} has no value")
                 feeds.append(values[i])
         try:
-            outs = _run_litert(_cpu_op_model(model, op), feeds, cpu_kernels)
+            outs = _run_litert(one_op_models(model, [op])[op.index], feeds, cpu_kernels)
         except (RuntimeError, ValueError) as exc:
             raise SimulationError(f"CPU op {op.index} ({op.opcode}) failed in LiteRT: {exc}") from exc
         for i, out in zip(op.outputs, outs, strict=True):

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 from nirc.targets.ethos_u.sim import cmdstream, container
+from nirc.targets.ethos_u.sim.reference import LiteRTModel, MicroModel, Reference, ReferenceRun, model_bytes
 from nirc.targets.ethos_u.sim.runner import SimulationResult, decoded, run
 
 DEFAULT_SAMPLES = 8
@@ -60,10 +61,6 @@ class NpuValidation:
         return asdict(self)
 
 
-def _model_bytes(source: Path | bytes) -> bytes:
-    return Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
-
-
 def run_reference(
     int8_tflite: Path | bytes,
     inputs: Mapping[str, np.ndarray],
@@ -71,148 +68,17 @@ def run_reference(
     kernels: Literal["reference", "optimized"] = "reference",
 ) -> dict[str, np.ndarray]:
     """Run the pre-Vela model in LiteRT; inputs/outputs by tensor name in TFLite layout."""
-    return _LiteRT(_model_bytes(int8_tflite), kernels, keep=False).run(inputs).outputs
-
-
-@dataclass
-class ReferenceRun:
-    """One reference inference: outputs by name, every activation by int8 tensor index."""
-
-    outputs: dict[str, np.ndarray]
-    tensors: dict[int, np.ndarray]
-
-
-class _LiteRT:
-    def __init__(self, data: bytes, kernels: str, *, keep: bool) -> None:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        resolver = (
-            OpResolverType.BUILTIN_REF if kernels == "reference" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
-        self.interpreter = Interpreter(
-            model_content=data,
-            num_threads=1,
-            experimental_op_resolver_type=resolver,
-            experimental_preserve_all_tensors=keep,
-        )
-        self.interpreter.allocate_tensors()
-        self.keep = keep
-        self.activations = [t.index for t in container.load(data).tensors if t.data is None] if keep else []
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> ReferenceRun:
-        interpreter = self.interpreter
-        for detail in interpreter.get_input_details():
-            name = detail["name"]
-            if name not in inputs:
-                raise KeyError(f"missing input {name!r}")
-            interpreter.set_tensor(detail["index"], np.asarray(inputs[name]).reshape(detail["shape"]))
-        interpreter.invoke()
-        outputs = {d["name"]: np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()}
-        tensors = {i: np.array(interpreter.get_tensor(i)) for i in self.activations}
-        return ReferenceRun(outputs, tensors)
-
-
-_MICRO_ARENA_BYTES = (16 << 20, 256 << 20)
-"""TFLite Micro arena sizes to try: it fails cleanly when the arena is too small."""
-
-
-class _Micro:
-    """TFLite Micro with every tensor preserved, so intermediates can be compared too."""
-
-    def __init__(self, data: bytes, *, keep: bool) -> None:
-        from tflite_micro.python.tflite_micro import runtime
-
-        self.runtime = runtime
-        self.data = data
-        parsed = container.load(data)  # TFLite Micro's details carry no names: take them from the flatbuffer
-        self.in_names = [parsed.tensors[i].name for i in parsed.inputs]
-        self.out_names = [parsed.tensors[i].name for i in parsed.outputs]
-        self.activations = [t.index for t in parsed.tensors if t.data is None] if keep else []
-        self.keep = keep
-        self.arena = _MICRO_ARENA_BYTES[0]
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> ReferenceRun:
-        """Raises RuntimeError/ValueError when TFLite Micro cannot run the model at any arena size."""
-        runtime = self.runtime
-        config = runtime.InterpreterConfig.kPreserveAllTensors if self.keep else None
-        error: Exception | None = None
-        for arena in (a for a in _MICRO_ARENA_BYTES if a >= self.arena):
-            try:
-                interpreter = (
-                    runtime.Interpreter.from_bytes(self.data, arena_size=arena, intrepreter_config=config)
-                    if config is not None
-                    else runtime.Interpreter.from_bytes(self.data, arena_size=arena)
-                )
-                for i, name in enumerate(self.in_names):
-                    if name not in inputs:
-                        raise KeyError(f"missing input {name!r}")
-                    shape = tuple(int(d) for d in interpreter.get_input_details(i)["shape"])
-                    interpreter.set_input(np.ascontiguousarray(np.asarray(inputs[name]).reshape(shape)), i)
-                interpreter.invoke()
-            except (RuntimeError, ValueError) as exc:
-                error = exc  # arena too small, or an op TFLite Micro lacks: try larger, then give up
-                continue
-            self.arena = arena
-            outputs = {name: np.array(interpreter.get_output(i)) for i, name in enumerate(self.out_names)}
-            tensors: dict[int, np.ndarray] = {}
-            for index in self.activations:
-                got = interpreter.GetTensor(index, 0)
-                if isinstance(got, dict) and "tensor_data" in got:
-                    tensors[index] = np.array(got["tensor_data"])
-            return ReferenceRun(outputs, tensors)
-        raise RuntimeError(f"TFLite Micro cannot run the model: {error}")
-
-
-class Reference:
-    """What the compiled artifact must reproduce, built once and run on every input.
-
-    TFLite Micro when it can run the model (``kernels="reference"``), else LiteRT with
-    ``kernels``; ``keep`` also returns every intermediate activation.
-    """
-
-    def __init__(
-        self, int8_tflite: Path | bytes, kernels: Literal["reference", "optimized"] = "reference", *, keep: bool = True
-    ) -> None:
-        self.data = _model_bytes(int8_tflite)
-        self.kernels = kernels
-        self.keep = keep
-        self.model = container.load(self.data)
-        self._micro: _Micro | None = None
-        self._litert: _LiteRT | None = None
-        if kernels == "reference":
-            try:
-                self._micro = _Micro(self.data, keep=keep)
-            except ImportError:
-                self._micro = None
-
-    @property
-    def description(self) -> str:
-        if self._micro is not None:
-            return "TFLite Micro reference kernels on the pre-Vela int8 model"
-        return f"LiteRT {self.kernels} kernels on the pre-Vela int8 model"
-
-    @property
-    def is_litert(self) -> bool:
-        return self._micro is None
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> ReferenceRun:
-        if self._micro is not None:
-            try:
-                return self._micro.run(inputs)
-            except RuntimeError:
-                self._micro = None  # fall back to LiteRT for this and every later input
-        if self._litert is None:
-            self._litert = _LiteRT(self.data, self.kernels, keep=self.keep)
-        return self._litert.run(inputs)
+    outputs: dict[str, np.ndarray] = LiteRTModel(model_bytes(int8_tflite), kernels, keep=False).run(inputs).outputs
+    return outputs
 
 
 def run_micro(int8_tflite: Path | bytes, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """Run the pre-Vela model in TFLite Micro; None when tflite-micro is missing or cannot run it."""
+    """Run the pre-Vela model in TFLite Micro; None when tflite-micro is missing or cannot run it whole."""
     try:
-        micro = _Micro(_model_bytes(int8_tflite), keep=False)
-        return micro.run(inputs).outputs
+        outputs: dict[str, np.ndarray] = MicroModel(model_bytes(int8_tflite), keep=False).run(inputs).outputs
     except (ImportError, RuntimeError):
         return None
+    return outputs
 
 
 def reference_outputs(
@@ -451,7 +317,18 @@ def _compare_sample(
         d = _divergence(sample, "output", t, producers.get(t.index, "?"), out, expected, True)
         if d is not None:
             found.append(d)
-    return found
+    return _first_per_tensor(found)
+
+
+def _first_per_tensor(found: list[_Divergence]) -> list[_Divergence]:
+    """One divergence per tensor (its first producer: an NPU op before the custom op's OFM before the output)."""
+    kept: dict[str, _Divergence] = {}
+    for d in found:
+        if d.tensor in kept:
+            kept[d.tensor].output = kept[d.tensor].output or d.output
+        else:
+            kept[d.tensor] = d
+    return list(kept.values())
 
 
 def validate_artifact(
@@ -497,6 +374,7 @@ def validate_artifact(
                 entry["samples"].append(d.sample)
     details: dict[str, Any] = {
         "reference": reference.description,
+        "reference_litert_ops": reference.litert_ops,
         "samples": len(feeds),
         "npu_ops": len(vela.npu_calls),
         "cpu_ops": len(cpu),
