@@ -360,7 +360,8 @@ def validate_artifact(
         first = found[0].text() if found else None
         worst = max((d.lsb for d in found), default=0.0)
         tally.samples.append({"sample": sample, "bit_exact": not found, "max_abs_diff_lsb": worst,
-                              "first_divergence": first})  # fmt: skip
+                              "first_divergence": first, "differing_tensors": len(found),
+                              "differing_outputs": {d.tensor: d.differing for d in found if d.output}})  # fmt: skip
         tally.divergences.extend(found)
     cpu = [
         {"op": op.index, "opcode": op.opcode, "checked": CPU_CHECK} for op in vela.ops if op.index not in vela.npu_calls
