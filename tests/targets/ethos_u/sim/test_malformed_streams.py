@@ -113,3 +113,19 @@ def test_random_command_words_never_end_in_an_internal_error(
         assert "internal error" not in err
         codes.append(code)
     assert codes.count(9) >= 20  # almost every random register value changes the result
+
+
+def test_optimize_fails_after_its_summary_on_an_unexplained_difference(tmp_path: Path) -> None:
+    """``nirc optimize`` exits 9 on an unexplained difference, 0 on explained-only or bit-exact records."""
+    from nirc.cli import _check_npu
+
+    def report(**npu: object) -> dict[str, object]:
+        return {"validation": {"npu": npu}}
+
+    with pytest.raises(NpuValidationError, match=r"differs from the int8 TFLite by 1 LSB: sample 3: .*out"):
+        _check_npu(report(bit_exact=False, unexplained=True, max_abs_diff_lsb=1.0,
+                          first_divergence="sample 3: NPU op 7"), tmp_path / "out")  # fmt: skip
+    _check_npu(report(bit_exact=False, unexplained=False, max_abs_diff_lsb=1.0, first_divergence="x"), tmp_path)
+    _check_npu(report(bit_exact=True, unexplained=False, max_abs_diff_lsb=0.0, first_divergence=None), tmp_path)
+    _check_npu(report(method="sim", skipped="ethos-u85-256 is not modelled"), tmp_path)
+    _check_npu({"validation": {}}, tmp_path)
