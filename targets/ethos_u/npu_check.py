@@ -49,7 +49,8 @@ def check_npu_artifact(
             warnings.append(f"{exc}; validated in the functional model instead")
     if target.name not in SIM_TARGETS:
         warnings.append(f"the NPU functional model does not cover {target.name}; Vela's output was not executed")
-        return {"method": "sim", "skipped": f"{target.name} is not modelled"}
+        ops = _unchecked_ops(vela_tflite, target)
+        return {"method": "sim", "skipped": f"{target.name} is not modelled", "ops": ops}
     from nirc.targets.ethos_u.sim.validate import validate_artifact
 
     try:
@@ -159,3 +160,15 @@ def check_npu_files(
         return _summary(validate_artifact(vela_tflite, int8_tflite, feeds).to_json())
     except (CommandStreamError, SimulationError, WeightStreamError) as exc:
         raise NpuValidationError(f"{vela_tflite}: the command stream cannot be executed: {exc}") from exc
+
+
+def _unchecked_ops(vela_tflite: Path, target: Target) -> list[dict[str, Any]]:
+    """Per op of the compiled model, what a target the functional model lacks leaves unchecked."""
+    from nirc.targets.ethos_u.sim import container
+
+    model = container.load(vela_tflite)
+    return [
+        {"op": op.index, "opcode": op.opcode,
+         "checked": f"not modelled ({target.name} command stream)" if op.index in model.npu_calls else "reference only"}
+        for op in model.ops
+    ]  # fmt: skip

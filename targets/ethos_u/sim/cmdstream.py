@@ -678,6 +678,10 @@ _NO_STATE_OPS = frozenset(
 def decode(payload: bytes) -> CommandStream:
     """Decode a custom op's command-stream tensor into a :class:`CommandStream` with its operations."""
     config, words = parse_payload(payload)
+    if config.product not in (0, 1):
+        raise CommandStreamError(
+            f"command stream for NPU product {config.product} (not Ethos-U55/U65, e.g. Ethos-U85): not modelled"
+        )
     commands = decode_commands(words)
     stream = CommandStream(config, commands)
     regs = _Registers()

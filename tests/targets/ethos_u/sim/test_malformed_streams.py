@@ -129,3 +129,18 @@ def test_optimize_fails_after_its_summary_on_an_unexplained_difference(tmp_path:
     _check_npu(report(bit_exact=True, unexplained=False, max_abs_diff_lsb=0.0, first_divergence=None), tmp_path)
     _check_npu(report(method="sim", skipped="ethos-u85-256 is not modelled"), tmp_path)
     _check_npu({"validation": {}}, tmp_path)
+
+
+def test_u85_artifacts_are_reported_not_modelled_per_op(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mutation_helpers import EXAMPLES
+
+    from nirc.pipeline import optimize
+
+    result = optimize(EXAMPLES / "tiny_cnn.onnx", "ethos-u85-256", outdir=tmp_path / "o", require_fit=False)
+    npu = result.report["validation"]["npu"]
+    assert npu["skipped"] == "ethos-u85-256 is not modelled"
+    assert [op["checked"] for op in npu["ops"]] == ["not modelled (ethos-u85-256 command stream)"]
+    vela, int8 = tmp_path / "o" / "tiny_cnn_vela.tflite", tmp_path / "o" / "tiny_cnn_int8.tflite"
+    assert main(["validate", str(vela), str(int8), "--samples", "1"]) == 9
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not modelled" in err
