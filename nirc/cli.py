@@ -294,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"for --method fvp: which FVP to use; {TARGET_HELP}")
     p.add_argument("--samples", type=_positive, default=8, help="random inputs to compare on (default 8)")
+    p.add_argument(
+        "--reference",
+        choices=("micro", "litert"),
+        default="micro",
+        help="micro (default): TFLite Micro's reference kernels; litert: LiteRT's, as a second opinion (its "
+        "differences that TFLite Micro lacks are reported as known, by op)",
+    )
     p.add_argument("--describe", action="store_true", help="print the decoded NPU command stream and stop")
 
     p = sub.add_parser("passes", help="the default pipeline in run order, then every registered pass")
@@ -637,7 +644,7 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
         return 0
     feeds = random_feeds(args.int8_tflite, args.samples)
     target = registry.get_target(args.target) if args.method == "fvp" else None
-    result = check_npu_files(args.vela_tflite, args.int8_tflite, feeds, args.method, target)
+    result = check_npu_files(args.vela_tflite, args.int8_tflite, feeds, args.method, target, args.reference)
     for line in _npu_lines(result):
         sys.stdout.write(line + "\n")
     if result["unexplained"]:

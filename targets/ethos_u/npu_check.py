@@ -139,6 +139,7 @@ def check_npu_files(
     feeds: Sequence[dict[str, np.ndarray]],
     method: Literal["sim", "fvp"],
     target: Target | None = None,
+    reference: Literal["micro", "litert"] = "micro",
 ) -> dict[str, Any]:
     """``nirc validate``: the record for two files; a stream that cannot execute is a validation failure.
 
@@ -157,7 +158,7 @@ def check_npu_files(
     from nirc.targets.ethos_u.sim.validate import validate_artifact
 
     try:
-        return _summary(validate_artifact(vela_tflite, int8_tflite, feeds).to_json())
+        return _summary(validate_artifact(vela_tflite, int8_tflite, feeds, reference_runtime=reference).to_json())
     except (CommandStreamError, SimulationError, WeightStreamError) as exc:
         raise NpuValidationError(f"{vela_tflite}: the command stream cannot be executed: {exc}") from exc
 

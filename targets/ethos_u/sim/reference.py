@@ -142,7 +142,7 @@ class MicroModel:
         raise RuntimeError(f"TFLite Micro cannot run the model: {error}")
 
 
-class _PerOp:
+class PerOpMicro:
     """The model op by op: TFLite Micro for every op it has, LiteRT's reference kernels for the rest."""
 
     def __init__(self, data: bytes) -> None:
@@ -160,6 +160,26 @@ class _PerOp:
                 self.steps.append((op, _litert(one, "reference"), False))
                 self.litert_ops.append(f"{op.opcode} #{op.index}")
 
+    def feeds(self, op: container.OpInfo, values: Mapping[int, np.ndarray]) -> list[np.ndarray]:
+        """The op's activation inputs (each once) from ``values`` by tensor index."""
+        return [values[i] for i in dict.fromkeys(op.inputs) if i >= 0 and self.model.tensors[i].data is None]
+
+    def run_op(self, step: int, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        """Step ``step`` (the op of that index) on ``feeds``; outputs in the model's shapes."""
+        op, interpreter, micro = self.steps[step]
+        if micro:
+            for k, feed in enumerate(feeds):
+                interpreter.set_input(np.ascontiguousarray(feed), k)
+            with _quiet():
+                interpreter.invoke()
+            outs = [np.array(interpreter.get_output(k)) for k in range(len(op.outputs))]
+        else:
+            for detail, feed in zip(interpreter.get_input_details(), feeds, strict=True):
+                interpreter.set_tensor(detail["index"], feed)
+            interpreter.invoke()
+            outs = [np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()]
+        return [out.reshape(self.model.tensors[i].shape) for i, out in zip(op.outputs, outs, strict=True)]
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> ReferenceRun:
         model = self.model
         values: dict[int, np.ndarray] = {}
@@ -168,23 +188,25 @@ class _PerOp:
             if name not in inputs:
                 raise KeyError(f"missing input {name!r}")
             values[i] = np.ascontiguousarray(np.asarray(inputs[name]).reshape(model.tensors[i].shape))
-        for op, interpreter, micro in self.steps:
-            feeds = [values[i] for i in dict.fromkeys(op.inputs) if i >= 0 and model.tensors[i].data is None]
-            if micro:
-                for k, feed in enumerate(feeds):
-                    interpreter.set_input(np.ascontiguousarray(feed), k)
-                with _quiet():
-                    interpreter.invoke()
-                outs = [np.array(interpreter.get_output(k)) for k in range(len(op.outputs))]
-            else:
-                for detail, feed in zip(interpreter.get_input_details(), feeds, strict=True):
-                    interpreter.set_tensor(detail["index"], feed)
-                interpreter.invoke()
-                outs = [np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()]
-            for i, out in zip(op.outputs, outs, strict=True):
-                values[i] = out.reshape(model.tensors[i].shape)
+        for step, (op, _, _) in enumerate(self.steps):
+            values.update(zip(op.outputs, self.run_op(step, self.feeds(op, values)), strict=True))
         outputs = {model.tensors[i].name: values[i] for i in model.outputs}
         return ReferenceRun(outputs, {i: v for i, v in values.items() if model.tensors[i].data is None})
+
+    def kernel_differences(self, run: ReferenceRun) -> list[str]:
+        """Ops whose TFLite Micro result, from ``run``'s own inputs, differs from ``run``'s (another runtime)."""
+        found = []
+        for step, (op, _, micro) in enumerate(self.steps):
+            if not micro or any(i not in run.tensors for i in op.outputs):
+                continue
+            values = {**run.tensors}
+            try:
+                outs = self.run_op(step, self.feeds(op, values))
+            except KeyError:
+                continue
+            if any(not np.array_equal(out, run.tensors[i]) for i, out in zip(op.outputs, outs, strict=True)):
+                found.append(f"{op.opcode} #{op.index}")
+        return found
 
 
 class Reference:
@@ -192,18 +214,24 @@ class Reference:
 
     ``kernels="reference"``: TFLite Micro on the whole model, else op by op with LiteRT's
     reference kernels only for the ops TFLite Micro lacks; ``"optimized"``: LiteRT's
-    optimised kernels.  ``keep`` also returns every intermediate activation.
+    optimised kernels; ``runtime="litert"``: LiteRT's reference kernels (the second
+    opinion).  ``keep`` also returns every intermediate activation.
     """
 
     def __init__(
-        self, int8_tflite: Path | bytes, kernels: Literal["reference", "optimized"] = "reference", *, keep: bool = True
+        self,
+        int8_tflite: Path | bytes,
+        kernels: Literal["reference", "optimized"] = "reference",
+        *,
+        keep: bool = True,
+        runtime: Literal["micro", "litert"] = "micro",
     ) -> None:
         self.data = model_bytes(int8_tflite)
         self.kernels = kernels
         self.keep = keep
         self.model = container.load(self.data)
-        self._runner: MicroModel | _PerOp | LiteRTModel
-        if kernels != "reference":
+        self._runner: MicroModel | PerOpMicro | LiteRTModel
+        if kernels != "reference" or runtime == "litert":
             self._runner = LiteRTModel(self.data, kernels, keep=keep)
             return
         try:
@@ -215,7 +243,7 @@ class Reference:
     def description(self) -> str:
         if isinstance(self._runner, MicroModel):
             return "TFLite Micro reference kernels on the pre-Vela int8 model"
-        if isinstance(self._runner, _PerOp):
+        if isinstance(self._runner, PerOpMicro):
             counts = Counter(name.split(" #")[0] for name in self._runner.litert_ops)
             litert = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())) or "none"
             return (
@@ -225,9 +253,14 @@ class Reference:
         return f"LiteRT {self.kernels} kernels on the pre-Vela int8 model"
 
     @property
+    def is_litert(self) -> bool:
+        """The whole model runs in LiteRT (asked for as a second opinion, or TFLite Micro is missing)."""
+        return isinstance(self._runner, LiteRTModel)
+
+    @property
     def litert_ops(self) -> list[str]:
         """Ops the reference ran in LiteRT rather than TFLite Micro (all of them: ``["*"]``)."""
-        if isinstance(self._runner, _PerOp):
+        if isinstance(self._runner, PerOpMicro):
             return list(self._runner.litert_ops)
         return ["*"] if isinstance(self._runner, LiteRTModel) else []
 
@@ -236,5 +269,5 @@ class Reference:
             try:
                 return self._runner.run(inputs)
             except RuntimeError:
-                self._runner = _PerOp(self.data)  # for this and every later input
+                self._runner = PerOpMicro(self.data)  # for this and every later input
         return self._runner.run(inputs)

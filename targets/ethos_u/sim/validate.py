@@ -25,7 +25,14 @@ from typing import Any, Literal
 
 import numpy as np
 from nirc.targets.ethos_u.sim import cmdstream, container
-from nirc.targets.ethos_u.sim.reference import LiteRTModel, MicroModel, Reference, ReferenceRun, model_bytes
+from nirc.targets.ethos_u.sim.reference import (
+    LiteRTModel,
+    MicroModel,
+    PerOpMicro,
+    Reference,
+    ReferenceRun,
+    model_bytes,
+)
 from nirc.targets.ethos_u.sim.runner import SimulationResult, decoded, run
 
 DEFAULT_SAMPLES = 8
@@ -277,7 +284,11 @@ def _compare_sample(
     int8: container.VelaModel,
     producers: dict[int, str],
     tally: _Tally,
+    micro: ReferenceRun | None = None,
+    rule: str | None = None,
 ) -> list[_Divergence]:
+    """Divergences of one input; with ``micro`` (TFLite Micro op by op) and its ``rule``, a difference from
+    a LiteRT reference that TFLite Micro does not have is explained by that rule."""
     found: list[_Divergence] = []
     counts = tally.intermediates
     for check in checks:
@@ -302,6 +313,8 @@ def _compare_sample(
         tensor, producer = int8.tensors[best], producers.get(best, "?")
         d = _divergence(sample, check.op, tensor, producer, flat.reshape(expected.shape), expected, False)
         if d is not None:
+            if micro is not None and best in micro.tensors and np.array_equal(micro.tensors[best].reshape(-1), flat):
+                d.explained = rule
             found.append(d)
     by_name = {t.name: t for t in int8.tensors}
     for name, expected in ref.outputs.items():
@@ -316,6 +329,8 @@ def _compare_sample(
         record["max_abs_diff_lsb"] = max(record["max_abs_diff_lsb"], float(diff.max()) if diff.size else 0.0)
         d = _divergence(sample, "output", t, producers.get(t.index, "?"), out, expected, True)
         if d is not None:
+            if micro is not None and np.array_equal(micro.outputs[name].reshape(out.shape), out):
+                d.explained = rule
             found.append(d)
     return _first_per_tensor(found)
 
@@ -338,14 +353,20 @@ def validate_artifact(
     *,
     kernels: Literal["reference", "optimized"] = "reference",
     intermediates: bool = True,
+    reference_runtime: Literal["micro", "litert"] = "micro",
 ) -> NpuValidation:
     """Simulate ``vela_tflite`` on every feed and compare outputs and intermediates with the int8 model.
+
+    ``reference_runtime="litert"`` compares with LiteRT's reference kernels instead (the second
+    opinion); a difference there that TFLite Micro, run op by op, does not have is *explained*:
+    the rule names the ops whose LiteRT kernel differs from TFLite Micro's on the same inputs.
 
     Raises the simulator's errors (:class:`~nirc.errors.BackendError` subclasses) when the
     artifact cannot be executed; the message names the command word.
     """
     vela = container.load(vela_tflite)
-    reference = Reference(int8_tflite, kernels, keep=intermediates)
+    reference = Reference(int8_tflite, kernels, keep=intermediates, runtime=reference_runtime)
+    micro = _second_reference(reference)
     int8 = reference.model
     groups = _signatures(int8) if intermediates else {}
     producers = _producers(int8)
@@ -354,9 +375,8 @@ def validate_artifact(
         result = run(vela, feed, cpu_kernels=kernels, capture=intermediates, keep_tensors=intermediates)
         ref = reference.run(feed)
         checks = _checks(vela, int8, result, groups) if intermediates else []
-        found = _compare_sample(sample, checks, result.outputs, ref, int8, producers, tally)
-        for d in found:
-            d.explained = _explain(d, reference)
+        micro_run, rule = _kernel_rule(micro, ref, feed)
+        found = _compare_sample(sample, checks, result.outputs, ref, int8, producers, tally, micro_run, rule)
         first = found[0].text() if found else None
         worst = max((d.lsb for d in found), default=0.0)
         tally.samples.append({"sample": sample, "bit_exact": not found, "max_abs_diff_lsb": worst,
@@ -397,10 +417,31 @@ def validate_artifact(
     )
 
 
-def _explain(d: _Divergence, reference: Reference) -> str | None:
-    """The known rule that accounts for a difference, or None (unexplained: validation fails)."""
-    del d, reference
-    return None
+def _second_reference(reference: Reference) -> PerOpMicro | None:
+    """TFLite Micro op by op beside a LiteRT reference (for the kernel-difference rule), when it is installed."""
+    if not reference.is_litert or reference.kernels != "reference":
+        return None
+    try:
+        return PerOpMicro(reference.data)
+    except ImportError:
+        return None
+
+
+def _kernel_rule(
+    micro: PerOpMicro | None, ref: ReferenceRun, feed: Mapping[str, np.ndarray]
+) -> tuple[ReferenceRun | None, str | None]:
+    """TFLite Micro's run of this input and the rule that explains LiteRT's differences from it, if any."""
+    if micro is None:
+        return None, None
+    ops = micro.kernel_differences(ref)
+    if not ops:
+        return None, None
+    named = ", ".join(ops[:3]) + (f" and {len(ops) - 3} more" if len(ops) > 3 else "")
+    rule = (
+        f"LiteRT's reference kernel differs from TFLite Micro's on the same inputs at {named}; "
+        "the NPU result equals TFLite Micro's"
+    )
+    return micro.run(feed), rule
 
 
 def compare_with_reference(
