@@ -598,9 +598,13 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         )
     npu = validation.get("npu")
     if npu and "bit_exact" in npu:
-        verdict = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']} LSB"
+        verdict = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']:g} LSB"
+        if not npu["bit_exact"]:
+            verdict += " (known: see below)" if npu.get("unexplained") is False else " (unexplained)"
         reference = "TOSA reference model" if npu.get("reference") == "tosa" else "int8 TFLite"
         write(f"compiled NPU model ({npu['method']}) vs {reference}: {verdict} on {npu['samples']} inputs\n")
+        for known in npu.get("explained") or []:
+            write(f"  known difference at {known['op']} '{known['tensor']}': {known['rule']}\n")
     vela = report["vela"]
     if vela:
         write(
