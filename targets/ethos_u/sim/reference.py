@@ -113,33 +113,42 @@ class MicroModel:
         self.out_names = [parsed.tensors[i].name for i in parsed.outputs]
         self.activations = [t.index for t in parsed.tensors if t.data is None] if keep else []
         self.keep = keep
-        self.arena = MICRO_ARENA_BYTES[0]
+        self.interpreter: Any = None
+
+    def _interpreter(self) -> Any:
+        """Built once, at the smallest arena that works (TFLite Micro fails cleanly when it is too small)."""
+        if self.interpreter is None:
+            error: Exception | None = None
+            for arena in MICRO_ARENA_BYTES:
+                try:
+                    self.interpreter = _micro(self.data, arena, self.keep)
+                    break
+                except (RuntimeError, ValueError) as exc:
+                    error = exc
+            else:
+                raise RuntimeError(f"TFLite Micro cannot run the model: {error}")
+        return self.interpreter
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> ReferenceRun:
-        """Raises RuntimeError when TFLite Micro cannot run the model at any arena size."""
-        error: Exception | None = None
-        for arena in (a for a in MICRO_ARENA_BYTES if a >= self.arena):
-            try:
-                interpreter = _micro(self.data, arena, self.keep)
-                for i, name in enumerate(self.in_names):
-                    if name not in inputs:
-                        raise KeyError(f"missing input {name!r}")
-                    shape = tuple(int(d) for d in interpreter.get_input_details(i)["shape"])
-                    interpreter.set_input(np.ascontiguousarray(np.asarray(inputs[name]).reshape(shape)), i)
-                with _quiet():
-                    interpreter.invoke()
-            except (RuntimeError, ValueError) as exc:
-                error = exc  # arena too small, or an op TFLite Micro lacks: try larger, then give up
-                continue
-            self.arena = arena
-            outputs = {name: np.array(interpreter.get_output(i)) for i, name in enumerate(self.out_names)}
-            tensors: dict[int, np.ndarray] = {}
-            for index in self.activations:
-                got = interpreter.GetTensor(index, 0)
-                if isinstance(got, dict) and "tensor_data" in got:
-                    tensors[index] = np.array(got["tensor_data"])
-            return ReferenceRun(outputs, tensors)
-        raise RuntimeError(f"TFLite Micro cannot run the model: {error}")
+        """Raises RuntimeError when TFLite Micro cannot run the model (an op it lacks, no arena large enough)."""
+        interpreter = self._interpreter()
+        try:
+            for i, name in enumerate(self.in_names):
+                if name not in inputs:
+                    raise KeyError(f"missing input {name!r}")
+                shape = tuple(int(d) for d in interpreter.get_input_details(i)["shape"])
+                interpreter.set_input(np.ascontiguousarray(np.asarray(inputs[name]).reshape(shape)), i)
+            with _quiet():
+                interpreter.invoke()
+        except ValueError as exc:
+            raise RuntimeError(f"TFLite Micro cannot run the model: {exc}") from exc
+        outputs = {name: np.array(interpreter.get_output(i)) for i, name in enumerate(self.out_names)}
+        tensors: dict[int, np.ndarray] = {}
+        for index in self.activations:
+            got = interpreter.GetTensor(index, 0)
+            if isinstance(got, dict) and "tensor_data" in got:
+                tensors[index] = np.array(got["tensor_data"])
+        return ReferenceRun(outputs, tensors)
 
 
 class PerOpMicro:
