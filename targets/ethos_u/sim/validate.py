@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 from nirc.targets.ethos_u.sim import cmdstream, container
+from nirc.targets.ethos_u.sim.engine import OpTrace
 from nirc.targets.ethos_u.sim.reference import (
     LiteRTModel,
     MicroModel,
@@ -153,7 +154,8 @@ class _Check:
     op: str  # readable: "ethos-u op 0, NPU op 7 CONV (word 123)" or "CPU op 2 QUANTIZE"
     values: np.ndarray
     candidates: tuple[int, ...]  # int8-model tensor indices it may equal
-    part: bool  # one of several operations forming one layer: compared only when a candidate matches
+    part: bool  # a depth/width slice of a larger tensor: compared only when a candidate matches
+    stripes: int = 1  # cascade stripes stacked into this result
 
 
 def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -183,9 +185,72 @@ def _signatures(model: container.VelaModel) -> dict[_Signature, list[int]]:
     return groups
 
 
-def _layer_key(op: cmdstream.BlockOp) -> tuple[Any, ...]:
-    """What the stripes or depth slices of one layer share (everything but height, depth and addresses)."""
-    return (op.name, op.kernel, op.ifm.zero_point, op.ofm.zero_point, op.ofm.width, op.activation, op.ofm.dtype)
+def _layer_ids(stream: cmdstream.CommandStream) -> dict[int, tuple[Any, ...]]:
+    """Which NPU operations are pieces of one layer (cascade stripes), by block-op index.
+
+    A layer with weights is identified by where its bias/scale stream comes from in the
+    read-only region (following the DMA that brought it to fast memory): every stripe of
+    a cascaded layer reads the same one, and no two layers share one.  Operations without
+    weights are keyed by everything but their height and addresses.
+    """
+    ids: dict[int, tuple[Any, ...]] = {}
+    sources: dict[tuple[int, int], tuple[int, int]] = {}  # (region, address) -> where its bytes came from
+    for op in stream.ops:
+        if isinstance(op, cmdstream.DmaOp):
+            if not op.dst_internal:
+                sources[(op.dst.region, op.dst.address)] = (op.src.region, op.src.address)
+            continue
+        if op.scales is not None:
+            origin = (op.scales.region, op.scales.address)
+            ids[op.index] = ("scales", sources.get(origin, origin), op.ofm.width, op.ofm.depth)
+        else:
+            ids[op.index] = (op.name, op.kernel, op.ifm.zero_point, op.ofm.zero_point, op.ofm.width, op.ofm.depth,
+                             op.activation, op.ofm.dtype, op.ofm_scale, op.opa_scale, op.opb_scale)  # fmt: skip
+    return ids
+
+
+def _whole_rows(fm: cmdstream.FeatureMap) -> bool:
+    """The feature map's rows hold all of its buffer's width and depth (not a slice of a wider tensor).
+
+    A depth slice (an OFM written in several parts, or into a concatenation) has row
+    strides larger than its own width and depth: such a result is compared only where it
+    equals a tensor, never reported as a difference.
+    """
+    size: int = fm.dtype.size
+    if fm.layout is cmdstream.Layout.NHWC:
+        return bool(fm.stride_x == fm.depth * size and fm.stride_y == fm.width * fm.stride_x)
+    return bool(fm.stride_c == 16 * size * fm.width and fm.stride_y == -(-fm.depth // 16) * fm.stride_c)
+
+
+def _signature(values: np.ndarray, block: cmdstream.BlockOp) -> _Signature:
+    dtype = _NUMPY.get((block.ofm.dtype.signed, block.ofm.dtype.bits))
+    shape = (int(values.shape[0]), block.ofm.width, block.ofm.depth)
+    return (shape, np.dtype(dtype).name if dtype else "")
+
+
+def _npu_checks(
+    call: container.NpuCall, trace: list[OpTrace], groups: dict[_Signature, list[int]], label: str
+) -> list[_Check]:
+    """One check per layer: a whole-tensor result as it is, a cascaded layer's stripes stacked top to bottom."""
+    stream = decoded(call.command_stream)
+    blocks = {b.index: b for b in stream.ops if isinstance(b, cmdstream.BlockOp)}
+    ids = _layer_ids(stream)
+    pieces: dict[tuple[Any, ...], list[tuple[cmdstream.BlockOp, np.ndarray]]] = {}
+    for step in trace:
+        block = blocks.get(step.index)
+        if block is not None and step.values is not None:
+            pieces.setdefault(ids[block.index], []).append((block, step.values))
+    checks: list[tuple[int, _Check]] = []
+    for parts in pieces.values():
+        block = parts[-1][0]
+        where = f"{label}, NPU op {block.index} {block.name} (word {block.offset})"
+        if len(parts) > 1:
+            where += f" (with {len(parts) - 1} earlier stripes)"
+        values = np.concatenate([v for _, v in parts], axis=0)
+        whole = all(_whole_rows(piece.ofm) for piece, _ in parts)
+        candidates = tuple(groups.get(_signature(values, block), ()))
+        checks.append((block.index, _Check(where, values, candidates, not whole, len(parts))))
+    return [c for _, c in sorted(checks, key=lambda item: item[0])]
 
 
 def _checks(
@@ -198,20 +263,7 @@ def _checks(
     for op in vela.ops:
         call = vela.npu_calls.get(op.index)
         if call is not None:
-            stream = decoded(call.command_stream)
-            blocks = {b.index: b for b in stream.ops if isinstance(b, cmdstream.BlockOp)}
-            keys: dict[tuple[Any, ...], int] = {}
-            for b in blocks.values():
-                keys[_layer_key(b)] = keys.get(_layer_key(b), 0) + 1
-            for trace in next(traces):
-                block = blocks.get(trace.index)
-                if block is None or trace.values is None:
-                    continue
-                dtype = _NUMPY.get((block.ofm.dtype.signed, block.ofm.dtype.bits))
-                shape = (block.ofm.height, block.ofm.width, block.ofm.depth)
-                sig = (shape, np.dtype(dtype).name if dtype else "")
-                where = f"ethos-u op {op.index}, NPU op {block.index} {block.name} (word {block.offset})"
-                checks.append(_Check(where, trace.values, tuple(groups.get(sig, ())), keys[_layer_key(block)] > 1))
+            checks.extend(_npu_checks(call, next(traces), groups, f"ethos-u op {op.index}"))
         for index in op.outputs:  # the custom op's OFMs and CPU ops' outputs keep their int8 names
             name = vela.tensors[index].name
             if name in by_name and name in result.tensors:
@@ -272,8 +324,8 @@ class _Tally:
         }
         self.samples: list[dict[str, Any]] = []
         self.divergences: list[_Divergence] = []
-        self.intermediates = {"compared": 0, "matched": 0, "differing": 0, "parts_matched": 0, "parts_unchecked": 0,
-                              "unmapped": 0}  # fmt: skip
+        self.intermediates = {"compared": 0, "matched": 0, "differing": 0, "from_stripes": 0, "slices_matched": 0,
+                              "slices_unchecked": 0, "unmapped": 0}  # fmt: skip
 
 
 def _compare_sample(
@@ -299,14 +351,16 @@ def _compare_sample(
         values = [ref.tensors[c].reshape(-1) for c in candidates]
         flat = check.values.reshape(-1)
         if any(v.size == flat.size and np.array_equal(v, flat) for v in values):
-            counts["parts_matched" if check.part else "matched"] += 1
+            counts["slices_matched" if check.part else "matched"] += 1
             counts["compared"] += not check.part
+            counts["from_stripes"] += check.stripes > 1 and not check.part
             continue
         if check.part:
-            counts["parts_unchecked"] += 1  # a stripe or slice of a layer: its whole tensor is compared later
+            counts["slices_unchecked"] += 1  # a slice of a larger tensor: its consumers are compared
             continue
         counts["compared"] += 1
         counts["differing"] += 1
+        counts["from_stripes"] += check.stripes > 1
         # Nearest candidate in the op's own order: the same-signature tensor it differs least from.
         best = min(candidates, key=lambda c: float(_lsb_diff(flat, ref.tensors[c].reshape(-1), None).max()))
         expected = ref.tensors[best]

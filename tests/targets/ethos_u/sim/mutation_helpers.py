@@ -40,13 +40,24 @@ def lut_cnn() -> onnx.ModelProto:
     return b.finish(out, "two LUT activations (sigmoid, hard-swish) for the NPU mutation suite")
 
 
+def cascade_cnn() -> onnx.ModelProto:
+    """160x160x16 feature maps (400 KiB each) do not fit 384 KiB of SRAM: Vela cascades them in stripes."""
+    b = GraphBuilder("cascade_cnn", (1, 3, 160, 160))
+    x = b.conv_bn_act(b.input_name, ("c1", "c1.bn", "c1.relu"), 16, 3, gain=1.0)
+    x = b.conv_bn_act(x, ("dw", "dw.bn", "dw.relu"), 16, 3, groups=16)
+    x = b.conv_bn_act(x, ("pw", "pw.bn", "pw.relu"), 16, 1)
+    x = b.conv_bn_act(x, ("c2", "c2.bn", "c2.relu"), 24, 3, stride=2)
+    out = b.classifier_head(x, 10, pool="pool", fc="fc")
+    return b.finish(out, "a cascaded stem for the NPU mutation suite")
+
+
 def compile_example(name: str, outdir: Path) -> tuple[Path, Path]:
-    """(vela, int8) of ``tiny_cnn`` (examples/tiny_cnn.onnx) or ``lut_cnn`` on ethos-u65-256, unvalidated."""
+    """(vela, int8) of ``tiny_cnn`` (examples/tiny_cnn.onnx), ``lut_cnn`` or ``cascade_cnn`` on ethos-u65-256."""
     if name == "tiny_cnn":
         source = EXAMPLES / "tiny_cnn.onnx"
     else:
         source = outdir.parent / f"{name}.onnx"
-        onnx.save(lut_cnn(), str(source))
+        onnx.save({"lut_cnn": lut_cnn, "cascade_cnn": cascade_cnn}[name](), str(source))
     optimize(source, "ethos-u65-256", outdir=outdir, require_fit=False, validate_npu="none")
     return outdir / f"{source.stem}_vela.tflite", outdir / f"{source.stem}_int8.tflite"
 

@@ -159,3 +159,21 @@ def test_details_keep_each_input_apart(compiled: tuple[Artifact, Path]) -> None:
     for name, counts in outcome.details["outputs"].items():
         assert counts["samples_differing"] == sum(1 for s in per_sample if name in s["differing_outputs"])
         assert counts["differing"] == sum(s["differing_outputs"].get(name, 0) for s in per_sample)
+
+
+def test_a_corrupted_layer_inside_a_cascade_is_found_at_that_layer(tmp_path: Path) -> None:
+    """A cascaded layer exists only as stripes in a rolling buffer: stacked, they are compared as its tensor."""
+    vela, int8 = compile_example("cascade_cnn", tmp_path / "out")
+    artifact = Artifact.load(vela)
+    clean = validate_artifact(artifact.data, int8, feeds(artifact.data, 1))
+    assert clean.bit_exact and clean.details["intermediates"]["from_stripes"] >= 3
+    depthwise = [op for op in artifact.convs() if op.kind is cs.OpKind.DEPTHWISE]
+    assert len(depthwise) > 1  # one layer, several stripes
+    op = depthwise[0]
+    assert op.scales is not None and op.weights is not None
+    entry = artifact.blob_at + artifact.blob_offset(op, op.scales) + 10 * _least_saturated_channel(artifact, op)
+    for at, flip in ((entry + 1, 0x01), (entry + 8, 0x04)):  # one channel's bias +-256, its scale's bit 26
+        bad = artifact.patched(at, bytes([artifact.data[at] ^ flip]))
+        result = validate_artifact(bad, int8, feeds(bad, 1))
+        assert result.unexplained and result.first_divergence is not None
+        assert "'dw.relu'" in result.first_divergence and "earlier stripes" in result.first_divergence
