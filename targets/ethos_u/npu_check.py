@@ -56,7 +56,7 @@ def check_npu_artifact(
     try:
         result = _summary(validate_artifact(vela_tflite, int8_tflite, feeds).to_json())
     except BackendError as exc:
-        warnings.append(f"NPU functional model could not run the compiled model: {exc}")
+        warnings.append(f"NPU functional model could not run the compiled model ({exc}); not executed")
         return {"method": "sim", "error": str(exc)}
     except (ValueError, IndexError, KeyError, NotImplementedError) as exc:
         # A command-stream form the functional model does not execute yet (e.g. the
