@@ -36,9 +36,6 @@ from nirc.targets.ethos_u.sim.reference import (
 )
 from nirc.targets.ethos_u.sim.runner import SimulationResult, decoded, run
 
-DEFAULT_SAMPLES = 8
-"""Inputs an artifact is validated on unless told otherwise."""
-
 CPU_CHECK = "reference only"
 """How CPU-fallback ops are checked: they run in the same reference kernels as the reference itself."""
 
@@ -361,7 +358,7 @@ def _compare_sample(
         counts["compared"] += 1
         counts["differing"] += 1
         counts["from_stripes"] += check.stripes > 1
-        # Nearest candidate in the op's own order: the same-signature tensor it differs least from.
+        # Report against the same-shape tensor it differs least from (the layer it most likely is).
         best = min(candidates, key=lambda c: float(_lsb_diff(flat, ref.tensors[c].reshape(-1), None).max()))
         expected = ref.tensors[best]
         tensor, producer = int8.tensors[best], producers.get(best, "?")
