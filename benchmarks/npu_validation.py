@@ -45,6 +45,10 @@ MODELS = (
     "torchvision__resnet18__torchscript",
     "torchvision__squeezenet1_1__dynamo",
     "timm__lcnet_050__dynamo",
+    "torchvision__mobilenet_v3_small__dynamo",
+    "torchvision__efficientnet_b0__torchscript",
+    "torchvision__regnet_x_400mf__torchscript",
+    "torchvision__shufflenet_v2_x1_0__dynamo",
     "ultralytics__yolov8n__ultralytics",
 )
 

@@ -128,8 +128,9 @@ def _failed_at(call: container.NpuCall, stream: cmdstream.CommandStream, done: i
     op = stream.ops[done]
     where = f"op {op.index} ({op.name}, word {op.offset})"
     text = str(exc) if isinstance(exc, SimulationError) else f"{type(exc).__name__}: {exc}"
-    if text.startswith(where):
-        text = text[len(where) :].lstrip(": ")
+    for prefix in (where, f"op {op.index}"):  # the engine's own messages may name the op already
+        if text.startswith(prefix):
+            text = text[len(prefix) :].lstrip(": ")
     return SimulationError(f"ethos-u op {call.op.index}, NPU {where}: {text}")
 
 
