@@ -57,3 +57,17 @@ def test_litert_second_opinion_reports_its_fully_connected_differences_as_known(
     assert validate_artifact(vela, int8, feeds(vela, 16)).bit_exact  # against TFLite Micro: 0 LSB
     assert main(["validate", str(vela), str(int8), "--reference", "litert", "--samples", "16"]) == 0
     assert "known difference: FULLY_CONNECTED" in capsys.readouterr().out
+
+
+def test_cpu_ops_are_listed_as_reference_only(tmp_path: Path) -> None:
+    """QUANTIZE/DEQUANTIZE around the NPU run in the same LiteRT kernels as the reference: not independent."""
+    from mutation_helpers import EXAMPLES
+
+    from nirc.pipeline import optimize
+
+    result = optimize(EXAMPLES / "tiny_cnn.onnx", "ethos-u65-256", outdir=tmp_path / "o", io_dtype="float32")
+    npu = result.report["validation"]["npu"]
+    assert npu["bit_exact"] and npu["samples"] == 8
+    cpu = npu["details"]["cpu_op_list"]
+    assert [c["opcode"] for c in cpu] == ["QUANTIZE", "DEQUANTIZE"]
+    assert {c["checked"] for c in cpu} == {"reference only"}
