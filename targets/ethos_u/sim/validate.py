@@ -343,7 +343,7 @@ def _compare_sample(
     for check in checks:
         candidates = [c for c in check.candidates if c in ref.tensors]
         if not candidates:
-            counts["unmapped"] += 1
+            counts["slices_unchecked" if check.part else "unmapped"] += 1
             continue
         values = [ref.tensors[c].reshape(-1) for c in candidates]
         flat = check.values.reshape(-1)
