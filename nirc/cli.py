@@ -673,8 +673,9 @@ def _npu_lines(npu: dict[str, Any]) -> list[str]:
     if inter:
         lines.append(
             f"intermediates: {inter['compared']} NPU results compared with int8 tensors over {npu['samples']} inputs, "
-            f"{inter['differing']} differ ({inter['from_stripes']} stacked from cascade stripes); "
-            f"{inter['slices_matched'] + inter['slices_unchecked']} depth slices, "
+            f"{inter['differing']} differ ({inter['from_stripes']} stacked from cascade stripes, "
+            f"{inter['from_slices']} joined from depth slices); "
+            f"{inter['slices_matched'] + inter['slices_unchecked']} lone depth slices, "
             f"{inter['unmapped']} with no int8 tensor of their shape"
         )
     cpu = details.get("cpu_op_list") or []

@@ -17,7 +17,7 @@ Schema (version 1), top-level keys:
                    details {reference, outputs {name: {elements, samples_differing, differing,
                    max_abs_diff_lsb}}, per_sample [{sample, bit_exact, max_abs_diff_lsb, first_divergence,
                    differing_tensors, differing_outputs}], intermediates {compared, matched, differing,
-                   from_stripes, slices_matched, slices_unchecked, unmapped} (counts over all inputs),
+                   from_stripes, from_slices, slices_matched, slices_unchecked, unmapped} (counts over all inputs),
                    divergences [...], reference_litert_ops, cpu_op_list [{op, opcode, checked: "reference
                    only"}]}} or {method, skipped, ops [{op, opcode, checked}]} (Vela's output executed vs
                    TFLite Micro on the int8 TFLite; bit_exact = 0 LSB everywhere; unexplained fails the CLI),

@@ -19,7 +19,7 @@ LiteRT's FULLY_CONNECTED ties) or *unexplained*; only unexplained ones fail.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,6 +153,7 @@ class _Check:
     candidates: tuple[int, ...]  # int8-model tensor indices it may equal
     part: bool  # a depth/width slice of a larger tensor: compared only when a candidate matches
     stripes: int = 1  # cascade stripes stacked into this result
+    slices: int = 1  # depth slices joined into this result
 
 
 def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -221,7 +222,7 @@ def _whole_rows(fm: cmdstream.FeatureMap) -> bool:
 
 def _signature(values: np.ndarray, block: cmdstream.BlockOp) -> _Signature:
     dtype = _NUMPY.get((block.ofm.dtype.signed, block.ofm.dtype.bits))
-    shape = (int(values.shape[0]), block.ofm.width, block.ofm.depth)
+    shape = (int(values.shape[0]), int(values.shape[1]), int(values.shape[2]))
     return (shape, np.dtype(dtype).name if dtype else "")
 
 
@@ -237,8 +238,17 @@ def _npu_checks(
         block = blocks.get(step.index)
         if block is not None and step.values is not None:
             pieces.setdefault(ids[block.index], []).append((block, step.values))
-    checks: list[tuple[int, _Check]] = []
-    for parts in pieces.values():
+    checks: list[_Check] = []
+    layers = sorted(pieces.values(), key=lambda parts: parts[-1][0].index)
+    for chain in _depth_chains(layers):
+        if len(chain) > 1:  # depth slices of one OFM, written one after the other: joined along C
+            block, values = chain[-1][0][0], np.concatenate([parts[0][1] for parts in chain], axis=2)
+            where = f"{label}, NPU op {block.index} {block.name} (word {block.offset}) (with {len(chain) - 1} " \
+                "earlier depth slices)"  # fmt: skip
+            candidates = tuple(groups.get(_signature(values, block), ()))
+            checks.append(_Check(where, values, candidates, False, slices=len(chain)))
+            continue
+        parts = chain[0]
         block = parts[-1][0]
         where = f"{label}, NPU op {block.index} {block.name} (word {block.offset})"
         if len(parts) > 1:
@@ -246,8 +256,48 @@ def _npu_checks(
         values = np.concatenate([v for _, v in parts], axis=0)
         whole = all(_whole_rows(piece.ofm) for piece, _ in parts)
         candidates = tuple(groups.get(_signature(values, block), ()))
-        checks.append((block.index, _Check(where, values, candidates, not whole, len(parts))))
-    return [c for _, c in sorted(checks, key=lambda item: item[0])]
+        checks.append(_Check(where, values, candidates, not whole, len(parts)))
+    return checks
+
+
+_Layer = list[tuple[cmdstream.BlockOp, np.ndarray]]
+
+
+def _continues(prev: cmdstream.FeatureMap, nxt: cmdstream.FeatureMap) -> bool:
+    """``nxt`` writes the channels right after ``prev``'s in the same OFM buffer."""
+    same = ("region", "height", "width", "height0", "height1", "width0", "stride_x", "stride_y", "stride_c",
+            "dtype", "layout")  # fmt: skip
+    if any(getattr(prev, name) != getattr(nxt, name) for name in same):
+        return False
+    if prev.layout is cmdstream.Layout.NHWC:
+        step = prev.depth * prev.dtype.size
+    elif prev.depth % 16 == 0:
+        step = prev.depth // 16 * prev.stride_c
+    else:
+        return False
+    return bool(nxt.bases[0] == prev.bases[0] + step)
+
+
+def _depth_chains(layers: list[_Layer]) -> list[list[_Layer]]:
+    """Runs of consecutive single-operation layers that together fill one OFM buffer's depth (else alone)."""
+    chains: list[list[_Layer]] = []
+    i = 0
+    while i < len(layers):
+        run = [layers[i]]
+        while (
+            len(run[-1]) == 1 and i + len(run) < len(layers) and len(layers[i + len(run)]) == 1
+            and not _whole_rows(run[-1][0][0].ofm)
+            and _continues(run[-1][0][0].ofm, layers[i + len(run)][0][0].ofm)
+        ):  # fmt: skip
+            run.append(layers[i + len(run)])
+        first = run[0][0][0].ofm
+        depth = sum(layer[0][0].ofm.depth for layer in run)
+        if len(run) > 1 and _whole_rows(replace(first, depth=depth)):
+            chains.append(run)
+        else:
+            chains.extend([layer] for layer in run)
+        i += len(run)
+    return chains
 
 
 def _checks(
@@ -321,8 +371,8 @@ class _Tally:
         }
         self.samples: list[dict[str, Any]] = []
         self.divergences: list[_Divergence] = []
-        self.intermediates = {"compared": 0, "matched": 0, "differing": 0, "from_stripes": 0, "slices_matched": 0,
-                              "slices_unchecked": 0, "unmapped": 0}  # fmt: skip
+        self.intermediates = {"compared": 0, "matched": 0, "differing": 0, "from_stripes": 0, "from_slices": 0,
+                              "slices_matched": 0, "slices_unchecked": 0, "unmapped": 0}  # fmt: skip
 
 
 def _compare_sample(
@@ -351,6 +401,7 @@ def _compare_sample(
             counts["slices_matched" if check.part else "matched"] += 1
             counts["compared"] += not check.part
             counts["from_stripes"] += check.stripes > 1 and not check.part
+            counts["from_slices"] += check.slices > 1
             continue
         if check.part:
             counts["slices_unchecked"] += 1  # a slice of a larger tensor: its consumers are compared
@@ -358,6 +409,7 @@ def _compare_sample(
         counts["compared"] += 1
         counts["differing"] += 1
         counts["from_stripes"] += check.stripes > 1
+        counts["from_slices"] += check.slices > 1
         # Report against the same-shape tensor it differs least from (the layer it most likely is).
         best = min(candidates, key=lambda c: float(_lsb_diff(flat, ref.tensors[c].reshape(-1), None).max()))
         expected = ref.tensors[best]

@@ -51,13 +51,23 @@ def cascade_cnn() -> onnx.ModelProto:
     return b.finish(out, "a cascaded stem for the NPU mutation suite")
 
 
+def wide_cnn() -> onnx.ModelProto:
+    """384x384 1x1 convs (144 KiB of weights each): Vela streams their weights and writes the OFM in depth slices."""
+    b = GraphBuilder("wide_cnn", (1, 3, 16, 16))
+    x = b.conv_bn_act(b.input_name, ("c1", "c1.bn", "c1.relu"), 64, 3, stride=2, gain=1.0)
+    x = b.conv_bn_act(x, ("w1", "w1.bn", "w1.relu"), 384, 1)
+    x = b.conv_bn_act(x, ("w2", "w2.bn", "w2.relu"), 384, 1)
+    out = b.classifier_head(x, 10, pool="pool", fc="fc")
+    return b.finish(out, "depth-sliced wide layers for the NPU mutation suite")
+
+
 def compile_example(name: str, outdir: Path) -> tuple[Path, Path]:
-    """(vela, int8) of ``tiny_cnn`` (examples/tiny_cnn.onnx), ``lut_cnn`` or ``cascade_cnn`` on ethos-u65-256."""
+    """(vela, int8) of ``tiny_cnn`` (examples/tiny_cnn.onnx) or a model above, on ethos-u65-256, unvalidated."""
     if name == "tiny_cnn":
         source = EXAMPLES / "tiny_cnn.onnx"
     else:
         source = outdir.parent / f"{name}.onnx"
-        onnx.save({"lut_cnn": lut_cnn, "cascade_cnn": cascade_cnn}[name](), str(source))
+        onnx.save({"lut_cnn": lut_cnn, "cascade_cnn": cascade_cnn, "wide_cnn": wide_cnn}[name](), str(source))
     optimize(source, "ethos-u65-256", outdir=outdir, require_fit=False, validate_npu="none")
     return outdir / f"{source.stem}_vela.tflite", outdir / f"{source.stem}_int8.tflite"
 

@@ -177,3 +177,20 @@ def test_a_corrupted_layer_inside_a_cascade_is_found_at_that_layer(tmp_path: Pat
         result = validate_artifact(bad, int8, feeds(bad, 1))
         assert result.unexplained and result.first_divergence is not None
         assert "'dw.relu'" in result.first_divergence and "earlier stripes" in result.first_divergence
+
+
+def test_a_corrupted_depth_slice_is_found_at_its_layer(tmp_path: Path) -> None:
+    """A layer whose weights are streamed in parts writes its OFM in depth slices: joined, they are its tensor."""
+    vela, int8 = compile_example("wide_cnn", tmp_path / "out")
+    artifact = Artifact.load(vela)
+    clean = validate_artifact(artifact.data, int8, feeds(artifact.data, 1))
+    assert clean.bit_exact and clean.details["intermediates"]["from_slices"] >= 1
+    ops = list(artifact.convs())
+    op = next(o for o in ops if o.ifm.depth in (64, 384) and o.ofm.depth < 384)  # a slice of w1 or w2
+    assert op.scales is not None
+    entry = artifact.blob_at + artifact.blob_offset(op, op.scales) + 10 * _least_saturated_channel(artifact, op)
+    bad = artifact.patched(entry + 9, bytes([artifact.data[entry + 9] ^ 0x01]))  # one channel's shift
+    result = validate_artifact(bad, int8, feeds(bad, 1))
+    assert result.unexplained and result.first_divergence is not None
+    assert "earlier depth slices" in result.first_divergence
+    assert "tensor 'w1.relu'" in result.first_divergence or "tensor 'w2.relu'" in result.first_divergence
