@@ -189,8 +189,10 @@ class PerOpMicro:
             outs = [np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()]
         return [out.reshape(self.model.tensors[i].shape) for i, out in zip(op.outputs, outs, strict=True)]
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> ReferenceRun:
+    def run(self, inputs: Mapping[str, np.ndarray], overrides: Mapping[int, np.ndarray] | None = None) -> ReferenceRun:
+        """Every op in order; an op output in ``overrides`` (by tensor index) continues with that value instead."""
         model = self.model
+        overrides = overrides or {}
         values: dict[int, np.ndarray] = {}
         for i in model.inputs:
             name = model.tensors[i].name
@@ -199,6 +201,9 @@ class PerOpMicro:
             values[i] = np.ascontiguousarray(np.asarray(inputs[name]).reshape(model.tensors[i].shape))
         for step, (op, _, _) in enumerate(self.steps):
             values.update(zip(op.outputs, self.run_op(step, self.feeds(op, values)), strict=True))
+            for i in op.outputs:
+                if i in overrides:
+                    values[i] = np.asarray(overrides[i]).reshape(model.tensors[i].shape).astype(values[i].dtype)
         outputs = {model.tensors[i].name: values[i] for i in model.outputs}
         return ReferenceRun(outputs, {i: v for i, v in values.items() if model.tensors[i].data is None})
 

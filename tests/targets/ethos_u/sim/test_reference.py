@@ -71,3 +71,13 @@ def test_cpu_ops_are_listed_as_reference_only(tmp_path: Path) -> None:
     cpu = npu["details"]["cpu_op_list"]
     assert [c["opcode"] for c in cpu] == ["QUANTIZE", "DEQUANTIZE"]
     assert {c["checked"] for c in cpu} == {"reference only"}
+
+
+def test_tflite_multiplier_is_tflites_quantize_multiplier() -> None:
+    """Double-precision (scale, shift) as TFLite derives it; Vela's float32 derivation can differ in the last bits."""
+    from nirc.targets.ethos_u.sim.known import tflite_multiplier
+
+    # EfficientNet-B0's MUL #193: 0.00390625 * 0.21002896130084991 / 0.16250185668468475 (Vela: 1387780352 >> 38).
+    assert tflite_multiplier(0.00390625 * 0.21002896130084991 / 0.16250185668468475) == (1387780328, 38)
+    assert tflite_multiplier(0.5) == (1 << 30, 31) and tflite_multiplier(0.0) == (0, 0)
+    assert tflite_multiplier(1.0 - 2.0**-40) == (1 << 30, 30)  # rounds up to 2**31: halved, one shift less
