@@ -157,7 +157,19 @@ def to_markdown(rows: list[dict[str, Any]], samples: int) -> str:
             notes.append(f"- {row['model']} ({kind}): {row['first']}")
     if notes:
         lines += ["", "Not bit-exact or not executed:", "", *notes]
+    lines += ["", *FOOTER]
     return "\n".join(lines) + "\n"
+
+
+FOOTER = [
+    "Reading the table: every compiled artifact the functional model executes matches TFLite Micro bit for "
+    "bit on every input, in its outputs and in every layer it could map; a known difference is listed by op "
+    "and rule (`targets/ethos_u/sim/known.py`) with the reference continued from the NPU's value. LiteRT's "
+    "reference kernels, run on the same int8 models, disagree with TFLite Micro in the counted output "
+    "elements: its FULLY_CONNECTED rounds some ties once where TFLite Micro rounds twice "
+    "(`nirc validate --reference litert` reports them as known, by op). The FC tie question is settled "
+    "in favour of TFLite Micro: the model of Vela's registers (TFLite's double rounding) equals it everywhere.",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
