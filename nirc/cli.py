@@ -3,8 +3,10 @@
 Exit codes: 0 success; 1 generic error; 2 bad input model, calibration data or
 usage; 3 unsupported operator; 4 unknown target or model does not fit; 5 pass
 error or unknown pass; 6 ``--verify`` caught an inexact "exact" pass; 7 plugin
-error; 8 backend (emission/Vela) error; 70 internal error (a bug: rerun with
-``--debug`` and report the traceback).
+error; 8 backend (emission/Vela) error; 9 NPU validation failed (the compiled
+artifact differs from its int8 TFLite without a known reason, or its command
+stream cannot be executed); 70 internal error (a bug: rerun with ``--debug`` and
+report the traceback).
 """
 
 from __future__ import annotations
@@ -91,6 +93,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got '{text}'")
+    return value
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
@@ -134,7 +146,8 @@ def _calibration(args: argparse.Namespace) -> CalibrationOptions:
 EXIT_CODES_TEXT = (
     "Exit codes: 0 ok, 1 error, 2 bad model/input/output location/usage, 3 unsupported operator, "
     "4 unknown target or model does not fit, 5 pass error, 6 --verify failure, 7 plugin error, "
-    "8 backend (emission/Vela) error, 70 internal error, 128+N killed by signal N (130 Ctrl-C, 143 SIGTERM)."
+    "8 backend (emission/Vela) error, 9 NPU validation failed, 70 internal error, "
+    "128+N killed by signal N (130 Ctrl-C, 143 SIGTERM)."
 )
 
 
@@ -247,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(falls back to sim when none is installed), or not at all",
     )
     p.add_argument(
+        "--npu-samples", type=_positive, default=8, metavar="N", help="inputs --validate executes (default 8)"
+    )
+    p.add_argument(
         "--npu-format",
         choices=("tflite", "tosa", "auto"),
         default="auto",
@@ -285,7 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sim (default): nirc's NPU functional model; fvp: a Corstone FVP (needs one installed)",
     )
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"for --method fvp: which FVP to use; {TARGET_HELP}")
-    p.add_argument("--samples", type=int, default=3, help="random int8 inputs to compare on")
+    p.add_argument("--samples", type=_positive, default=8, help="random inputs to compare on (default 8)")
+    p.add_argument(
+        "--reference",
+        choices=("micro", "litert"),
+        default="micro",
+        help="micro (default): TFLite Micro's reference kernels; litert: LiteRT's, as a second opinion (its "
+        "differences that TFLite Micro lacks are reported as known, by op)",
+    )
     p.add_argument("--describe", action="store_true", help="print the decoded NPU command stream and stop")
 
     p = sub.add_parser("passes", help="the default pipeline in run order, then every registered pass")
@@ -487,6 +510,7 @@ def optimize_options(args: argparse.Namespace) -> OptimizeOptions:
         io_dtype=args.io,
         compile=not args.no_compile,
         validate_npu=args.validate,
+        npu_samples=args.npu_samples,
         npu_format=args.npu_format,
         require_fit=False,  # show the summary first, then fail
         accuracy=False if args.no_accuracy_guard else (True if args.max_snr_drop is not None else None),
@@ -517,7 +541,22 @@ def _cmd_optimize(args: argparse.Namespace, registry: Registry) -> int:
 
         sys.stderr.write(format_profile(result.report["profile"]))
     check_fit(result.report, args.model, outdir)
+    _check_npu(result.report, outdir)
     return 0
+
+
+def _check_npu(report: dict[str, Any], outdir: Path) -> None:
+    """Zero tolerance: an unexplained difference of the compiled artifact fails the run (exit 9), after the summary."""
+    from nirc.errors import NpuValidationError
+
+    npu = report["validation"].get("npu") or {}
+    if "bit_exact" in npu and not npu["bit_exact"] and npu.get("unexplained", True):
+        reference = "the TOSA reference model" if npu.get("reference") == "tosa" else "the int8 TFLite"
+        where = npu.get("first_divergence") or "see validation.npu in the report"
+        raise NpuValidationError(
+            f"the compiled NPU model differs from {reference} by {npu.get('max_abs_diff_lsb', '?')} LSB: "
+            f"{where} (artifacts and report in {outdir})"
+        )
 
 
 def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
@@ -570,9 +609,13 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         )
     npu = validation.get("npu")
     if npu and "bit_exact" in npu:
-        verdict = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']} LSB"
+        verdict = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']:g} LSB"
+        if not npu["bit_exact"]:
+            verdict += " (known: see below)" if npu.get("unexplained") is False else " (unexplained)"
         reference = "TOSA reference model" if npu.get("reference") == "tosa" else "int8 TFLite"
         write(f"compiled NPU model ({npu['method']}) vs {reference}: {verdict} on {npu['samples']} inputs\n")
+        for known in npu.get("explained") or []:
+            write(f"  known difference at {known['op']} '{known['tensor']}': {known['rule']}\n")
     vela = report["vela"]
     if vela:
         write(
@@ -607,9 +650,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
-    import numpy as np
-
     from nirc.targets.ethos_u import sim
+    from nirc.targets.ethos_u.npu_check import check_npu_files, random_feeds
 
     if args.int8_tflite.suffix != ".tosa":
         _check_validate_files(args.vela_tflite, args.int8_tflite)
@@ -621,28 +663,46 @@ def _cmd_validate(args: argparse.Namespace, registry: Registry) -> int:
     if args.describe:
         sys.stdout.write(sim.describe(args.vela_tflite) + "\n")
         return 0
-    from ai_edge_litert.interpreter import Interpreter
+    feeds = random_feeds(args.int8_tflite, args.samples)
+    target = registry.get_target(args.target) if args.method == "fvp" else None
+    result = check_npu_files(args.vela_tflite, args.int8_tflite, feeds, args.method, target, args.reference)
+    for line in _npu_lines(result):
+        sys.stdout.write(line + "\n")
+    if result["unexplained"]:
+        from nirc.errors import NpuValidationError
 
-    details = Interpreter(model_path=str(args.int8_tflite)).get_input_details()
-    rng = np.random.default_rng(0)
-    worst = 0.0
-    exact = True
-    for _ in range(args.samples):
-        feed = {d["name"]: rng.integers(-128, 128, size=d["shape"], dtype=np.int8) for d in details}
-        if args.method == "fvp":
-            from nirc.targets.ethos_u.fvp import validate_fvp
+        raise NpuValidationError(
+            f"{args.vela_tflite} differs from {args.int8_tflite} by {result['max_abs_diff_lsb']:g} LSB: "
+            f"{result['first_divergence']}"
+        )
+    return 0
 
-            target = registry.get_target(args.target)
-            result = validate_fvp(args.vela_tflite, args.int8_tflite, feed, target.name)
-        else:
-            result = sim.compare_with_reference(args.vela_tflite, args.int8_tflite, feed)
-        worst = max(worst, result.max_abs_diff_lsb)
-        exact = exact and result.bit_exact
-        where = f", first at {result.first_divergence}" if result.first_divergence else ""
-        verdict = f"bit-exact {result.bit_exact}, max diff {result.max_abs_diff_lsb} LSB{where}"
-        sys.stdout.write(f"{result.method}: {verdict}\n")
-    sys.stdout.write(f"{'bit-exact' if exact else f'max difference {worst} LSB'} on {args.samples} random inputs\n")
-    return 0 if worst <= 1 else 1
+
+def _npu_lines(npu: dict[str, Any]) -> list[str]:
+    """The validation record as a few lines: per input, intermediates, CPU ops, known differences, verdict."""
+    details = npu["details"]
+    lines = [f"reference: {details['reference']}"]
+    for sample in details["per_sample"]:
+        where = f", first at {sample['first_divergence']}" if sample["first_divergence"] else ""
+        verdict = "bit-exact" if sample["bit_exact"] else f"max diff {sample['max_abs_diff_lsb']:g} LSB"
+        lines.append(f"{npu['method']} input {sample['sample']}: {verdict}{where}")
+    inter = details.get("intermediates")
+    if inter:
+        lines.append(
+            f"intermediates: {inter['compared']} NPU results compared with int8 tensors over {npu['samples']} inputs, "
+            f"{inter['differing']} differ ({inter['from_stripes']} stacked from cascade stripes, "
+            f"{inter['from_slices']} joined from depth slices); "
+            f"{inter['slices_matched'] + inter['slices_unchecked']} lone depth slices, "
+            f"{inter['unmapped']} with no int8 tensor of their shape"
+        )
+    cpu = details.get("cpu_op_list") or []
+    if cpu:
+        lines.append("CPU ops (reference only, same kernels as the reference): "
+                     + ", ".join(f"{c['opcode']} #{c['op']}" for c in cpu))  # fmt: skip
+    lines.extend(f"known difference: {k['op']} {k['tensor']!r}: {k['rule']}" for k in npu["explained"])
+    exact = "bit-exact" if npu["bit_exact"] else f"max difference {npu['max_abs_diff_lsb']:g} LSB"
+    lines.append(f"{exact} on {npu['samples']} random inputs")
+    return lines
 
 
 def _tosa_reference(vela: Path, reference: Path) -> Path | None:

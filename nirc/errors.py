@@ -71,3 +71,9 @@ class BackendError(NircError):
     """Emission or Vela compilation failed."""
 
     exit_code = 8
+
+
+class NpuValidationError(NircError):
+    """The compiled NPU artifact differs from its int8 TFLite without a known reason, or cannot be executed."""
+
+    exit_code = 9

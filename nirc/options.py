@@ -71,6 +71,7 @@ class OptimizeOptions:
         io_dtype: the TFLite model's input/output type.
         compile: run Vela (False stops after the int8 TFLite).
         validate_npu: execute Vela's output in the functional model (``sim``), on an FVP, or not.
+        npu_samples: calibration inputs Vela's output is executed on (intermediates compared too).
         accuracy: the hardware passes keep a rewrite only if the int8 SNR of every output stays
             within ``max_snr_drop`` dB of the model without it (None: on with ``--calib`` data, off
             with synthetic inputs, where SNR says nothing about real inputs).
@@ -94,6 +95,7 @@ class OptimizeOptions:
     io_dtype: Literal["int8", "float32"] = "int8"
     compile: bool = True
     validate_npu: Literal["sim", "fvp", "none"] = "sim"
+    npu_samples: int = 8
     npu_format: Literal["tflite", "tosa", "auto"] = "auto"
     accuracy: bool | None = None
     max_snr_drop: float = DEFAULT_MAX_SNR_DROP_DB

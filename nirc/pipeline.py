@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 NPU_CHECK_SAMPLES = 2
-"""Inputs the compiled artifact is executed on: the functional model takes seconds per input."""
+"""Inputs a TOSA-form artifact is executed on (the TOSA reference model is slow); TFLite: ``npu_samples``."""
 
 
 @dataclass(frozen=True)
@@ -345,7 +345,7 @@ def _optimize(
                 progress(f"executing the compiled NPU model ({opts.validate_npu}) against the int8 TFLite")
                 npu = check_npu_artifact(
                     opts.validate_npu, tgt, vela_path, int8_path, emitted.tflite,
-                    list(calib.samples[:NPU_CHECK_SAMPLES]), warnings,
+                    list(calib.samples[: opts.npu_samples]), warnings,
                 )
                 validation["npu"] = npu
         stages.next("report")

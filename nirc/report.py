@@ -13,7 +13,14 @@ Schema (version 1), top-level keys:
               (int8 vs the float model after the passes), outputs_vs_original [...] (only when a
               lossy pass changed the model: int8 vs the float input model),
               npu {method (sim|fvp), samples, bit_exact, bit_exact_samples, max_abs_diff_lsb,
-                   first_divergence, details} (Vela's output executed vs LiteRT on the int8 TFLite),
+                   first_divergence, unexplained, explained [{op, tensor, rule, samples}],
+                   details {reference, outputs {name: {elements, samples_differing, differing,
+                   max_abs_diff_lsb}}, per_sample [{sample, bit_exact, max_abs_diff_lsb, first_divergence,
+                   differing_tensors, differing_outputs}], intermediates {compared, matched, differing,
+                   from_stripes, from_slices, slices_matched, slices_unchecked, unmapped} (counts over all inputs),
+                   divergences [...], reference_litert_ops, cpu_op_list [{op, opcode, checked: "reference
+                   only"}]}} or {method, skipped, ops [{op, opcode, checked}]} (Vela's output executed vs
+                   TFLite Micro on the int8 TFLite; bit_exact = 0 LSB everywhere; unexplained fails the CLI),
               layers {samples, tensors [{tensor, op, index, snr_db, scale}] (every int8 activation of the
                       TFLite vs the float tensor of the same name; index -1 = a graph input),
                       worst [{..., input_snr_db, drop_db}] (the layers that lose the most SNR)},

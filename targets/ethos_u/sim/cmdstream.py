@@ -535,6 +535,25 @@ def _range(r: _Registers, region: cmd0, base: cmd1, length: cmd1) -> AddressRang
     return AddressRange(r.p(region) & 0x7, r.d(base), r.pd(length)[1])
 
 
+_ACTIVATION_FUNCTIONS = frozenset({0, 3, 4, *range(16, 24)})
+"""NPU_SET_ACTIVATION functions: none, tanh, sigmoid, LUT 0-7; every other value is reserved."""
+
+
+def _check_reserved(activation: Activation, ofm_prec: int, ifm_prec: int, upscale: int) -> None:
+    """Reject reserved register values instead of reading them as some default.
+
+    Why: a corrupted or hand-edited stream must fail validation, not execute as the
+    nearest valid stream (a reserved rounding mode once ran as TFL rounding).
+    """
+    if activation.function not in _ACTIVATION_FUNCTIONS:
+        raise CommandStreamError(f"reserved activation function {activation.function} in NPU_SET_ACTIVATION")
+    for name, prec in (("OFM", ofm_prec), ("IFM", ifm_prec)):
+        if (prec >> 14) & 3 not in ROUNDING:
+            raise CommandStreamError(f"reserved rounding mode 3 in NPU_SET_{name}_PRECISION")
+    if upscale == 3:
+        raise CommandStreamError("reserved IFM upscale mode 3 in NPU_SET_IFM_UPSCALE")
+
+
 def _block_op(r: _Registers, index: int, command: Command) -> BlockOp:
     kind = {
         cmd0.NPU_OP_CONV.value: OpKind.CONV,
@@ -610,6 +629,7 @@ def _block_op(r: _Registers, index: int, command: Command) -> BlockOp:
     if kind in (OpKind.CONV, OpKind.DEPTHWISE):
         weights = _range(r, cmd0.NPU_SET_WEIGHT_REGION, cmd1.NPU_SET_WEIGHT_BASE, cmd1.NPU_SET_WEIGHT_LENGTH)
         weights1 = _range(r, cmd0.NPU_SET_WEIGHT_REGION, cmd1.NPU_SET_WEIGHT1_BASE, cmd1.NPU_SET_WEIGHT1_LENGTH)
+    _check_reserved(activation, ofm_prec, ifm_prec, upscale)
     global_scale = bool(ofm_prec & 0x100)
     if not global_scale and kind is not OpKind.ELEMENTWISE and not (kind is OpKind.POOL and mode == "MAX"):
         scales = _range(r, cmd0.NPU_SET_SCALE_REGION, cmd1.NPU_SET_SCALE_BASE, cmd1.NPU_SET_SCALE_LENGTH)
@@ -638,8 +658,8 @@ def _block_op(r: _Registers, index: int, command: Command) -> BlockOp:
         opb_scale=opb[1],
         ifm_scale_mode=(ifm_prec >> 8) & 3,
         global_scale=global_scale,
-        rounding=ROUNDING.get((ofm_prec >> 14) & 3, "TFL"),
-        ifm_rounding=ROUNDING.get((ifm_prec >> 14) & 3, "TFL"),
+        rounding=ROUNDING[(ofm_prec >> 14) & 3],
+        ifm_rounding=ROUNDING[(ifm_prec >> 14) & 3],
         reverse_operands=reverse,
         broadcast=broadcast,
         ifm_upscale=upscale,
@@ -684,19 +704,24 @@ _NO_STATE_OPS = frozenset(
 def decode(payload: bytes) -> CommandStream:
     """Decode a custom op's command-stream tensor into a :class:`CommandStream` with its operations."""
     config, words = parse_payload(payload)
+    if config.product not in (0, 1):
+        raise CommandStreamError(
+            f"command stream for NPU product {config.product} (not Ethos-U55/U65, e.g. Ethos-U85): not modelled"
+        )
     commands = decode_commands(words)
     stream = CommandStream(config, commands)
     regs = _Registers()
     for command in commands:
         if command.data is not None:
             regs.cmd1[command.code] = (command.param, command.data)
-        elif command.code in _BLOCK_OPS:
+        elif command.code in _BLOCK_OPS or command.code == cmd0.NPU_OP_DMA_START.value:
+            build = _dma_op if command.code == cmd0.NPU_OP_DMA_START.value else _block_op
             try:
-                stream.ops.append(_block_op(regs, len(stream.ops), command))
-            except CommandStreamError as exc:
+                stream.ops.append(build(regs, len(stream.ops), command))
+            except (CommandStreamError, ValueError, KeyError, IndexError) as exc:
+                # Register values no valid stream holds (an enum out of range, a field
+                # that indexes nothing): one line naming the command word, not a traceback.
                 raise CommandStreamError(f"word {command.offset} ({command.name}): {exc}") from exc
-        elif command.code == cmd0.NPU_OP_DMA_START.value:
-            stream.ops.append(_dma_op(regs, len(stream.ops), command))
         elif command.code == cmd0.NPU_OP_STOP.value:
             stream.stopped = True
             break

@@ -15,7 +15,9 @@ instead of lucky zeros.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from ai_edge_litert import schema_py_generated as schema
 from nirc.targets.ethos_u.sim import cmdstream, container
 from nirc.targets.ethos_u.sim.engine import Engine, OpTrace
 from nirc.targets.ethos_u.sim.memory import Memory, SimulationError
+from nirc.targets.ethos_u.sim.weights import WeightStreamError
 
 _GARBAGE_SEED = 0x5EED
 
@@ -56,7 +59,7 @@ def run_npu_call(
     capture: bool = False,
 ) -> list[OpTrace]:
     """Execute one ``ethos-u`` op: lay out its regions, run the stream, read its OFMs into ``values``."""
-    stream = stream or cmdstream.decode(call.command_stream)
+    stream = stream or decoded(call.command_stream)
     rng = np.random.default_rng(seed)
     io = [model.tensors[i] for i in (*call.ifms, *call.ofms)]
     separate_io = any(
@@ -91,7 +94,10 @@ def run_npu_call(
             regions[1][t.arena_offset : t.arena_offset + t.nbytes] = data
     memory = Memory(regions, shram_bytes=max(stream.config.shram_kib, 16) * 1024)
     engine = Engine(memory, stream.config.accelerator, capture=capture)
-    engine.run(stream.ops)
+    try:
+        engine.run(stream.ops)
+    except (SimulationError, WeightStreamError, ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+        raise _failed_at(call, stream, len(engine.trace), exc) from exc
     for k, index in enumerate(call.ofms):
         t = model.tensors[index]
         if separate_io:
@@ -104,24 +110,69 @@ def run_npu_call(
     return trace
 
 
-def _cpu_op_model(model: container.VelaModel, op: container.OpInfo) -> bytes:
-    """A one-operator TFLite model for a CPU-fallback op, with only the buffers it uses."""
+@functools.lru_cache(maxsize=8)
+def decoded(payload: bytes) -> cmdstream.CommandStream:
+    """Decode each command stream once when the same artifact runs on several inputs."""
+    return cmdstream.decode(payload)
+
+
+def _failed_at(call: container.NpuCall, stream: cmdstream.CommandStream, done: int, exc: Exception) -> SimulationError:
+    """One line naming the custom op, the NPU operation and its command word, whatever went wrong inside.
+
+    Why: a malformed stream (an address past its region, a length that does not fit
+    the shapes, a corrupted weight stream) must end as a validation failure that says
+    where, never as an internal error.
+    """
+    if done >= len(stream.ops):
+        return SimulationError(f"ethos-u op {call.op.index}: {exc}")
+    op = stream.ops[done]
+    where = f"op {op.index} ({op.name}, word {op.offset})"
+    text = str(exc) if isinstance(exc, SimulationError) else f"{type(exc).__name__}: {exc}"
+    for prefix in (where, f"op {op.index}"):  # the engine's own messages may name the op already
+        if text.startswith(prefix):
+            text = text[len(prefix) :].lstrip(": ")
+    return SimulationError(f"ethos-u op {call.op.index}, NPU {where}: {text}")
+
+
+def one_op_models(model: container.VelaModel, ops: Sequence[container.OpInfo]) -> dict[int, bytes]:
+    """One-operator TFLite models (by op index), each with only the tensors and buffers its op uses.
+
+    The flatbuffer is unpacked once for all of them (unpacking a model with megabytes
+    of weights per op would dominate a per-op run), and each keeps only its own
+    tensors: TFLite Micro plans arena memory for every tensor of a subgraph.
+    """
     obj = schema.ModelT.InitFromPackedBuf(model.data, 0)
     sg = obj.subgraphs[0]
-    op_t = sg.operators[op.index]
-    used = {i for i in (*op.inputs, *op.outputs) if i >= 0}
-    keep = {sg.tensors[i].buffer for i in used}
-    for b, buf in enumerate(obj.buffers):
-        if b not in keep:
-            buf.data = None
-    sg.operators = [op_t]
-    sg.inputs = [i for i in op.inputs if i >= 0 and model.tensors[i].data is None]
-    sg.outputs = list(op.outputs)
-    obj.metadata = None
-    obj.signatureDefs = None
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    models: dict[int, bytes] = {}
+    for op in ops:
+        used = list(dict.fromkeys(i for i in (*op.inputs, *op.outputs) if i >= 0))
+        remap = {old: new for new, old in enumerate(used)}
+        one = schema.ModelT()
+        one.version = obj.version
+        one.operatorCodes = obj.operatorCodes
+        one.buffers = [schema.BufferT()]
+        tensors = []
+        for old in used:
+            tensor = copy.copy(sg.tensors[old])
+            data = obj.buffers[tensor.buffer].data if 0 < tensor.buffer < len(obj.buffers) else None
+            buffer = schema.BufferT()
+            buffer.data = data
+            tensor.buffer = len(one.buffers)
+            one.buffers.append(buffer)
+            tensors.append(tensor)
+        operator = copy.copy(sg.operators[op.index])
+        operator.inputs = [remap[i] if i >= 0 else -1 for i in op.inputs]
+        operator.outputs = [remap[i] for i in op.outputs]
+        graph = schema.SubGraphT()
+        graph.tensors = tensors
+        graph.operators = [operator]
+        graph.inputs = [remap[i] for i in dict.fromkeys(op.inputs) if i >= 0 and model.tensors[i].data is None]
+        graph.outputs = [remap[i] for i in op.outputs]
+        one.subgraphs = [graph]
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(one.Pack(builder), file_identifier=b"TFL3")
+        models[op.index] = bytes(builder.Output())
+    return models
 
 
 def _run_litert(data: bytes, feeds: list[np.ndarray], kernels: str = "reference") -> list[np.ndarray]:
@@ -191,13 +242,13 @@ def run(
             result.traces.append(run_npu_call(model, call, values, seed=seed, capture=capture))
             continue
         feeds = []
-        for i in op.inputs:
+        for i in dict.fromkeys(op.inputs):  # an op reading one tensor twice has it once among the inputs
             if i >= 0 and model.tensors[i].data is None:
                 if i not in values:
                     raise SimulationError(f"op {op.index} ({op.opcode}): input {model.tensors[i].name!r} has no value")
                 feeds.append(values[i])
         try:
-            outs = _run_litert(_cpu_op_model(model, op), feeds, cpu_kernels)
+            outs = _run_litert(one_op_models(model, [op])[op.index], feeds, cpu_kernels)
         except (RuntimeError, ValueError) as exc:
             raise SimulationError(f"CPU op {op.index} ({op.opcode}) failed in LiteRT: {exc}") from exc
         for i, out in zip(op.outputs, outs, strict=True):
