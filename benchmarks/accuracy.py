@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "no-hw": {"no_hw_passes": True},
     "mse-w": {"weights": "mse"},
     "bc": {"bias_correction": True},
+    "cle": {"cle": True},
 }
+# Reference quantizers, run from their own venv by benchmarks/reference_int8.py (same ONNX, same samples).
+REFERENCES = ("tflite-converter", "onnx2tf")
+TRAINED = ("digits_cnn32", "mobilenetv1_digits32", "vgg19_digits32", "resnet50_digits32")
 ZOO = ("mobilenet_v2", "resnet18", "efficientnet_b0", "mobilenet_v3_large")
 ORDER = {
-    name: i for i, name in enumerate(("digits_cnn", "repvgg_narrow_64", "repvgg_a0_224", "repvgg_a0_224_nbn", *ZOO))
+    name: i
+    for i, name in enumerate(
+        ("digits_cnn", *TRAINED, "repvgg_narrow_64", "repvgg_a0_224", "repvgg_a0_224_nbn", *ZOO)
+    )
 }
+ALL_CONFIGS = (*CONFIGS, *REFERENCES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +100,17 @@ def cases(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
         found.append(
             Case("digits_cnn", digits, calib, val["input"], val["labels"], "trained, real held-out digits", 64)
         )
+    trained = Path(args.trained).expanduser()
+    for name in TRAINED:
+        path = trained / f"{name}.onnx"
+        if not path.exists():
+            skipped.append(f"{name}: not in {trained} (examples/train_small.py)")
+            continue
+        calib = np.load(trained / f"{name}_calib.npz")["input"][:16]
+        val = np.load(trained / f"{name}_val.npz")
+        found.append(
+            Case(name, path, calib, val["input"], val["labels"], "trained on sklearn digits at 32x32 (not CIFAR)", 8)
+        )
     fixture = ROOT / "tests" / "fixtures" / "accuracy" / "repvgg_narrow_64.onnx"
     found.append(
         Case("repvgg_narrow_64", fixture, _crops(16, 64, 7), _crops(16, 64, 8), None, "timm RepVGG blocks, training")
@@ -119,6 +139,9 @@ def cases(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
     if args.models:
         wanted = set(args.models.split(","))
         found = [c for c in found if c.name in wanted]
+    if args.val_count:
+        n = args.val_count
+        found = [replace(c, val=c.val[:n], labels=None if c.labels is None else c.labels[:n]) for c in found]
     return found, skipped
 
 
@@ -127,10 +150,12 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
 
     from nirc.backend import CalibrationOptions, emit, load_samples
     from nirc.pipeline import optimize
-    from nirc.validate import compare, run_tflite
+    from nirc.validate import check_output, run_tflite
     from nirc.verify import run_onnx
 
     options = dict(config)
+    if options.pop("cle", False):
+        options["passes"] = _with_cle()
     weights = options.pop("weights", "max")
     bias_correction = options.pop("bias_correction", False)
     model = onnx.load(str(case.model))
@@ -158,12 +183,17 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
     if tflite.data != result.int8_tflite:
         raise SystemExit(f"{case.name}: re-emitted int8 TFLite differs from optimize()'s")
     feeds = [{name: sample[None].astype(np.float32)} for sample in case.val]
-    checks = compare(result.model, tflite, feeds)
+    reference = run_onnx(result.model, feeds)  # once per configuration: SNR and top-1 from the same runs
+    produced = run_tflite(tflite, feeds)
+    checks = [
+        check_output(io, np.stack([run[i] for run in reference]), np.stack([run[i] for run in produced]))
+        for i, io in enumerate(tflite.outputs)
+    ]
     snr = min(c.snr_db for c in checks)
     top1_float = top1_int8 = agree = None
     if case.labels is not None or checks[0].top1_agreement is not None:
-        ref = np.concatenate([run[0] for run in run_onnx(result.model, feeds)])
-        out = np.concatenate([run[0] for run in run_tflite(tflite, feeds)])
+        ref = np.concatenate([run[0] for run in reference])
+        out = np.concatenate([run[0] for run in produced])
         agree = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
         if case.labels is not None:
             top1_float = float(np.mean(ref.argmax(-1) == case.labels))
@@ -202,6 +232,110 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
         "guard_n": guard.get("measurements"),
         "seconds": seconds,
         "npu": npu,
+    }
+
+
+def _with_cle() -> list[str]:
+    """The target's pipeline with equalize-cross-layer after the canonical passes (judged by the guard)."""
+    from nirc.plugin import load_registry
+
+    registry = load_registry()
+    target = registry.get_target("ethos-u65")
+    pipeline = registry.pipeline(target)
+    names = list(pipeline.names)
+    if "equalize-cross-layer" in names:
+        return names
+    first_hw = next(i for i, n in enumerate(names) if n in pipeline.hw_passes)
+    return [*names[:first_hw], "equalize-cross-layer", *names[first_hw:]]
+
+
+def _reference_tflite(case: Case, tool: str, refdir: Path, tf_python: Path | None, work: Path) -> Path | None:
+    """``refdir/<model>__<tool>.tflite``, made by reference_int8.py in the TF venv when missing."""
+    import onnx
+
+    path = refdir / f"{case.name}__{tool.replace('-', '_')}.tflite"
+    note = path.with_suffix(".json")
+    if not path.exists() and not note.exists() and tf_python is not None and tf_python.exists():
+        name = onnx.load(str(case.model), load_external_data=False).graph.input[0].name
+        calib = work / f"{case.name}_ref_calib.npz"
+        np.savez(calib, **{name: case.calib})
+        cmd = [str(tf_python), str(ROOT / "benchmarks" / "reference_int8.py"), str(case.model), str(calib),
+               str(refdir), "--name", case.name, "--tools", tool.replace("-", "_")]
+        log = refdir / f"{case.name}__{tool.replace('-', '_')}.log"
+        refdir.mkdir(parents=True, exist_ok=True)
+        with log.open("w", encoding="utf-8") as fh:
+            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, env=_nice_env())
+    return path if path.exists() else None
+
+
+def _nice_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def run_reference(data: bytes, samples: np.ndarray) -> np.ndarray:
+    """Run an int8 (or float-I/O) TFLite on NCHW samples: NHWC input, (de)quantized with its own parameters."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=data, num_threads=1,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    (out,) = interpreter.get_output_details()
+    results = []
+    for x in samples:
+        x = x[None].astype(np.float32)
+        if x.ndim == 4 and tuple(inp["shape"]) != x.shape:
+            x = x.transpose(0, 2, 3, 1)
+        if inp["dtype"] == np.int8:
+            scale, zp = inp["quantization"]
+            x = np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] == np.int8:
+            scale, zp = out["quantization"]
+            y = (y.astype(np.float32) - zp) * scale
+        results.append(y.reshape(1, -1))
+    return np.concatenate(results)
+
+
+def measure_reference(
+    case: Case, tool: str, refdir: Path, tf_python: Path | None, work: Path
+) -> dict[str, Any] | None:
+    from nirc.quant import snr_db
+    from nirc.verify import run_onnx
+
+    start = time.perf_counter()
+    path = _reference_tflite(case, tool, refdir, tf_python, work)
+    seconds = time.perf_counter() - start
+    if path is None:
+        return None
+    import onnx
+
+    name = onnx.load(str(case.model), load_external_data=False).graph.input[0].name
+    feeds = [{name: sample[None].astype(np.float32)} for sample in case.val]
+    ref = np.concatenate([run[0].reshape(1, -1) for run in run_onnx(onnx.load(str(case.model)), feeds)])
+    out = run_reference(path.read_bytes(), case.val)
+    top1_float = top1_int8 = None
+    if case.labels is not None:
+        top1_float = float(np.mean(ref.argmax(-1) == case.labels))
+        top1_int8 = float(np.mean(out.argmax(-1) == case.labels))
+    return {
+        "snr": snr_db(ref, out),
+        "agree": float(np.mean(ref.argmax(-1) == out.argmax(-1))),
+        "top1_float": top1_float,
+        "top1_int8": top1_int8,
+        "ms": None,
+        "refused": 0,
+        "fallback": 0,
+        "guard_s": None,
+        "guard_n": None,
+        "seconds": seconds,
+        "npu": None,
     }
 
 
@@ -293,6 +427,37 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def summary(rows: Sequence[tuple[str, str, str, dict[str, Any]]]) -> list[str]:
+    """Per model: nirc (defaults) against the better reference quantizer, and its top-1 drop."""
+    by_model: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, config, _, m in rows:
+        by_model.setdefault(name, {})[config] = m
+    out = [
+        "",
+        "## nirc against the reference quantizers",
+        "",
+        "| model | nirc SNR dB | best of nirc configs | TF converter | onnx2tf | nirc - better reference dB "
+        "| top-1 drop float->int8 (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, configs in by_model.items():
+        nirc = configs.get("nirc")
+        if nirc is None:
+            continue
+        refs = [configs[r]["snr"] for r in REFERENCES if r in configs]
+        best_cfg = max((c for c in configs if c not in REFERENCES), key=lambda c: configs[c]["snr"])
+        margin = f"{nirc['snr'] - max(refs):+.2f}" if refs else "-"
+        drop = "-"
+        if nirc["top1_float"] is not None:
+            drop = f"{100 * (nirc['top1_float'] - nirc['top1_int8']):+.1f}"
+        cells = [_fmt(configs.get(r, {}).get("snr"), ".2f") for r in REFERENCES]
+        out.append(
+            f"| {name} | {nirc['snr']:.2f} | {configs[best_cfg]['snr']:.2f} ({best_cfg}) | {' | '.join(cells)} "
+            f"| {margin} | {drop} |"
+        )
+    return out
+
+
 def write(rows: Sequence[tuple[str, str, str, dict[str, Any]]], skipped: Sequence[str], out: Path) -> None:
     lines = [
         "# int8 accuracy: nirc configurations (ethos-u65-256, Vela 5.2)",
@@ -317,11 +482,13 @@ def write(rows: Sequence[tuple[str, str, str, dict[str, Any]]], skipped: Sequenc
     for case_name, config, _, m in rows:
         top1 = "-" if m["top1_float"] is None else f"{m['top1_float']:.3f} / {m['top1_int8']:.3f}"
         guard = "-" if m["guard_n"] is None else f"{m['guard_n']} / {m['guard_s']:.1f}"
+        refused = "-" if config in REFERENCES else f"{m['refused']}/{m['fallback']}"
         lines.append(
             f"| {case_name} | {config} | {m['snr']:.2f} | {_fmt(m['agree'], '.2f')} | {top1} | {m.get('npu') or '-'} "
             f"| {_fmt(m['ms'], '.3f')} "
-            f"| {m['refused']}/{m['fallback']} | {guard} | {m['seconds']:.0f} |"
+            f"| {refused} | {guard} | {m['seconds']:.0f} |"
         )
+    lines += summary(rows)
     notes = {name: note for name, _, note, _ in rows}
     lines += ["", "Models: " + "; ".join(f"`{name}`: {note}" for name, note in notes.items()) + "."]
     skipped = [s for s in skipped if s.split(":")[0] not in notes]  # measured in an earlier run
@@ -335,10 +502,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.md")
     parser.add_argument("--models", help="comma-separated subset")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument(
+        "--configs", default=",".join(ALL_CONFIGS), help="comma-separated subset of " + ",".join(ALL_CONFIGS)
+    )
+    parser.add_argument("--trained", default="~/.cache/nirc-bench/trained", help="examples/train_small.py --outdir")
+    parser.add_argument(
+        "--references", default="~/.cache/nirc-bench/reference", help="reference int8 TFLites (made when missing)"
+    )
+    parser.add_argument(
+        "--tf-python", default="/work/tfenv/bin/python", help="python of the TF venv (benchmarks/reference_int8.py)"
+    )
     parser.add_argument("--zoo", default="/work/zoo_exports")
     parser.add_argument("--repvgg-a0", default="/tmp/repvgg_a0_224.onnx", help="export_repvgg.py --model repvgg_a0")
     parser.add_argument("--repvgg-a0-noise-bn", help="the same with --bn-data noise")
+    parser.add_argument("--val-count", type=int, help="score on the first N held-out samples only (big models)")
     parser.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs")
     parser.add_argument("--ptq-sweep", action="store_true", help="only the PTQ option sweep (accuracy_ptq.md)")
     parser.add_argument("--rewrite", action="store_true", help="rebuild the table from accuracy.jsonl, measure nothing")
@@ -361,10 +538,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case in found:
             for config in args.configs.split(","):
-                m = measure(case, CONFIGS[config], Path(tmp))
+                if config in REFERENCES:
+                    refdir = Path(args.references).expanduser()
+                    ref = measure_reference(case, config, refdir, Path(args.tf_python), Path(tmp))
+                    if ref is None:
+                        print(case.name, config, "not available (see", refdir, ")", flush=True)
+                        continue
+                    m = ref
+                else:
+                    m = measure(case, CONFIGS[config], Path(tmp))
                 rows[case.name, config] = (case.name, config, case.note, m)
                 print(case.name, config, m, flush=True)
-                ordered = sorted(rows.values(), key=lambda r: (ORDER.get(r[0], 99), r[0], list(CONFIGS).index(r[1])))
+                ordered = sorted(rows.values(), key=lambda r: (ORDER.get(r[0], 99), r[0], ALL_CONFIGS.index(r[1])))
                 log.write_text(
                     "".join(json.dumps({"model": a, "config": b, "note": c, "m": d}) + "\n" for a, b, c, d in ordered),
                     encoding="utf-8",
