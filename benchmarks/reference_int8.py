@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,8 +73,15 @@ def tflite_converter(model: Path, calib: np.ndarray) -> bytes:
 
 
 def onnx2tf(model: Path, calib: np.ndarray, input_name: str, work: Path) -> bytes:
+    # onnx2tf re-saves its input file in place (renamed ops, doc string dropped): give it a copy.
+    copy = work / model.name
+    shutil.copyfile(model, copy)
+    model = copy
     npy = work / "calib_nhwc.npy"
     np.save(npy, calib.transpose(0, 2, 3, 1).astype(np.float32))
+    # For 3-channel image inputs onnx2tf runs its own float checks on sample images it downloads unless a
+    # file of that name is in the working directory: give it the calibration samples instead (no network).
+    shutil.copyfile(npy, work / "calibration_image_sample_data_20x128x128x3_float32.npy")
     channels = calib.shape[1]
     mean = json.dumps([[[[0.0] * channels]]])
     std = json.dumps([[[[1.0] * channels]]])

@@ -24,7 +24,7 @@ builder's own graph (``build_models.MODELS[...]``, ``train_digits.to_onnx``) wit
 in by name; the script checks that every builder tensor was replaced and that ONNX Runtime matches PyTorch.
 
 Split: ``train_digits.load_split`` (seeded, stratified 70/30). Training: AdamW + one-cycle LR, random
-shifts of up to 2 pixels, 2-10 epochs (CPU-cheap; runs at ``nice 10``); everything seeded.
+shifts of up to 2 pixels, 1-10 epochs (CPU-cheap; runs at ``nice 10``); everything seeded.
 
 Output per model in ``--outdir`` (default ``~/.cache/nirc-bench/trained/``, not committed: ResNet50 is
 ~95 MB): ``<name>.onnx``, ``<name>_calib.npz`` (128 training images under the input name ``input``, a
@@ -65,8 +65,8 @@ DEFAULT_OUT_DIR = Path.home() / ".cache" / "nirc-bench" / "trained"
 MODELS: dict[str, tuple[str, int, int, int, float]] = {
     "digits_cnn32": ("digits", 1, 10, 32, 3e-3),
     "mobilenetv1_digits32": ("mobilenetv1_cifar100", 3, 5, 32, 3e-3),
-    "vgg19_digits32": ("vgg19_cifar100", 3, 3, 32, 1e-3),
-    "resnet50_digits32": ("resnet50_cifar100", 3, 2, 32, 2e-3),
+    "vgg19_digits32": ("vgg19_cifar100", 3, 2, 32, 1e-3),
+    "resnet50_digits32": ("resnet50_cifar100", 3, 1, 32, 2e-3),
 }
 
 
