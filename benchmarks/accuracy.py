@@ -25,8 +25,11 @@ Configurations (all ethos-u65, full pipeline unless said): ``nirc`` = defaults (
 0.5 dB); ``no-guard`` = ``--no-accuracy-guard`` (what nirc did before the guard); ``no-hw`` =
 ``--no-hw-passes``; ``mse-w`` = defaults + ``--weight-range mse``; ``bc`` = defaults +
 ``--bias-correction``. SNR is int8 (LiteRT) vs float (ORT) over the held-out samples, worst output.
-The TensorFlow Lite converter and onnx2tf columns are not produced: neither is installed in nirc's
-environment (``benchmarks/tf_reference.py`` compares with the TF converter in a separate venv).
+``no-cle`` = defaults without ``equalize-cross-layer``. ``tflite-converter`` and ``onnx2tf``: the
+reference quantizers on the same ONNX and the same calibration samples, made by
+``benchmarks/reference_int8.py`` in a separate TensorFlow venv (``--tf-python``; cached in ``--references``).
+The trained ``*_digits32`` models come from ``examples/train_small.py`` (``--trained``): held-out top-1 on
+539 real digits (*not* CIFAR-100).
 """
 
 from __future__ import annotations
@@ -323,22 +326,31 @@ def measure_reference(
     }
 
 
-def ptq_sweep(cases: Sequence[Case], out: Path) -> None:
-    """Held-out int8 SNR of each model's canonical float graph (no hardware passes, no Vela) for every
-    combination of activation range method, weight range and bias correction: which PTQ option to trust."""
-    import onnx
-
-    from nirc.backend import emit
+def _canonical(case: Case) -> tuple[Any, Any, list[dict[str, np.ndarray]]]:
+    """The case's model after nirc's canonical passes (no guard, so no measured rewrites), its calibration
+    set and its held-out feeds."""
     from nirc.ir import IRModel
     from nirc.pass_base import PassContext
     from nirc.pass_manager import PassManager
     from nirc.pipeline import select_passes
     from nirc.plugin import load_registry
     from nirc.quant import CalibrationSet
-    from nirc.validate import compare
 
     registry = load_registry()
     target = registry.get_target("ethos-u65")
+    model = IRModel.load(case.model)
+    PassManager(select_passes(registry, target, no_hw_passes=True)).run(model, PassContext(target=target))
+    name = model.to_proto().graph.input[0].name
+    calib = CalibrationSet(tuple({name: x[None].astype(np.float32)} for x in case.calib), False, case.name)
+    return model, calib, [{name: x[None].astype(np.float32)} for x in case.val]
+
+
+def ptq_sweep(cases: Sequence[Case], out: Path) -> None:
+    """Held-out int8 SNR of each model's canonical float graph (no hardware passes, no Vela) for every
+    combination of activation range method, weight range and bias correction: which PTQ option to trust."""
+    from nirc.backend import emit
+    from nirc.validate import compare
+
     combos = [(m, w, b) for m in ("minmax", "percentile", "mse") for w in ("max", "mse") for b in (False, True)]
     lines = [
         "# PTQ options: held-out int8 SNR (dB) per activation range method, weight range and bias correction",
@@ -351,12 +363,8 @@ def ptq_sweep(cases: Sequence[Case], out: Path) -> None:
         "|---|" + "---|" * len(combos),
     ]
     for case in cases:
-        model = IRModel.load(case.model)
-        PassManager(select_passes(registry, target, no_hw_passes=True)).run(model, PassContext(target=target))
-        proto: onnx.ModelProto = model.to_proto()
-        name = proto.graph.input[0].name
-        calib = CalibrationSet(tuple({name: x[None].astype(np.float32)} for x in case.calib), False, case.name)
-        feeds = [{name: x[None].astype(np.float32)} for x in case.val]
+        model, calib, feeds = _canonical(case)
+        proto = model.to_proto()
         row = []
         for method, weights, bc in combos:
             tflite = emit(proto, dtype="int8", calib=calib, method=method, weights=weights, bias_correction=bc).tflite
@@ -376,10 +384,7 @@ def cle_sweep(cases: Sequence[Case], out: Path) -> None:
 
     from nirc.accuracy import AccuracyGuard
     from nirc.backend import emit
-    from nirc.ir import IRModel
     from nirc.pass_base import PassContext
-    from nirc.pass_manager import PassManager
-    from nirc.pipeline import select_passes
     from nirc.plugin import load_registry
     from nirc.quant import CalibrationSet
     from nirc.validate import compare
@@ -399,12 +404,8 @@ def cle_sweep(cases: Sequence[Case], out: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
-        model = IRModel.load(case.model)
-        PassManager(select_passes(registry, target, no_hw_passes=True)).run(model, PassContext(target=target))
-        before: onnx.ModelProto = model.to_proto()
-        name = before.graph.input[0].name
-        calib = CalibrationSet(tuple({name: x[None].astype(np.float32)} for x in case.calib), False, case.name)
-        feeds = [{name: x[None].astype(np.float32)} for x in case.val]
+        model, calib, feeds = _canonical(case)
+        before = model.to_proto()
         ctx = PassContext(target=target, calibration=calib)
         changed = EqualizeCrossLayerPass(mode="always").run(model, ctx)
         after: onnx.ModelProto = model.to_proto()
@@ -515,8 +516,10 @@ def write(rows: Sequence[tuple[str, str, str, dict[str, Any]]], skipped: Sequenc
         "`NPU = int8`: held-out inputs on which Vela's compiled command stream, run in nirc's NPU functional "
         "model, equals LiteRT on the int8 TFLite bit for bit (there the NPU's top-1 is the int8 top-1). "
         "`guard` = rewrites the guard refused (r) or replaced by their accuracy-preferred fallback (f), and the "
-        "int8 measurements it made / their seconds. TensorFlow Lite converter and onnx2tf columns: not installed "
-        "in this environment (see `benchmarks/tf_reference.py` for the TF converter on the seed models).",
+        "int8 measurements it made / their seconds. `no-cle` = defaults with `--skip-pass equalize-cross-layer`. "
+        "`tflite-converter` / `onnx2tf` = the reference quantizers on the same ONNX and the same 16 calibration "
+        "samples (`benchmarks/reference_int8.py` in a TensorFlow 2.21 venv; per-channel weights, int8 I/O), "
+        "scored the same way (LiteRT builtin kernels vs ORT on the original model).",
         "",
         "| model | config | int8 SNR dB | agree | top-1 float / int8 | NPU = int8 | Vela ms | guard r/f | guard n / s "
         "| compile s |",
