@@ -13,11 +13,11 @@ from nirc.quant import CalibrationSet
 ALWAYS = EqualizeCrossLayerPass(mode="always")
 
 
-def _separable(act: str = "Relu", extra_reader: bool = False) -> object:
+def _separable(act: str = "Relu", extra_reader: bool = False, decades: float = 1.0) -> object:
     """stem conv -> act -> depthwise -> act -> pointwise -> act -> GAP -> Flatten -> Gemm, with channel ranges
     that differ by 100x across the depthwise channels (what trained MobileNets look like)."""
     rng = np.random.default_rng(0)
-    spread = np.logspace(-1, 1, 8).astype(np.float32)  # per-channel ranges 0.1 .. 10
+    spread = np.logspace(-decades, decades, 8).astype(np.float32)  # per-channel ranges 0.1 .. 10 by default
     inits: dict[str, np.ndarray] = {
         "w0": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
         "b0": rng.standard_normal(8).astype(np.float32) * 0.1,
@@ -114,6 +114,20 @@ def test_measured_mode_keeps_only_an_int8_gain() -> None:
     # Equalising a 100x channel spread under a per-tensor activation scale is a real int8 gain.
     assert changed, verdict
     assert_same_function(proto, model.to_proto(), rtol=1e-4, atol=1e-5)
+
+
+def test_measured_mode_refuses_an_int8_loss() -> None:
+    """A mild channel spread (2x each way): equalising costs this model int8 SNR, so the model stays as it was."""
+    proto = _separable(decades=0.3)
+    model = IRModel.load(proto)
+    ctx = PassContext(accuracy=_guard())
+    assert not EqualizeCrossLayerPass().run(model, ctx)
+    (decision,) = ctx.decisions
+    assert not decision["accuracy_guard"]["kept"]
+    assert decision["accuracy_guard"]["snr_drop_db"] > 0
+    assert ctx.stats["accuracy_guard.reverted"] == 1
+    after = {i.name: i for i in model.to_proto().graph.initializer}
+    assert all(after[i.name] == i for i in proto.graph.initializer)  # type: ignore[attr-defined]
 
 
 def test_bad_options() -> None:
