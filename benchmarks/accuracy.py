@@ -435,17 +435,18 @@ NOTES = """
   networks (the `examples/build_models.py` graphs, 10-class head) and the digits CNN on scikit-learn's real
   handwritten digits upscaled to 32x32 -- *not* CIFAR-100 -- and scores on 539 held-out digits. Float top-1:
   digits CNN 99.6% (10 epochs), MobileNetV1 94.4% (5), VGG19 97.2% (2), ResNet50 30.1% (1 epoch: undertrained,
-  the shared CPU allowed no more in this session; scored on its first 100 held-out digits if a row exists).
+  the shared CPU allowed no more in this session; its row is scored on the first 100 held-out digits only).
   Top-1 drop float -> int8 with nirc's defaults: digits CNN 32x32 +0.2 points, MobileNetV1 -0.2 (int8 one
-  digit better), VGG19 0.0, 8x8 digits CNN 0.0: within the 0.5-point target. The NPU command stream equals
+  digit better), VGG19 0.0, ResNet50 0.0, 8x8 digits CNN 0.0: within the 0.5-point target. The NPU command stream equals
   LiteRT's int8 output bit for bit on the checked held-out digits (`NPU = int8`), so NPU top-1 = int8 top-1.
 * **Reference quantizers.** The TensorFlow Lite converter (TF 2.21, full-integer PTQ) and onnx2tf (1.28.8,
   `-oiqt`, per-channel) get the same ONNX and the same 16 calibration samples. nirc minus the better of them:
-  trained digits CNN 32x32 +1.29 dB, MobileNetV1 +0.42, VGG19 -0.00 (29.500 vs 29.502), 8x8 digits CNN
-  -0.18; zoo models (random weights, N(0,1) data) MobileNetV2 +0.18, ResNet18 +0.32, EfficientNet-B0 +0.68,
-  MobileNetV3-large -0.32 (its hardware passes cost 0.5 dB, inside the guard's tolerance; `no-hw` is +0.19).
-  So the issue's targets are **not met**: nirc is level with or ahead of the references on 7 of 9 models,
-  slightly behind on two, and +0.22 dB on average on the real architectures, not +2 dB. Without
+  trained digits CNN 32x32 +1.29 dB, MobileNetV1 +0.42, ResNet50 +0.08, VGG19 -0.00 (29.500 vs 29.502),
+  8x8 digits CNN -0.18; zoo models (random weights, N(0,1) data) MobileNetV2 +0.18, ResNet18 +0.32,
+  EfficientNet-B0 +0.68, MobileNetV3-large -0.32 (its hardware passes cost 0.5 dB, inside the guard's
+  tolerance; `no-hw` is +0.19).
+  So the issue's SNR targets are **not met**: nirc is ahead of the better reference on 6 of 9 models, level
+  on VGG19, behind on two, and +0.22 dB on average on the real architectures, not +2 dB. Without
   equalisation nirc's int8 is level with both (the same per-channel min/max scheme); the margins come from
   `equalize-cross-layer`. `--bias-correction` is the bigger lever on trained models (+2.3 to +3.1 dB on the
   digits CNNs, +0.1 on MobileNetV1) but stays opt-in (it costs RepVGG and MobileNetV2, `accuracy_ptq.md`).
@@ -495,7 +496,8 @@ NOTES = """
 * **Zoo models vs the issue's figures**: without hardware passes we measure MobileNetV2 13.6, EfficientNet-B0
   14.5, MobileNetV3-large 12.7, ResNet18 27.9 dB (issue: 13.4 / 13.7 / 11.4 / 28.4). The default pipeline is
   within the guard's tolerance of those on held-out data (-0.5 to +0.5 dB) and faster.
-* **Not measured**: AdaRound (not implemented), 16-bit activations (another branch), a well-trained ResNet50.
+* **Not measured**: AdaRound (not implemented), 16-bit activations (another branch), a well-trained ResNet50
+  (the recipe's default is 1 epoch; `--epochs` raises it).
   Rows of the zoo models and RepVGG were measured before `equalize-cross-layer` became a default.
 """
 
