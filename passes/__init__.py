@@ -15,6 +15,7 @@ from nirc.passes.eliminate_channel_shuffle import EliminateChannelShufflePass
 from nirc.passes.eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from nirc.passes.eliminate_dead_code import EliminateDeadCodePass
 from nirc.passes.eliminate_identity import EliminateIdentityPass
+from nirc.passes.equalize_cross_layer import EqualizeCrossLayerPass
 from nirc.passes.fold_constants import FoldConstantsPass
 from nirc.passes.fold_pad import FoldPadPass
 from nirc.passes.fuse_affine import FuseAffinePass
@@ -68,6 +69,7 @@ BUILTIN_PASSES = (
     LegalizeResizePass,
     ApproximateGeluPass,
     DecomposeStridedConvPass,
+    EqualizeCrossLayerPass,
     SubstituteBlocksPass,
     TileActivationsPass,
     ScheduleMemoryPass,

@@ -40,6 +40,7 @@ CANONICAL_PIPELINE: tuple[str, ...] = (
     "legalize-resize",
     "fuse-affine",  # again: folds LayerNorm affines, biases and layer scales into the new 1x1 convs
     "decompose-strided-conv",  # after fuse-affine: a Slice between conv and affine would block folding
+    "equalize-cross-layer",  # on the final convs; with --calib only, kept only if int8 SNR rises (else inert)
 )
 HW_PIPELINE: tuple[str, ...] = (
     "substitute-blocks",  # rewrites a block only when Vela says its replacement is faster

@@ -131,8 +131,9 @@ def test_default_pipeline_cleans_up_an_exporter_style_graph() -> None:
                      "legalize-resize", "decompose-strided-conv"}  # fmt: skip
     # tile-activations needs an arena (a target or arena_size) to compare live bytes against.
     # merge-slices: the graph slices nothing (tests/passes/test_merge_slices.py covers it).
+    # equalize-cross-layer keeps its rewrite only when int8 accuracy, measured on --calib data, rises: none here.
     unchanged = {"eliminate-dead-code", "pad-channels", "tile-activations", "substitute-blocks", "merge-slices",
-                 "decompose-hard-sigmoid", *legalizations}  # fmt: skip
+                 "decompose-hard-sigmoid", "equalize-cross-layer", *legalizations}  # fmt: skip
     assert changed == {r.name for r in records} - unchanged, changed
     # c1 and c1b merge (CSE); bn1 follows an Add read twice, so it becomes Mul+Add.
     assert ops(model) == {
