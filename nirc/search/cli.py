@@ -37,7 +37,8 @@ def _floats(text: str) -> list[float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help=TARGET_HELP)
-    p.add_argument("--task", choices=("classification", "detection"), default="classification")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="what the candidates do: classification heads or YOLO-style detectors (default classification)")
     p.add_argument("--input-size", type=int, default=None,
                    help="the images' size; candidates use it and x0.75, x0.5 (default 224; detection 640)")
     p.add_argument("--latency-ms", type=float, default=None, help="budget: Vela's estimated inference time")
