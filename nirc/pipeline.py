@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-NPU_CHECK_SAMPLES = 2
-"""Inputs a TOSA-form artifact is executed on (the TOSA reference model is slow); TFLite: ``npu_samples``."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +335,7 @@ def _optimize(
             if opts.validate_npu != "none" and tosa is not None:
                 progress("executing the compiled NPU model against the TOSA reference model")
                 validation["npu"] = route.check_compiled(
-                    vela_path, emitted.tflite, tosa, calib.samples[:NPU_CHECK_SAMPLES], warnings
+                    vela_path, emitted.tflite, tosa, calib.samples[: opts.npu_samples], warnings
                 )
             elif opts.validate_npu != "none":
                 from nirc.targets.ethos_u.npu_check import check_npu_artifact

@@ -208,12 +208,17 @@ def test_lossy_prune_is_measured_against_the_original(tmp_path: Path, capsys: py
 
 
 def test_compiled_npu_model_is_executed(example_run: tuple[Path, dict[str, object]]) -> None:
-    """Vela's output runs in the functional model and matches TFLite Micro on the int8 TFLite, bit for bit."""
+    """Vela's output runs in the functional model and matches its reference bit for bit on 8 inputs.
+
+    Under ``--npu-format auto`` tiny_cnn compiles in TOSA form, so the reference is the TOSA reference model;
+    the TFLite form's intermediate-tensor comparison is covered by tests/targets/ethos_u/sim.
+    """
     out, report = example_run
     npu = report["validation"]["npu"]  # type: ignore[index]
     assert npu["method"] == "sim" and npu["samples"] == 8 and npu["bit_exact_samples"] == 8
-    assert npu["bit_exact"] and npu["max_abs_diff_lsb"] == 0 and not npu["unexplained"]
-    assert npu["details"]["intermediates"]["compared"] > 8 and npu["details"]["intermediates"]["differing"] == 0
+    assert npu["bit_exact"] and npu["max_abs_diff_lsb"] == 0 and not npu.get("unexplained")
+    if npu.get("reference") != "tosa":
+        assert npu["details"]["intermediates"]["compared"] > 8 and npu["details"]["intermediates"]["differing"] == 0
     vela, int8 = out / "tiny_cnn_vela.tflite", out / "tiny_cnn_int8.tflite"
     assert main(["validate", str(vela), str(int8), "--samples", "2"]) == 0
 
