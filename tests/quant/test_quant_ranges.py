@@ -213,7 +213,7 @@ def test_the_callers_model_is_not_modified() -> None:
 
 
 def test_tile_copies_share_one_range() -> None:
-    """tile-activations' copies of one tensor (``T/tile<i>[_<j>]``) get the union of their ranges; others keep theirs."""
+    """tile-activations' copies of a tensor (``T/tile<i>[_<j>]``) get the union of their ranges; others keep theirs."""
     from nirc.quant.ranges import share_tile_ranges
 
     ranges = {
