@@ -14,6 +14,7 @@ import onnx
 
 from nirc.options import CalibrationOptions as CalibrationOptions  # where it lived before nirc.options
 from nirc.quant import CalibrationSet, RangeMethod, collect_ranges, load_calibration
+from nirc.quant.ranges import share_tile_ranges
 from nirc.tflite import TFLiteModel, check_supported, emit_tflite
 from nirc.tflite.quantize import WEIGHT_RANGE, WeightRange
 from nirc.validate import OutputCheck, compare
@@ -63,7 +64,7 @@ def emit(
     if dtype == "int8":
         if calib is None:
             raise ValueError("int8 emission needs calibration samples")
-        ranges = collect_ranges(proto, calib, method=method)
+        ranges = share_tile_ranges(collect_ranges(proto, calib, method=method))
     token = WEIGHT_RANGE.set(weights)
     try:
         if dtype == "int8" and bias_correction and calib is not None:

@@ -33,6 +33,7 @@ from nirc.passes.pad_channels import PadChannelsPass
 from nirc.passes.propagate_transposes import PropagateTransposesPass
 from nirc.passes.prune_channels import PruneChannelsPass
 from nirc.passes.schedule_memory import ScheduleMemoryPass
+from nirc.passes.stage_inputs import StageInputsPass
 from nirc.passes.substitute_blocks import SubstituteBlocksPass
 from nirc.passes.tile_activations import TileActivationsPass
 
@@ -71,6 +72,7 @@ BUILTIN_PASSES = (
     DecomposeStridedConvPass,
     EqualizeCrossLayerPass,
     SubstituteBlocksPass,
+    StageInputsPass,
     TileActivationsPass,
     ScheduleMemoryPass,
 )

@@ -188,6 +188,24 @@ def per_channel(value: np.ndarray, shape: Sequence[int], axis: int = 1) -> np.nd
     return np.broadcast_to(vector, (shape[axis],)).copy() if vector.size == 1 else vector.copy()
 
 
+def identity_copy(namer: Namer, src: gs.Tensor, base: str) -> tuple[gs.Node, gs.Variable]:
+    """A node writing a copy of ``src``: ``LeakyRelu(alpha=1)``, the identity.
+
+    Vela runs it as an elementwise lookup table that streams the map (the int8 emitter
+    ties its input and output parameters, so the table is the identity): the cheap way
+    to get a few-channel image from DRAM into SRAM (a 1x1 MaxPool reads it as slowly as
+    a conv does). See stage-inputs and tile-activations' staging.
+    """
+    out = gs.Variable(namer.fresh(f"{base}/staged"), dtype=src.dtype, shape=src.shape)
+    node = gs.Node("LeakyRelu", namer.fresh(f"{base}/stage"), attrs={"alpha": 1.0}, inputs=[src], outputs=[out])
+    return node, out
+
+
+def is_identity_copy(node: gs.Node) -> bool:
+    """Whether ``node`` is an :func:`identity_copy`."""
+    return node.op == "LeakyRelu" and float(node.attrs.get("alpha", 0.01)) == 1.0
+
+
 class Namer:
     """Fresh tensor and node names: graphsurgeon exports duplicates silently, ONNX rejects them."""
 

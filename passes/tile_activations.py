@@ -280,8 +280,8 @@ class TileActivationsPass(Pass):
     at one of the three cuts after it; a third of ``max_trials`` costs them
     tiled 2x1 with Vela, the two cheapest then get every tile grid up to
     ``max_tiles`` along height, width or both, with and without staging the
-    graph input through an on-chip copy (a 1x1 MaxPool: the identity, so the
-    tile reads the copy instead of re-reading DRAM). The cheapest plan is kept
+    graph input through one on-chip copy (an identity lookup table, see
+    ``_rewrite.identity_copy``: the tiles slice the copy instead of re-reading DRAM). The cheapest plan is kept
     only if Vela's estimated cycles drop, otherwise the model is left
     unchanged; then the next span, for at most ``max_rounds`` rounds.
     With ``window`` (the default) the trials are ranked by Vela's cost of the

@@ -146,8 +146,8 @@ NAME = "collapse-idempotent-activations"
         ({"after": "canonicalize-activations"}, ("canonicalize-activations", "collapse-reshapes"), "canonical"),
         ({"before": "pad-channels"}, ("substitute-blocks", "pad-channels"), "hardware"),
         ({"after": "fuse-affine"}, ("fuse-affine", "decompose-strided-conv"), "canonical"),  # the last fuse-affine
-        ({"stage": "canonical"}, ("decompose-strided-conv", "substitute-blocks"), "canonical"),
-        ({"stage": "hardware"}, ("tile-activations", None), "hardware"),
+        ({"stage": "canonical"}, ("equalize-cross-layer", "substitute-blocks"), "canonical"),
+        ({"stage": "hardware"}, ("stage-inputs", None), "hardware"),
     ],
 )
 def test_plugin_pass_joins_the_default_pipeline(

@@ -11,6 +11,7 @@ exactly the graph nirc will emit, and repeated runs give identical numbers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
@@ -84,6 +85,33 @@ def collect_ranges(
     if method == "percentile":
         return {name: percentile_range(hists[name], percentile) for name in runner.float_tensors}
     return {name: mse_range(hists[name]) for name in runner.float_tensors}
+
+
+#: How tile-activations names a region tensor's copy in tile (i) or (i, j): ``<tensor>/tile<i>[_<j>]``.
+_TILE_COPY = re.compile(r"^(?P<base>.+)/tile\d+(?:_\d+)?$")
+
+
+def share_tile_ranges(ranges: Mapping[str, Range]) -> dict[str, Range]:
+    """Give every tile's copy of a tensor the range of all its copies together.
+
+    Each copy holds part of one tensor of the untiled model (tile-activations), so the
+    union of their ranges is that tensor's range (min/max: exactly; the other methods:
+    the union of per-tile results). With one range per tensor the tiles compute the
+    untiled model's int8 codes, and the Concat that joins them does not requantize:
+    tiling stays exact in int8, instead of each tile rounding on its own scale.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in ranges:
+        match = _TILE_COPY.match(name)
+        if match:
+            groups.setdefault(match["base"], []).append(name)
+    shared = dict(ranges)
+    for names in groups.values():
+        if len(names) > 1:
+            lo = min(ranges[n][0] for n in names)
+            hi = max(ranges[n][1] for n in names)
+            shared.update(dict.fromkeys(names, (lo, hi)))
+    return shared
 
 
 class _Runner:

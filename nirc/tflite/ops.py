@@ -92,7 +92,7 @@ LOWERINGS: dict[str, OpRule[Emitter]] = {
     "ReduceMean": OpRule(ops_pool.lower_reduce_mean, check=ops_pool.check_reduce_mean),
     "Relu": OpRule(ops_act.lower_relu),
     "Clip": OpRule(ops_act.lower_clip, check=ops_act.check_clip, ties=ops_act.clip_ties),
-    "LeakyRelu": OpRule(ops_act.lower_leaky_relu),
+    "LeakyRelu": OpRule(ops_act.lower_leaky_relu, ties=ops_act.leaky_ties),
     "Sigmoid": OpRule(ops_act.lower_sigmoid, fixed=ops_act.sigmoid_fixed),
     "Tanh": OpRule(ops_act.lower_tanh, fixed=ops_act.tanh_fixed),
     "HardSwish": OpRule(ops_act.lower_hard_swish),

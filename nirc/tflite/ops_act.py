@@ -89,6 +89,11 @@ def lower_clip(em: Emitter, node: onnx.NodeProto) -> None:
         current = out
 
 
+def leaky_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
+    """``LeakyRelu(alpha=1)`` is the identity (stage-inputs' copy): one set of int8 parameters, an identity LUT."""
+    return [node.input[0], node.output[0]] if attr_float(node, "alpha", 0.01) == 1.0 else []
+
+
 def lower_leaky_relu(em: Emitter, node: onnx.NodeProto) -> None:
     alpha = attr_float(node, "alpha", 0.01)
     _unary(em, node, Op.LEAKY_RELU, Options("LeakyReluOptions", (("Alpha", alpha),)))

@@ -47,6 +47,7 @@ HW_PIPELINE: tuple[str, ...] = (
     "pad-channels",  # costs each candidate with Vela: keeps only paddings that lower the estimate
     "schedule-memory",  # branch order (Vela follows swapped Add inputs) before tiling is costed on it
     "tile-activations",  # only where live activations exceed the arena; kept only if Vela's estimate drops
+    "stage-inputs",  # last: staging first steered tiling to a worse plan (tinynet_a 11.81 vs 11.76 ms)
 )
 
 # ofm micro-block depth per MAC count (Vela ArchitectureConfig.ofm_ublock.depth).

@@ -124,7 +124,7 @@ def test_default_pipeline_cleans_up_an_exporter_style_graph() -> None:
     model = IRModel.load(proto)
     records = _manager().run(model)
     changed = {r.name for r in records if r.changed}
-    # pad-channels costs candidates on a target; this manager runs without one, so it keeps the model.
+    # pad-channels and stage-inputs cost candidates on a target; this manager runs without one: no change.
     # The NPU legalizations have nothing to legalize here (no normalization, large pool/stride, odd resize).
     legalizations = {"decompose-layernorm", "legalize-l2-normalize", "legalize-rsqrt", "propagate-transposes",
                      "legalize-channel-shuffle", "decompose-pooling", "legalize-reduce-sum", "legalize-reduce-mean",
@@ -132,8 +132,8 @@ def test_default_pipeline_cleans_up_an_exporter_style_graph() -> None:
     # tile-activations needs an arena (a target or arena_size) to compare live bytes against.
     # merge-slices: the graph slices nothing (tests/passes/test_merge_slices.py covers it).
     # equalize-cross-layer keeps its rewrite only when int8 accuracy, measured on --calib data, rises: none here.
-    unchanged = {"eliminate-dead-code", "pad-channels", "tile-activations", "substitute-blocks", "merge-slices",
-                 "decompose-hard-sigmoid", "equalize-cross-layer", *legalizations}  # fmt: skip
+    unchanged = {"eliminate-dead-code", "pad-channels", "stage-inputs", "tile-activations", "substitute-blocks",
+                 "merge-slices", "decompose-hard-sigmoid", "equalize-cross-layer", *legalizations}  # fmt: skip
     assert changed == {r.name for r in records} - unchanged, changed
     # c1 and c1b merge (CSE); bn1 follows an Add read twice, so it becomes Mul+Add.
     assert ops(model) == {

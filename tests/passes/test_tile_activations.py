@@ -155,8 +155,35 @@ g (float[1,4,24,24] x) => (float[1,8,12,12] y, float[1,8,24,24] s) {
                    w3=_w(8, 8, 1, 1, seed=4))  # fmt: skip
     for spec in (TileSpec(2, 1), TileSpec(3, 3)):
         after = _tile_all(before, spec, stage=("x",))
-        assert ops(after)["MaxPool"] == spec.count  # one staging copy per tile
+        assert ops(after)["LeakyRelu"] == 1  # one staging copy, sliced by every tile
         assert_same_function(before, after, rtol=1e-4, atol=1e-4)
+
+
+def test_tiled_int8_equals_untiled_int8() -> None:
+    """Every tile's copy of a tensor gets that tensor's int8 range (share_tile_ranges), so the tiled
+    model computes the untiled model's int8 codes: LiteRT's outputs are equal element for element."""
+    from nirc.backend import emit, input_shapes
+    from nirc.quant import load_calibration
+    from nirc.validate import run_tflite
+
+    text = (
+        HEADER
+        + """
+g (float[1,3,40,36] x) => (float[1,8,20,18] y) {
+  c = Conv <pads=[1,1,1,1], strides=[2,2]> (x, w0)
+  s = Sigmoid (c)
+  m = Mul (c, s)
+  y = Conv <group=8, pads=[1,1,1,1]> (m, w1)
+}
+"""
+    )
+    before = IRModel.load(parse(text, w0=_w(8, 3, 3, 3, seed=5), w1=_w(8, 1, 3, 3, seed=6))).to_proto()
+    calib = load_calibration(None, input_shapes(before), count=4)
+    plain = emit(before, dtype="int8", calib=calib).tflite
+    for spec in (TileSpec(2, 1), TileSpec(3, 2)):
+        tiled = emit(_tile_all(before, spec, stage=("x",)), dtype="int8", calib=calib).tflite
+        for a, b in zip(run_tflite(plain, calib.samples), run_tflite(tiled, calib.samples), strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
 
 
 def test_c2f_split_bottleneck_concat() -> None:

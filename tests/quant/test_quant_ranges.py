@@ -210,3 +210,23 @@ def test_the_callers_model_is_not_modified() -> None:
     before = model.SerializeToString()
     collect_ranges(model, _samples(_normal(1)), method="mse")
     assert model.SerializeToString() == before
+
+
+def test_tile_copies_share_one_range() -> None:
+    """tile-activations' copies of a tensor (``T/tile<i>[_<j>]``) get the union of their ranges; others keep theirs."""
+    from nirc.quant.ranges import share_tile_ranges
+
+    ranges = {
+        "c/tile0": (-1.0, 2.0),
+        "c/tile1": (-3.0, 1.0),
+        "d/tile0_1": (0.0, 4.0),
+        "d/tile1_0": (0.0, 5.0),
+        "e/tile0": (-0.5, 0.5),  # one copy: nothing to share
+        "c": (-9.0, 9.0),
+        "x/tile0/staged": (-2.0, 2.0),  # not a tile copy's own name
+    }
+    shared = share_tile_ranges(ranges)
+    assert shared["c/tile0"] == shared["c/tile1"] == (-3.0, 2.0)
+    assert shared["d/tile0_1"] == shared["d/tile1_0"] == (0.0, 5.0)
+    for name in ("e/tile0", "c", "x/tile0/staged"):
+        assert shared[name] == ranges[name]
