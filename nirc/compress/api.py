@@ -109,6 +109,7 @@ class CompressResult:
         config: unit id -> level.
         search: what the search did (probes, evaluations, rounds, predicted vs measured).
         samples: calibration samples used to fit and to evaluate; ``labelled`` when top-1 is real accuracy.
+        unrecovered_model: the chosen configuration without reconstruction (for comparisons).
     """
 
     model: onnx.ModelProto
@@ -121,6 +122,7 @@ class CompressResult:
     config: dict[str, int]
     search: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, Any] = field(default_factory=dict)
+    unrecovered_model: onnx.ModelProto | None = field(default=None, repr=False)
 
     def reached(self) -> float:
         """The budget's quantity the result reached (ms, MiB or speedup)."""
@@ -241,6 +243,7 @@ def compress(
     samples: int = 256,
     holdout: float = 0.25,
     methods: Sequence[Method] = METHODS,
+    ratios: Sequence[float] = plan.RATIOS,
     criterion: prune.Criterion = "activation",
     align: int | None = None,
     rounds: int = 4,
@@ -256,6 +259,7 @@ def compress(
             a ``labels`` array also gives top-1 accuracy. Required: compressing on noise is meaningless.
         samples: calibration samples to use; ``holdout`` of them are never fitted on and measure the error.
         methods: ``prune`` and/or ``lowrank``.
+        ratios: the levels each unit is measured and searched at (share of channels or parameters removed).
         criterion: channel importance for pruning.
         align: channel/rank granule (default: the target's brick).
         rounds: Vela checks of the plan before giving up on the budget.
@@ -299,13 +303,13 @@ def compress(
 
     original = _measure(proto, tgt, held, reference, labels)
     goal = budget.goal(original.latency_ms) if budget.metric == "latency" else budget.goal(0.0)
-    units = plan.find_units(model, align, methods)
+    units = plan.find_units(model, align, methods, ratios)
     progress(f"{len(units)} compressible units; measuring costs with Vela")
     measure = search.vela_cycles(tgt) if budget.metric == "latency" else search.weight_bytes
     table = search.cost_table(proto, units, measure, align, progress)
     scale = original.cycles / original.latency_ms if budget.metric == "latency" else float(MIB)
     progress("measuring sensitivities on calibration data")
-    sens = search.sensitivity(proto, units, ref, held[:64], align=align, criterion=criterion, progress=progress)
+    sens = search.sensitivity(proto, units, ref, held[:32], align=align, criterion=criterion, progress=progress)
 
     config: dict[str, int] = {}
     goal_units = goal * scale
@@ -358,6 +362,7 @@ def compress(
             "align": align,
         },
         samples={"fit": len(fit), "held_out": len(held), "source": calibration.source, "labelled": labels is not None},
+        unrecovered_model=unrecovered_proto,
     )
     if not met:
         raise BudgetNotMetError(

@@ -67,7 +67,9 @@ class Unit:
         return len(self.ratios)
 
 
-def find_units(model: IRModel, align: int, methods: Sequence[Method] = METHODS) -> list[Unit]:
+def find_units(
+    model: IRModel, align: int, methods: Sequence[Method] = METHODS, ratios: Sequence[float] = RATIOS
+) -> list[Unit]:
     """Every unit of ``model`` with at least one level that changes something, in execution order."""
     order = {node.name: i for i, node in enumerate(model.graph.nodes)}
     units: list[Unit] = []
@@ -75,12 +77,12 @@ def find_units(model: IRModel, align: int, methods: Sequence[Method] = METHODS) 
     if "prune" in methods:
         for space in prune.prunable_spaces(spaces, align):
             keeps: list[int] = [space.channels]
-            ratios = [0.0]
-            for ratio in RATIOS:
+            levels = [0.0]
+            for ratio in ratios:
                 keep = prune.keep_count(space.channels, align, ratio)
                 if keep < keeps[-1]:
                     keeps.append(keep)
-                    ratios.append(ratio)
+                    levels.append(ratio)
             if len(keeps) == 1:
                 continue
             touched = spaces.region(space)
@@ -91,7 +93,7 @@ def find_units(model: IRModel, align: int, methods: Sequence[Method] = METHODS) 
                     target=space.key,
                     position=min(order[n] for n in space.producers),
                     nodes=tuple(touched),
-                    ratios=tuple(ratios),
+                    ratios=tuple(levels),
                     actions=tuple(f"{space.channels} -> {k} ch" for k in keeps),
                     width=(space.channels,),
                 )
@@ -101,13 +103,13 @@ def find_units(model: IRModel, align: int, methods: Sequence[Method] = METHODS) 
             if not lowrank.decomposable(node):
                 continue
             shape = tuple(int(d) for d in weight_of(node).shape)
-            actions, ratios = ["full"], [0.0]
-            for ratio in RATIOS:
+            actions, levels = ["full"], [0.0]
+            for ratio in ratios:
                 ranks = lowrank.ranks_for(shape, ratio, align)
                 if ranks is not None and ranks.text() not in actions:
                     actions.append(ranks.text())
-                    ratios.append(ratio)
-            if len(ratios) == 1:
+                    levels.append(ratio)
+            if len(levels) == 1:
                 continue
             units.append(
                 Unit(
@@ -116,7 +118,7 @@ def find_units(model: IRModel, align: int, methods: Sequence[Method] = METHODS) 
                     target=node.name,
                     position=order[node.name],
                     nodes=(node.name,),
-                    ratios=tuple(ratios),
+                    ratios=tuple(levels),
                     actions=tuple(actions),
                     width=shape,
                 )
@@ -174,9 +176,11 @@ def apply_config(
             space = spaces.by_key()[unit.target]
             keep = prune.keep_count(space.channels, align, ratio)
             acts = None
-            if criterion == "activation":
-                tensor = prune.reader_tensor(spaces, space)
-                if tensor is not None and samples:
+            tensor = prune.reader_tensor(spaces, space)
+            if criterion == "activation" and tensor is not None:
+                if not applied.details and ref is not None:
+                    acts = {tensor: ref.get(tensor)[0]}  # nothing changed yet: the original's activations
+                elif samples:
                     acts = run_tensors(model.to_proto(check=False), samples, [tensor])
             kept = prune.prune_space(model.graph, unit.target, keep, criterion, acts)
             for tensor in space.tensors:

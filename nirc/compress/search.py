@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from nirc.compress.plan import RATIOS, Applied, Config, Method, Unit, apply_config
+from nirc.compress.plan import Applied, Config, Method, Unit, apply_config
 from nirc.compress.reconstruct import Reference
 from nirc.ir import IRModel
 from nirc.verify import run_tensors
@@ -122,7 +122,7 @@ def cost_table(
         mine = [u for u in units if u.method == method]
         if not mine:
             continue
-        for ratio in RATIOS:
+        for ratio in sorted({r for u in mine for r in u.ratios if r > 0}):
             config = {u.id: u.ratios.index(ratio) for u in mine if ratio in u.ratios}
             # Units whose levels skip this ratio take their largest level not above it.
             for u in mine:
@@ -184,10 +184,13 @@ def sensitivity(
     align: int,
     criterion: str,
     progress: Callable[[str], None],
+    fit_samples: int = 32,
 ) -> Sensitivity:
-    """Each unit alone at each level, locally refit; errors made non-decreasing in the level."""
+    """Each unit alone at each level, locally refit on ``fit_samples`` samples; the error is made
+    non-decreasing in the level (a deeper cut that measures better is noise, not a gain)."""
     outputs = [o.name for o in proto.graph.output]
     want = run_tensors(proto, samples, outputs)
+    ref = Reference(proto, ref.fit[:fit_samples], ref.held[:fit_samples])
     table: dict[str, tuple[float, ...]] = {}
     count = 0
     for index, unit in enumerate(units):
@@ -261,4 +264,26 @@ def greedy(
         config[chosen.id] = new
         set_level(chosen, new)
         current -= saved
+    # The last steps may overshoot: give back levels, most accuracy regained first, while the goal holds.
+    improved = current <= goal
+    while improved:
+        improved = False
+        options: list[tuple[float, Unit, int, float]] = []
+        for unit in units:
+            level = config[unit.id]
+            if level == 0 or (start and level <= start.get(unit.id, 0)):
+                continue
+            now = local(unit)
+            set_level(unit, level - 1)
+            extra = local(unit) - now
+            set_level(unit, level)
+            if current + extra <= goal:
+                gain = sens.error[unit.id][level] - sens.error[unit.id][level - 1]
+                options.append((gain, unit, level - 1, extra))
+        if options:
+            _, unit, level, extra = max(options, key=lambda o: o[0])
+            config[unit.id] = level
+            set_level(unit, level)
+            current += extra
+            improved = True
     return config
