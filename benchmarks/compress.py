@@ -189,7 +189,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         "",
         "## Beside the seed's table (CIFAR-100, NetsPresso, same NPU configuration)",
         "",
-        "| model | seed original ms | seed compressed ms | seed speedup | seed top-1 loss | nirc original ms (this Vela) |",
+        "| model | seed original ms | seed compressed ms | seed speedup | seed top-1 loss"
+        " | nirc original ms (this Vela) |",
         "|---|---:|---:|---:|---|---:|",
     ]
     for name, (label, before, after, loss) in SEED_TABLE.items():
