@@ -86,7 +86,9 @@ def finetune(
     return out, time.time() - start
 
 
-def run_one(name: str, model: Path, speedup: float, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_one(
+    name: str, model: Path, speedup: float, args: argparse.Namespace, work: Path, reuse: dict[str, Any]
+) -> dict[str, Any]:
     from nirc.analysis import analyze
     from nirc.compress.search import weight_bytes
     from nirc.cost import estimate
@@ -108,6 +110,7 @@ def run_one(name: str, model: Path, speedup: float, args: argparse.Namespace, wo
             calib=calib,
             samples=CALIB_SAMPLES,
             progress=lambda m: print(f"  {name} {speedup}x: {m}", flush=True),
+            reuse=reuse,
         )
     except BudgetNotMetError as exc:
         result = exc.result
@@ -224,11 +227,12 @@ def main() -> int:
             if model is None:
                 print(f"{name}: no trained model in {', '.join(map(str, TRAINED))}; run examples/train_small.py")
                 continue
+            reuse: dict[str, Any] = {}  # cost tables and sensitivities do not depend on the budget
             for speedup in args.speedups:
                 key = f"{name}@{speedup:g}"
                 if key in rows:
                     continue
-                row = run_one(name, model, speedup, args, args.work)
+                row = run_one(name, model, speedup, args, args.work, reuse)
                 row["epochs"] = args.epochs
                 rows[key] = row
                 cache.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")

@@ -248,6 +248,7 @@ def compress(
     align: int | None = None,
     rounds: int = 4,
     progress: Callable[[str], None] = lambda _m: None,
+    reuse: dict[str, Any] | None = None,
 ) -> CompressResult:
     """Compress ``source`` until it meets exactly one of ``latency_ms``, ``size_mib``, ``speedup`` on ``target``.
 
@@ -263,6 +264,9 @@ def compress(
         criterion: channel importance for pruning.
         align: channel/rank granule (default: the target's brick).
         rounds: Vela checks of the plan before giving up on the budget.
+        reuse: a dict the caller keeps between calls on the same model, calibration and options (the
+            budget may differ): the cost tables and sensitivities, which do not depend on the budget, are
+            stored in it and reused.
 
     Raises:
         BudgetNotMetError: with the closest result (``exc.result``).
@@ -306,10 +310,16 @@ def compress(
     units = plan.find_units(model, align, methods, ratios)
     progress(f"{len(units)} compressible units; measuring costs with Vela")
     measure = search.vela_cycles(tgt) if budget.metric == "latency" else search.weight_bytes
-    table = search.cost_table(proto, units, measure, align, progress)
+    memo = reuse if reuse is not None else {}
+    table = memo.get(f"table:{budget.metric}") or search.cost_table(proto, units, measure, align, progress)
+    memo[f"table:{budget.metric}"] = table
     scale = original.cycles / original.latency_ms if budget.metric == "latency" else float(MIB)
-    progress("measuring sensitivities on calibration data")
-    sens = search.sensitivity(proto, units, ref, held[:32], align=align, criterion=criterion, progress=progress)
+    if "sensitivity" not in memo:
+        progress("measuring sensitivities on calibration data")
+        memo["sensitivity"] = search.sensitivity(
+            proto, units, ref, held[:32], align=align, criterion=criterion, progress=progress
+        )
+    sens: search.Sensitivity = memo["sensitivity"]
 
     config: dict[str, int] = {}
     goal_units = goal * scale
