@@ -111,6 +111,8 @@ def run_one(
             samples=CALIB_SAMPLES,
             progress=lambda m: print(f"  {name} {speedup}x: {m}", flush=True),
             reuse=reuse,
+            methods=tuple(args.methods),
+            ratios=tuple(args.ratios),
         )
     except BudgetNotMetError as exc:
         result = exc.result
@@ -213,6 +215,8 @@ def main() -> int:
     parser.add_argument("--speedups", nargs="*", type=float, default=[3.0, 5.0, 7.0])
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: skip)")
     parser.add_argument("--target", default="ethos-u65")
+    parser.add_argument("--methods", nargs="*", default=["prune", "lowrank"], help="compress methods")
+    parser.add_argument("--ratios", nargs="*", type=float, default=[0.25, 0.5, 0.625, 0.75, 0.875])
     parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "nirc-bench" / "compress")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compress.md")
@@ -234,6 +238,7 @@ def main() -> int:
                     continue
                 row = run_one(name, model, speedup, args, args.work, reuse)
                 row["epochs"] = args.epochs
+                row["methods"] = list(args.methods)
                 rows[key] = row
                 cache.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
                 print(f"{key}: {json.dumps({k: v for k, v in row.items() if k != 'report'})}", flush=True)
