@@ -27,7 +27,7 @@ import onnx
 
 from nirc.compress import plan, prune, search
 from nirc.compress.plan import METHODS, Method
-from nirc.compress.reconstruct import Reference
+from nirc.compress.reconstruct import Reference, Refit
 from nirc.errors import CalibrationError, NircError
 from nirc.ir import IRModel
 from nirc.pass_base import PassContext
@@ -387,7 +387,7 @@ def _layer_rows(
     before: onnx.ModelProto,
     after: onnx.ModelProto,
     applied: plan.Applied,
-    refits: Sequence[Any],
+    refits: Sequence[Refit],
     target: Target,
 ) -> list[dict[str, Any]]:
     """One row per Conv/Gemm of the original model that changed: what was done, its Vela cycles before

@@ -23,7 +23,7 @@ import onnx
 
 from nirc.compress import lowrank, prune
 from nirc.compress.linear import weight_of
-from nirc.compress.reconstruct import Reference, anchors, refit_layers
+from nirc.compress.reconstruct import Reference, Refit, anchors, refit_layers
 from nirc.ir import IRModel
 from nirc.passes._channels import ChannelSpaces
 from nirc.verify import run_tensors
@@ -205,7 +205,7 @@ def apply_config(
     return applied
 
 
-def reconstruct(applied: Applied, ref: Reference) -> list[object]:
+def reconstruct(applied: Applied, ref: Reference) -> list[Refit]:
     """Refit every anchor layer from the first compressed one on, in order (see :mod:`.reconstruct`)."""
     model = applied.model
     names = {name for f in applied.factors.values() for name in f}

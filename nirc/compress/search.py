@@ -34,8 +34,10 @@ import numpy as np
 import onnx
 
 from nirc.compress.plan import Applied, Config, Method, Unit, apply_config
+from nirc.compress.prune import Criterion
 from nirc.compress.reconstruct import Reference
 from nirc.ir import IRModel
+from nirc.target import Target
 from nirc.verify import run_tensors
 
 logger = logging.getLogger(__name__)
@@ -64,13 +66,13 @@ def weight_bytes(model: IRModel) -> tuple[float, dict[str, float]]:
     return float(sum(sizes.values())), per_node
 
 
-def vela_cycles(target: object) -> NodeCosts:
+def vela_cycles(target: Target) -> NodeCosts:
     """Vela's total cycles and per-node op cycles (factors credited to their layer)."""
     from nirc.cost import estimate, per_layer_costs
 
     def measure(model: IRModel) -> tuple[float, dict[str, float]]:
-        costs = per_layer_costs(model, target)  # type: ignore[arg-type]
-        total = estimate(model.to_proto(check=False), target).cycles  # type: ignore[arg-type]
+        costs = per_layer_costs(model, target)
+        total = estimate(model.to_proto(check=False), target).cycles
         per_node: dict[str, float] = {}
         for name, cost in costs.items():
             key = base_name(name)
@@ -182,7 +184,7 @@ def sensitivity(
     samples: Sequence[Mapping[str, np.ndarray]],
     *,
     align: int,
-    criterion: str,
+    criterion: Criterion,
     progress: Callable[[str], None],
     fit_samples: int = 32,
 ) -> Sensitivity:
@@ -203,7 +205,7 @@ def sensitivity(
                 units,
                 {unit.id: level},
                 align=align,
-                criterion=criterion,  # type: ignore[arg-type]
+                criterion=criterion,
                 samples=ref.fit[:32],
                 ref=ref,
                 local_refit=True,
