@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from nirc import __version__
 from nirc.analysis import Analysis, analyze, with_layer_costs
+from nirc.compress import cli as compress_cli
 from nirc.cost import cli as cost_cli
 from nirc.errors import NircError
 from nirc.ir import IRModel
@@ -146,7 +147,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationOptions:
 EXIT_CODES_TEXT = (
     "Exit codes: 0 ok, 1 error, 2 bad model/input/output location/usage, 3 unsupported operator, "
     "4 unknown target or model does not fit, 5 pass error, 6 --verify failure, 7 plugin error, "
-    "8 backend (emission/Vela) error, 9 NPU validation failed, 70 internal error, "
+    f"8 backend (emission/Vela) error, 9 NPU validation failed, {compress_cli.EXIT_TEXT}, 70 internal error, "
     "128+N killed by signal N (130 Ctrl-C, 143 SIGTERM)."
 )
 
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in cost_cli.COMMANDS.items():
         cost_cli.add_arguments(sub.add_parser(name, help=text), name)
+    compress_cli.add_arguments(sub.add_parser(compress_cli.COMMAND, help=compress_cli.HELP))
 
     search_cli.add_arguments(sub.add_parser("search", help=search_cli.HELP))
 
@@ -807,6 +809,8 @@ def _run(args: argparse.Namespace) -> int:
         return cost_cli.run(args)
     if args.command == "search":
         return search_cli.run(args)
+    if args.command == compress_cli.COMMAND:
+        return compress_cli.run(args)
     if args.command == "passes":
         return _cmd_passes(registry, args.target)
     return _cmd_targets(registry)

@@ -272,7 +272,9 @@ def test_summary_peak_is_the_npu_figure_and_pass_times_add_up(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "o"
-    assert main(["optimize", str(EXAMPLE), "-o", str(out), "--no-compile"]) == 0
+    # Without hardware passes: stage-inputs' SRAM copy of the image (kept by Vela's estimate) adds back
+    # the 8 KiB fuse-batchnorm frees, so with it the peak is 32,768 B both before and after.
+    assert main(["optimize", str(EXAMPLE), "-o", str(out), "--no-compile", "--no-hw-passes"]) == 0
     text = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     memory = report["memory"]

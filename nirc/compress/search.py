@@ -1,0 +1,291 @@
+"""Per-layer ratios from the hardware: cost tables from Vela, sensitivity from calibration data, a greedy search.
+
+Cost: what a unit's level saves is read from Vela, not from FLOPs. The model
+is compiled once as is and once per ratio with *every* unit of a method at that
+ratio (:func:`cost_table`, the oracle's cache makes reruns free);
+:func:`nirc.cost.per_layer_costs` credits Vela's per-layer cycles to IR nodes
+(the factors of a decomposed layer are credited back to it). A node's cycles
+under a mixed choice are then modelled as separable: the node's own measured
+ratio ``rho(r)`` is split evenly over the prunable spaces it reads and writes
+(``phi = rho^(1/sides)``) and multiplied per side, and a decomposition
+multiplies by its measured factor. For the size budget the same tables hold
+int8 weight bytes, which are exact.
+
+Sensitivity: each unit is applied alone at each level, its directly disturbed
+layers refit (the same recovery the final model gets), and the model outputs'
+relative squared error against the original on held-out calibration samples
+is its cost in accuracy.
+
+Search: a greedy multiple-choice knapsack: from nothing compressed, repeatedly
+take the level step with the least added sensitivity per predicted saving,
+until the predicted cost meets the goal. The caller checks the result with Vela
+and tightens the goal if the prediction was optimistic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from nirc.compress.plan import Applied, Config, Method, Unit, apply_config
+from nirc.compress.prune import Criterion
+from nirc.compress.reconstruct import Reference
+from nirc.ir import IRModel
+from nirc.target import Target
+from nirc.verify import run_tensors
+
+logger = logging.getLogger(__name__)
+
+Metric = Literal["latency", "size"]
+NodeCosts = Callable[[IRModel], tuple[float, dict[str, float]]]
+"""A model -> (whole-model cost, cost per IR node)."""
+
+
+def base_name(node: str) -> str:
+    """The original layer a factor node (``<layer>/lr_<role>``) stands for."""
+    head, sep, _ = node.rpartition("/lr_")
+    return head if sep else node
+
+
+def weight_bytes(model: IRModel) -> tuple[float, dict[str, float]]:
+    """int8 bytes of the float constants (weights, biases): total and per node."""
+    proto = model.to_proto(check=False)
+    sizes = {t.name: math.prod(t.dims) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    per_node: dict[str, float] = {}
+    for node in proto.graph.node:
+        own = sum(sizes.get(i, 0) for i in node.input)
+        if own:
+            key = base_name(node.name)
+            per_node[key] = per_node.get(key, 0.0) + own
+    return float(sum(sizes.values())), per_node
+
+
+def vela_cycles(target: Target) -> NodeCosts:
+    """Vela's total cycles and per-node op cycles (factors credited to their layer)."""
+    from nirc.cost import estimate, per_layer_costs
+
+    def measure(model: IRModel) -> tuple[float, dict[str, float]]:
+        costs = per_layer_costs(model, target)
+        total = estimate(model.to_proto(check=False), target).cycles
+        per_node: dict[str, float] = {}
+        for name, cost in costs.items():
+            key = base_name(name)
+            per_node[key] = per_node.get(key, 0.0) + cost.cycles
+        return float(total), per_node
+
+    return measure
+
+
+@dataclass
+class CostTable:
+    """Per-node costs at no compression and their measured ratios at each ratio of each method."""
+
+    total: float
+    base: dict[str, float]
+    prune_rho: dict[float, dict[str, float]] = field(default_factory=dict)
+    lowrank_rho: dict[float, dict[str, float]] = field(default_factory=dict)
+    sides: dict[str, list[str]] = field(default_factory=dict)
+    probes: int = 0
+
+    def node_cost(self, node: str, levels: Mapping[str, float], lowrank: float) -> float:
+        """Predicted cost of ``node`` with prune ratios ``levels`` (unit id -> ratio) and decomposition ratio."""
+        base = self.base.get(node, 0.0)
+        if base == 0.0:
+            return 0.0
+        value = base
+        sides = self.sides.get(node, [])
+        for unit in sides:
+            ratio = levels.get(unit, 0.0)
+            if ratio > 0.0:
+                rho = self.prune_rho.get(ratio, {}).get(node, 1.0)
+                value *= rho ** (1.0 / len(sides))
+        if lowrank > 0.0:
+            value *= self.lowrank_rho.get(lowrank, {}).get(node, 1.0)
+        return value
+
+
+def cost_table(
+    proto: onnx.ModelProto, units: Sequence[Unit], measure: NodeCosts, align: int, progress: Callable[[str], None]
+) -> CostTable:
+    """Measure the uncompressed model and, per method and ratio, the model with all its units at that ratio."""
+    total, base = measure(IRModel.from_proto(proto))
+    table = CostTable(total=total, base=base)
+    for unit in units:
+        if unit.method == "prune":
+            for node in unit.nodes:
+                table.sides.setdefault(node, []).append(unit.id)
+    for method in ("prune", "lowrank"):
+        mine = [u for u in units if u.method == method]
+        if not mine:
+            continue
+        for ratio in sorted({r for u in mine for r in u.ratios if r > 0}):
+            config = {u.id: u.ratios.index(ratio) for u in mine if ratio in u.ratios}
+            # Units whose levels skip this ratio take their largest level not above it.
+            for u in mine:
+                if u.id not in config:
+                    config[u.id] = max(i for i, r in enumerate(u.ratios) if r <= ratio)
+            if not any(config.values()):
+                continue
+            progress(f"cost probe: every {method} unit at ratio {ratio}")
+            applied = apply_config(proto, units, config, align=align)
+            _, costs = measure(applied.model)
+            table.probes += 1
+            rho = {n: costs.get(n, 0.0) / c for n, c in base.items() if c > 0}
+            (table.prune_rho if method == "prune" else table.lowrank_rho)[ratio] = rho
+    return table
+
+
+def _ratios(units: Sequence[Unit], config: Config) -> tuple[dict[str, float], dict[str, float]]:
+    """(prune unit id -> ratio, decomposed node -> ratio) of a configuration."""
+    prune = {u.id: u.ratios[config.get(u.id, 0)] for u in units if u.method == "prune"}
+    lowrank = {u.target: u.ratios[config.get(u.id, 0)] for u in units if u.method == "lowrank"}
+    return prune, lowrank
+
+
+def predict(table: CostTable, units: Sequence[Unit], config: Config) -> float:
+    """Predicted whole-model cost of ``config``."""
+    prune, lowrank = _ratios(units, config)
+    total = table.total
+    for node, base in table.base.items():
+        total += table.node_cost(node, prune, lowrank.get(node, 0.0)) - base
+    return total
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Output error (relative squared error vs the original, held-out samples) of each unit at each level."""
+
+    error: dict[str, tuple[float, ...]]
+    evaluations: int
+
+
+def output_error(
+    proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], want: Mapping[str, np.ndarray]
+) -> float:
+    """Mean over outputs of ``sum (y - y_ref)^2 / sum y_ref^2`` on ``samples``."""
+    got = run_tensors(proto, samples, list(want))
+    errors = []
+    for name, ref in want.items():
+        den = float(np.sum(np.square(ref, dtype=np.float64)))
+        errors.append(float(np.sum(np.square(got[name].astype(np.float64) - ref))) / max(den, 1e-30))
+    return float(np.mean(errors))
+
+
+def sensitivity(
+    proto: onnx.ModelProto,
+    units: Sequence[Unit],
+    ref: Reference,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    align: int,
+    criterion: Criterion,
+    progress: Callable[[str], None],
+    fit_samples: int = 32,
+) -> Sensitivity:
+    """Each unit alone at each level, locally refit on ``fit_samples`` samples; the error is made
+    non-decreasing in the level (a deeper cut that measures better is noise, not a gain)."""
+    outputs = [o.name for o in proto.graph.output]
+    want = run_tensors(proto, samples, outputs)
+    ref = Reference(proto, ref.fit[:fit_samples], ref.held[:fit_samples])
+    table: dict[str, tuple[float, ...]] = {}
+    count = 0
+    for index, unit in enumerate(units):
+        if index % 10 == 0:
+            progress(f"sensitivity: unit {index + 1}/{len(units)}")
+        errors = [0.0]
+        for level in range(1, unit.levels):
+            applied: Applied = apply_config(
+                proto,
+                units,
+                {unit.id: level},
+                align=align,
+                criterion=criterion,
+                samples=ref.fit[:32],
+                ref=ref,
+                local_refit=True,
+            )
+            errors.append(max(errors[-1], output_error(applied.model.to_proto(check=False), samples, want)))
+            count += 1
+        table[unit.id] = tuple(errors)
+    return Sensitivity(table, count)
+
+
+def greedy(
+    units: Sequence[Unit],
+    table: CostTable,
+    sens: Sensitivity,
+    goal: float,
+    start: Config | None = None,
+    allowed: Sequence[Method] = ("prune", "lowrank"),
+) -> dict[str, int]:
+    """Raise levels, cheapest accuracy per saved cost first, until the predicted cost is at most ``goal``.
+
+    A step may skip levels (a unit's next level can save nothing on the NPU while the one after does).
+    Stops early when no step saves anything: the result is then the closest the units can get.
+    """
+    config = {u.id: 0 for u in units}
+    config.update(start or {})
+    prune, lowrank = _ratios(units, config)
+
+    def local(unit: Unit) -> float:
+        return sum(table.node_cost(n, prune, lowrank.get(n, 0.0)) for n in unit.nodes)
+
+    def set_level(unit: Unit, level: int) -> None:
+        if unit.method == "prune":
+            prune[unit.id] = unit.ratios[level]
+        else:
+            lowrank[unit.target] = unit.ratios[level]
+
+    current = predict(table, units, config)
+    while current > goal:
+        best: tuple[float, Unit, int, float] | None = None
+        for unit in units:
+            if unit.method not in allowed:
+                continue
+            level = config[unit.id]
+            now = local(unit)
+            for new in range(level + 1, unit.levels):
+                set_level(unit, new)
+                saved = now - local(unit)
+                set_level(unit, level)
+                if saved <= 0.0:
+                    continue
+                added = sens.error[unit.id][new] - sens.error[unit.id][level]
+                score = added / saved
+                if best is None or score < best[0]:
+                    best = (score, unit, new, saved)
+        if best is None:
+            break
+        _, chosen, new, saved = best
+        config[chosen.id] = new
+        set_level(chosen, new)
+        current -= saved
+    # The last steps may overshoot: give back levels, most accuracy regained first, while the goal holds.
+    improved = current <= goal
+    while improved:
+        improved = False
+        options: list[tuple[float, Unit, int, float]] = []
+        for unit in units:
+            level = config[unit.id]
+            if level == 0 or (start and level <= start.get(unit.id, 0)):
+                continue
+            now = local(unit)
+            set_level(unit, level - 1)
+            extra = local(unit) - now
+            set_level(unit, level)
+            if current + extra <= goal:
+                gain = sens.error[unit.id][level] - sens.error[unit.id][level - 1]
+                options.append((gain, unit, level - 1, extra))
+        if options:
+            _, unit, level, extra = max(options, key=lambda o: o[0])
+            config[unit.id] = level
+            set_level(unit, level)
+            current += extra
+            improved = True
+    return config
