@@ -555,8 +555,10 @@ def _check_npu(report: dict[str, Any], outdir: Path) -> None:
     if "bit_exact" in npu and not npu["bit_exact"] and npu.get("unexplained", True):
         reference = "the TOSA reference model" if npu.get("reference") == "tosa" else "the int8 TFLite"
         where = npu.get("first_divergence") or "see validation.npu in the report"
+        lsb = npu.get("max_abs_diff_lsb")
+        lsb_text = f"{lsb:g}" if isinstance(lsb, int | float) else "?"
         raise NpuValidationError(
-            f"the compiled NPU model differs from {reference} by {npu.get('max_abs_diff_lsb', '?')} LSB: "
+            f"the compiled NPU model differs from {reference} by {lsb_text} LSB: "
             f"{where} (artifacts and report in {outdir})"
         )
 

@@ -83,9 +83,13 @@ def test_unknown_opcode_and_bad_addresses_are_named(
 ) -> None:
     artifact, int8 = tiny
     conv = artifact.command("NPU_OP_CONV")
+    # the first conv's OFM address (an earlier op, e.g. stage-inputs' copy, sets its own first)
+    ofm_base_of_first_conv = [
+        c for c in artifact.stream.commands if c.name == "NPU_SET_OFM_BASE0" and c.offset < conv.offset
+    ][-1]
     cases = {
         "unknown cmd0 opcode": artifact.with_word(conv, 0x003F),
-        "(CONV, word": artifact.with_data(artifact.command("NPU_SET_OFM_BASE0"), 0x7FFF_0000),
+        "(CONV, word": artifact.with_data(ofm_base_of_first_conv, 0x7FFF_0000),
         "word ": artifact.with_data(artifact.command("NPU_SET_WEIGHT_BASE"), 0x7FFF_0000),
         "DMA": artifact.with_data(artifact.command("NPU_SET_DMA0_LEN"), 0x0FFF_FFF0),
     }
@@ -112,7 +116,10 @@ def test_random_command_words_never_end_in_an_internal_error(
         assert code in (0, 9), (command.name, err)
         assert "internal error" not in err
         codes.append(code)
-    assert codes.count(9) >= 20  # almost every random register value changes the result
+    # Many registers cannot change the result: performance-only ones (IB_END, OFM_BLK_*, BLOCKDEP), ones the
+    # layout does not read (STRIDE_C of NHWC, tiles 1-3 of an untiled map) and the unused parameter of cmd1
+    # words; with seed 20, 14 of 30 draws exit 9 (the others are such registers).
+    assert codes.count(9) >= 12
 
 
 def test_optimize_fails_after_its_summary_on_an_unexplained_difference(tmp_path: Path) -> None:
