@@ -7,11 +7,16 @@ requantize op in front of each, the planner unions the calibrated ranges of ever
 such group -- what the TFLite converter does too -- and gives the whole group one
 set of parameters.  Only tensors whose parameters TFLite fixes (LOGISTIC, SOFTMAX,
 TANH outputs) stay out of groups; the emitter requantizes them where needed.
+
+16-bit activations: ``wide`` names tensors to hold as int16 (symmetric, zero point 0).
+A tied group is one buffer format, so a group is wide when any member is named; every
+tensor also keeps its int8 parameters, which an int8 consumer of a wide tensor reads
+through a QUANTIZE (:meth:`QuantPlan.narrow`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import onnx
@@ -20,7 +25,7 @@ from nirc.errors import CalibrationError
 from nirc.tflite.builder import QParams
 from nirc.tflite.fusion import FusionPlan
 from nirc.tflite.graph import GraphInfo
-from nirc.tflite.quantize import activation_qparams
+from nirc.tflite.quantize import activation_qparams, activation_qparams16
 from nirc.tflite.rules import OpRule
 
 
@@ -55,9 +60,12 @@ class QuantPlan:
         rules: Mapping[str, OpRule[Any]],
         ranges: Mapping[str, tuple[float, float]],
         source: str,
+        wide: Collection[str] = (),
     ) -> None:
         self.fixed: dict[str, QParams] = {}
         self._params: dict[str, QParams] = {}
+        self._narrow: dict[str, QParams] = {}
+        self.wide: set[str] = set()
         uf = _UnionFind()
         required: list[str] = list(info.inputs)
         optional: set[str] = set()
@@ -103,10 +111,15 @@ class QuantPlan:
                 raise CalibrationError(f"{source}: no calibration range for tensor '{sorted(members)[0]}'")
             try:
                 q = activation_qparams(lo, hi)
+                q16 = activation_qparams16(lo, hi)
             except ValueError as exc:
                 raise CalibrationError(f"{source}: bad calibration range for tensor '{root}': {exc}") from exc
+            is_wide = any(m in wide for m in members)
             for m in members:
-                self._params[m] = q
+                self._narrow[m] = q
+                self._params[m] = q16 if is_wide else q
+                if is_wide:
+                    self.wide.add(m)
 
     @staticmethod
     def _outputs(idx: int, node: onnx.NodeProto, fusion: FusionPlan) -> list[str]:
@@ -126,3 +139,7 @@ class QuantPlan:
         if q is None:
             raise CalibrationError(f"no calibration range for tensor '{name}'")
         return q
+
+    def narrow(self, name: str) -> QParams | None:
+        """The int8 parameters of a planned tensor (also of a wide one), or None if unplanned."""
+        return self.fixed.get(name) or self._narrow.get(name)
