@@ -274,10 +274,8 @@ class Emitter:
         q = self.quant_of(v)
         if q is None or self.plan is None or not q.per_tensor or (q.bits == 16) == self.wide:
             return v
-        if self.wide:
-            target = widened(q)
-        else:
-            target = self.plan.narrow(name) or activation_qparams(*self.real_range(q))
+        narrow = self.plan.narrow(name) or activation_qparams(*self.real_range(q))
+        target = widened(q) if self.wide else narrow
         key = (v.tensor, target)
         done = self._fitted.get(key)
         if done is None:

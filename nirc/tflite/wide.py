@@ -48,11 +48,12 @@ def producers(info: GraphInfo, fusion: FusionPlan) -> dict[str, tuple[int, onnx.
     for idx, node in info.live_nodes():
         if idx in fusion.skipped:
             continue
+        if idx in fusion.fused:  # the fused activation's output is the tensor the op writes
+            found[fusion.fused[idx][1]] = (idx, node)
+            continue
         for out in node.output:
             if out:
                 found[out] = (idx, node)
-        if idx in fusion.fused:
-            found[fusion.fused[idx][1]] = (idx, node)
     return found
 
 

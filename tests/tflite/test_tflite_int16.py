@@ -1,0 +1,134 @@
+"""int16 activations (16x8): emission checked against ONNX Runtime in LiteRT, boundaries, refusals, Vela."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from onnx import helper as h
+from test_tflite_int8 import _vela_ops, small_cnn
+from tflite_helpers import calibrate, make_model, op_names, run_litert, run_ort, snr_db
+
+from nirc.errors import BackendError
+from nirc.tflite import emit_tflite
+from nirc.tflite.fusion import plan_fusion
+from nirc.tflite.graph import GraphInfo
+from nirc.tflite.ops import LOWERINGS
+from nirc.tflite.wide import producers, wide_blockers
+
+
+def outlier_model() -> onnx.ModelProto:
+    """conv -> T (one channel 100x the others) -> 1x1 conv + ReLU -> y.
+
+    T's int8 step is set by the outlier channel, so the 15 small channels get a few levels
+    each: the case 16-bit activations are for. The 1x1 conv reads only the small channels.
+    """
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)
+    w1[0] *= 100.0
+    w2 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    w2[:, 0] = 0.0
+    init = {"w1": w1, "b1": np.zeros(16, np.float32), "w2": w2, "b2": np.full(8, 0.1, np.float32)}
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["t"], pads=[1, 1, 1, 1]),
+        h.make_node("Conv", ["t", "w2", "b2"], ["c2"]),
+        h.make_node("Relu", ["c2"], ["y"]),
+    ]
+    return make_model(nodes, {"x": (1, 8, 12, 12)}, ["y"], init)
+
+
+def _feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32)} for _ in range(n)]
+
+
+def _snr(model: onnx.ModelProto, tfl_data: object, feeds: list[dict[str, np.ndarray]]) -> float:
+    want = np.concatenate([run_ort(model, f)[0] for f in feeds])
+    got = np.concatenate([run_litert(tfl_data, f)[0] for f in feeds])  # type: ignore[arg-type]
+    return snr_db(want, got)
+
+
+def _dtypes(data: bytes) -> dict[str, type]:
+    interp = Interpreter(model_content=data)
+    return {d["name"]: d["dtype"] for d in interp.get_tensor_details()}
+
+
+def _promotable(model: onnx.ModelProto) -> set[str]:
+    info = GraphInfo.build(model)
+    fusion = plan_fusion(info, LOWERINGS)
+    names = set(producers(info, fusion))
+    return names - set(wide_blockers(info, fusion, names))
+
+
+def test_int16_outlier_gains_and_boundaries() -> None:
+    model = outlier_model()
+    ranges = calibrate(model, _feeds(16, 0))
+    tests = _feeds(4, 1)
+    int8 = emit_tflite(model, dtype="int8", ranges=ranges)
+    mixed = emit_tflite(model, dtype="int8", ranges=ranges, wide={"t", "y"})
+    snr8, snr16 = _snr(model, int8, tests), _snr(model, mixed, tests)
+    print(f"int8 {snr8:.1f} dB, t and y int16 {snr16:.1f} dB")
+    assert snr8 < 30.0  # the outlier really costs int8
+    assert snr16 > snr8 + 15.0
+    # int8 model input widened once, int16 result narrowed once for the int8 model output.
+    assert op_names(mixed.data) == ["QUANTIZE", "CONV_2D", "CONV_2D", "QUANTIZE"]
+    types = _dtypes(mixed.data)
+    assert types["x"] == np.int8 and types["t"] == np.int16 and types["y"] == np.int16
+    assert types["t/weights"] == np.int8 and types["t/bias"] == np.int64  # 16x8 with an int64 bias
+    assert all(io.dtype == "int8" for io in (*mixed.inputs, *mixed.outputs))
+    # Only t: the second conv reads t back in int8, so it gains nothing.
+    only_t = emit_tflite(model, dtype="int8", ranges=ranges, wide={"t"})
+    assert op_names(only_t.data) == ["QUANTIZE", "CONV_2D", "QUANTIZE", "CONV_2D"]
+    assert abs(_snr(model, only_t, tests) - snr8) < 1.0
+
+
+def test_int16_whole_cnn_matches_ort() -> None:
+    """Every op kind the small CNN has (depthwise, grouped, residual, concat, pools, FC) in int16."""
+    model = small_cnn()
+    rng = np.random.default_rng(0)
+    ranges = calibrate(model, [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(16)])
+    wide = _promotable(model)
+    assert {"r1", "rd", "rs", "cat", "mp", "logits"} <= wide
+    int8 = emit_tflite(model, dtype="int8", ranges=ranges)
+    mixed = emit_tflite(model, dtype="int8", ranges=ranges, wide=wide)
+    types = _dtypes(mixed.data)
+    assert types["rs"] == np.int16 and types["logits"] == np.int16
+    assert types["logits/requant"] == np.int8 and all(io.dtype == "int8" for io in mixed.outputs)
+    feeds = [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    for index in range(2):
+        want = np.concatenate([run_ort(model, f)[index] for f in feeds])
+        got8 = np.concatenate([run_litert(int8, f)[index] for f in feeds])
+        got16 = np.concatenate([run_litert(mixed, f)[index] for f in feeds])
+        print(f"output {index}: int8 {snr_db(want, got8):.1f} dB, int16 {snr_db(want, got16):.1f} dB")
+        assert snr_db(want, got16) > 30.0
+        assert snr_db(want, got16) > snr_db(want, got8) - 1.0  # both end in the same int8 output rounding
+
+
+def test_int16_deterministic() -> None:
+    model = outlier_model()
+    ranges = calibrate(model, _feeds(4, 0))
+    a = emit_tflite(model, dtype="int8", ranges=ranges, wide={"t", "y"}).data
+    b = emit_tflite(model, dtype="int8", ranges=ranges, wide=["y", "t"]).data
+    assert a == b
+
+
+def test_int16_refuses_ops_without_int16_kernels() -> None:
+    nodes = [
+        h.make_node("Sigmoid", ["x"], ["s"]),
+        h.make_node("HardSwish", ["s"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": (1, 4, 4, 4)}, ["y"])
+    ranges = calibrate(model, [{"x": np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)}])
+    with pytest.raises(BackendError, match=r"cannot emit as int16: 's' \(Sigmoid.*'y' \(HardSwish"):
+        emit_tflite(model, dtype="int8", ranges=ranges, wide={"s", "y"})
+    with pytest.raises(BackendError, match="'nope'"):
+        emit_tflite(model, dtype="int8", ranges=ranges, wide={"nope"})
+
+
+def test_int16_runs_on_the_npu(tmp_path: Path) -> None:
+    model = outlier_model()
+    mixed = emit_tflite(model, dtype="int8", ranges=calibrate(model, _feeds(4, 0)), wide={"t", "y"})
+    assert _vela_ops(mixed.data, tmp_path) == ["ethos-u"]
