@@ -1,0 +1,130 @@
+"""16-bit activation policy: which layers it promotes, what it reports, when it stops (real LiteRT and Vela)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from nirc.backend import EmitResult, emit
+from nirc.errors import BackendError
+from nirc.plugin import load_registry
+from nirc.quant.act16 import Act16Request, Cost, layer_group, promotable_tensors, promote, vela_cost
+from nirc.quant.calibration import CalibrationSet
+
+
+def _model() -> onnx.ModelProto:
+    """x -> conv (one output channel 100x the rest) -> t -> 1x1 conv + ReLU -> y -> Sigmoid -> s.
+
+    Only t is badly served by int8 (its step is the outlier's); the 1x1 conv ignores the outlier
+    channel, so keeping t in int16 for it recovers the small channels.
+    """
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)
+    w1[0] *= 100.0
+    w2 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    w2[:, 0] = 0.0
+    inits = {"w1": w1, "b1": np.zeros(16, np.float32), "w2": w2, "b2": np.full(8, 0.1, np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["t"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["t", "w2", "b2"], ["c2"]),
+        helper.make_node("Relu", ["c2"], ["y"]),
+        helper.make_node("Sigmoid", ["y"], ["s"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, n) for n, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[onnx.ModelProto, CalibrationSet, EmitResult]:
+    proto = _model()
+    rng = np.random.default_rng(0)
+    samples = tuple({"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32)} for _ in range(8))
+    calib = CalibrationSet(samples, synthetic=False, source="test")
+    return proto, calib, emit(proto, dtype="int8", calib=calib)
+
+
+def _emitter(proto: onnx.ModelProto, calib: CalibrationSet):  # type: ignore[no-untyped-def]
+    return lambda wide: emit(proto, dtype="int8", calib=calib, wide=wide)
+
+
+@pytest.fixture(scope="module")
+def cost():  # type: ignore[no-untyped-def]
+    return vela_cost(load_registry().get_target("ethos-u65"))
+
+
+def test_parse() -> None:
+    assert Act16Request.parse((), None, None) is None
+    auto = Act16Request.parse(("auto",), None, None)
+    assert auto is not None and auto.auto and not auto.layers and auto.min_snr_db == 30.0
+    named = Act16Request.parse(("a,b", "c"), None, 10.0)
+    assert named is not None and named.layers == ("a", "b", "c") and not named.auto and named.max_cost_pct == 10.0
+    target_only = Act16Request.parse((), 40.0, None)
+    assert target_only is not None and target_only.auto and target_only.min_snr_db == 40.0
+
+
+def test_layer_group_follows_fused_activation() -> None:
+    proto = _model()
+    promotable, blocked = promotable_tensors(proto)
+    assert {"t", "y"} <= promotable and "s" in blocked and "Sigmoid" in blocked["s"]
+    # t's reader is the 1x1 conv whose output is the fused ReLU's y; y's reader (Sigmoid) stays int8.
+    assert layer_group(proto, "t", promotable) & promotable == {"t", "y"}
+    assert layer_group(proto, "y", promotable) & promotable == {"y"}
+
+
+def test_named_layer_is_promoted_and_reported(setup, cost) -> None:  # type: ignore[no-untyped-def]
+    proto, calib, base = setup
+    emitted, section = promote(proto, calib, base, Act16Request(layers=("t",)), _emitter(proto, calib), cost)
+    assert emitted is not base
+    assert section["mode"] == "layers"
+    assert section["mixed"]["snr_db"] > section["int8"]["snr_db"] + 10.0
+    [layer] = section["layers"]
+    assert layer["tensor"] == "t" and layer["int16_tensors"] == ["t", "y"]
+    assert layer["snr_gain_db"] > 5.0
+    assert layer["cycles_int8"] > 0 and layer["cycles_mixed"] > 0
+    assert section["mixed"]["cycles"] != section["int8"]["cycles"]
+
+
+def test_named_layer_that_cannot_be_int16_is_an_error(setup, cost) -> None:  # type: ignore[no-untyped-def]
+    proto, calib, base = setup
+    with pytest.raises(BackendError, match=r"--activations-16 s: Sigmoid"):
+        promote(proto, calib, base, Act16Request(layers=("s",)), _emitter(proto, calib), cost)
+    with pytest.raises(BackendError, match="no such activation tensor"):
+        promote(proto, calib, base, Act16Request(layers=("nope",)), _emitter(proto, calib), cost)
+
+
+def test_auto_promotes_the_worst_layer_until_the_target(setup, cost) -> None:  # type: ignore[no-untyped-def]
+    proto, calib, base = setup
+    request = Act16Request(auto=True, min_snr_db=35.0, max_cost_pct=1000.0)
+    _, section = promote(proto, calib, base, request, _emitter(proto, calib), cost)
+    assert section["int8"]["snr_db"] < 35.0
+    assert [layer["tensor"] for layer in section["layers"]] == ["t"]
+    assert section["target_met"] is True
+    assert section["steps"][0]["accepted"] is True
+    assert section["not_promotable"] == {"y": "every op reading it stays int8"} or "y" not in section["not_promotable"]
+
+
+def test_auto_stops_at_the_cost_limit(setup) -> None:  # type: ignore[no-untyped-def]
+    proto, calib, base = setup
+    request = Act16Request(auto=True, min_snr_db=35.0, max_cost_pct=5.0)
+    expensive = iter([Cost(1.0, 1000), Cost(2.0, 2000)])  # int8, then the trial: +100%
+    emitted, section = promote(proto, calib, base, request, _emitter(proto, calib), lambda _m: next(expensive))
+    assert emitted is base and section["layers"] == []
+    assert section["steps"][0]["accepted"] is False and section["steps"][0]["cost_pct"] == 100.0
+    assert section["target_met"] is False
+
+
+def test_auto_does_nothing_when_int8_meets_the_target(setup, cost) -> None:  # type: ignore[no-untyped-def]
+    proto, calib, base = setup
+    request = Act16Request(auto=True, min_snr_db=-100.0)
+    emitted, section = promote(proto, calib, base, request, _emitter(proto, calib), cost)
+    assert emitted is base and section["steps"] == [] and section["target_met"] is True
