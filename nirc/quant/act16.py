@@ -153,6 +153,7 @@ def promotable_tensors(proto: onnx.ModelProto) -> tuple[set[str], dict[str, str]
     from nirc.tflite.graph import GraphInfo
     from nirc.tflite.ops import LOWERINGS
     from nirc.tflite.patterns import plan_patterns
+    from nirc.tflite.qplan import tie_groups
     from nirc.tflite.wide import producers, wide_blockers
 
     info = GraphInfo.build(proto)
@@ -160,6 +161,15 @@ def promotable_tensors(proto: onnx.ModelProto) -> tuple[set[str], dict[str, str]
     fusion = plan_fusion(info, LOWERINGS, exclude=patterns.skipped | set(patterns.lower))
     names = set(producers(info, fusion))
     blocked = wide_blockers(info, fusion, names, patterns.skipped | set(patterns.lower))
+    # A tied group (a Reshape's input and output, a Concat's inputs) is one width: one member
+    # that cannot be int16 keeps the whole group int8.
+    for group in tie_groups(info, fusion, LOWERINGS):
+        stuck = next((m for m in sorted(group) if m in blocked), None)
+        if stuck is None:
+            continue
+        for member in group:
+            if member not in blocked and member in names:
+                blocked[member] = f"shares its int8 parameters with '{stuck}' ({blocked[stuck]})"
     return names - set(blocked), blocked
 
 

@@ -62,40 +62,10 @@ class QuantPlan:
         source: str,
         wide: Collection[str] = (),
     ) -> None:
-        self.fixed: dict[str, QParams] = {}
+        self.fixed, names, groups = _tie_groups(info, fusion, rules)
         self._params: dict[str, QParams] = {}
         self._narrow: dict[str, QParams] = {}
         self.wide: set[str] = set()
-        uf = _UnionFind()
-        required: list[str] = list(info.inputs)
-        optional: set[str] = set()
-
-        for idx, node in info.live_nodes():
-            if idx in fusion.skipped:
-                continue
-            rule = rules[node.op_type]
-            outs = self._outputs(idx, node, fusion)
-            fixed = rule.fixed(info, node)
-            if fixed is not None:
-                for o in outs:
-                    self.fixed[o] = fixed
-            elif rule.alias:
-                optional.update(outs)
-            else:
-                required.extend(outs)
-            tied = [self._rename(idx, node, fusion, n) for n in rule.ties(info, node)]
-            tied = [n for n in tied if n and not info.is_const(n) and n not in self.fixed]
-            for other in tied[1:]:
-                uf.union(tied[0], other)
-
-        names = [n for n in required if n not in self.fixed]
-        for n in names:
-            uf.find(n)
-        for n in optional:
-            uf.find(n)
-        groups: dict[str, list[str]] = {}
-        for n in uf.parent:
-            groups.setdefault(uf.find(n), []).append(n)
 
         for n in names:
             if n not in ranges:
@@ -143,3 +113,44 @@ class QuantPlan:
     def narrow(self, name: str) -> QParams | None:
         """The int8 parameters of a planned tensor (also of a wide one), or None if unplanned."""
         return self.fixed.get(name) or self._narrow.get(name)
+
+
+def tie_groups(info: GraphInfo, fusion: FusionPlan, rules: Mapping[str, OpRule[Any]]) -> list[list[str]]:
+    """The tensors that must share one set of parameters (and so one width), group by group."""
+    return list(_tie_groups(info, fusion, rules)[2].values())
+
+
+def _tie_groups(
+    info: GraphInfo, fusion: FusionPlan, rules: Mapping[str, OpRule[Any]]
+) -> tuple[dict[str, QParams], list[str], dict[str, list[str]]]:
+    """(fixed parameters, tensors that need a range, groups by root) of one graph."""
+    fixed: dict[str, QParams] = {}
+    uf = _UnionFind()
+    required: list[str] = list(info.inputs)
+    optional: set[str] = set()
+    for idx, node in info.live_nodes():
+        if idx in fusion.skipped:
+            continue
+        rule = rules[node.op_type]
+        outs = QuantPlan._outputs(idx, node, fusion)
+        fixed_q = rule.fixed(info, node)
+        if fixed_q is not None:
+            for o in outs:
+                fixed[o] = fixed_q
+        elif rule.alias:
+            optional.update(outs)
+        else:
+            required.extend(outs)
+        tied = [QuantPlan._rename(idx, node, fusion, n) for n in rule.ties(info, node)]
+        tied = [n for n in tied if n and not info.is_const(n) and n not in fixed]
+        for other in tied[1:]:
+            uf.union(tied[0], other)
+    names = [n for n in required if n not in fixed]
+    for n in names:
+        uf.find(n)
+    for n in optional:
+        uf.find(n)
+    groups: dict[str, list[str]] = {}
+    for n in uf.parent:
+        groups.setdefault(uf.find(n), []).append(n)
+    return fixed, names, groups
