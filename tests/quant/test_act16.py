@@ -128,3 +128,26 @@ def test_auto_does_nothing_when_int8_meets_the_target(setup, cost) -> None:  # t
     request = Act16Request(auto=True, min_snr_db=-100.0)
     emitted, section = promote(proto, calib, base, request, _emitter(proto, calib), cost)
     assert emitted is base and section["steps"] == [] and section["target_met"] is True
+
+
+def test_a_tied_group_is_promotable_only_as_a_whole() -> None:
+    """A Reshape shares its input's int8 parameters; its input comes from BATCH_MATMUL (int8 only)."""
+    nodes = [
+        helper.make_node("MatMul", ["a", "b"], ["m"]),
+        helper.make_node("Reshape", ["m", "shape"], ["r"]),
+        helper.make_node("Add", ["r", "r"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 8, 8]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray([1, 2, 64], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    proto = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    promotable, blocked = promotable_tensors(proto)
+    assert "BATCH_MATMUL" in blocked["m"]
+    assert blocked["r"].startswith("shares its int8 parameters with 'm'")
+    assert promotable == {"y"}
