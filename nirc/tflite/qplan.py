@@ -25,7 +25,7 @@ from nirc.errors import CalibrationError
 from nirc.tflite.builder import QParams
 from nirc.tflite.fusion import FusionPlan
 from nirc.tflite.graph import GraphInfo
-from nirc.tflite.quantize import activation_qparams, activation_qparams16
+from nirc.tflite.quantize import WIDE_FIXED_QPARAMS, activation_qparams, activation_qparams16
 from nirc.tflite.rules import OpRule
 
 
@@ -66,6 +66,11 @@ class QuantPlan:
         self._params: dict[str, QParams] = {}
         self._narrow: dict[str, QParams] = {}
         self.wide: set[str] = set()
+        self._wide_fixed: dict[str, QParams] = {}
+        for name, q in self.fixed.items():
+            if name in wide and q in WIDE_FIXED_QPARAMS:
+                self._wide_fixed[name] = WIDE_FIXED_QPARAMS[q]
+                self.wide.add(name)
 
         for n in names:
             if n not in ranges:
@@ -105,7 +110,7 @@ class QuantPlan:
         return name
 
     def qparams(self, name: str) -> QParams:
-        q = self.fixed.get(name) or self._params.get(name)
+        q = self._wide_fixed.get(name) or self.fixed.get(name) or self._params.get(name)
         if q is None:
             raise CalibrationError(f"no calibration range for tensor '{name}'")
         return q

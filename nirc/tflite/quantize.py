@@ -30,6 +30,11 @@ MIN_SPAN = 1e-6
 #: Output quantization TFLite mandates for int8 LOGISTIC / SOFTMAX and TANH.
 SIGMOID_QPARAMS = QParams((1.0 / 256.0,), (-128,))
 TANH_QPARAMS = QParams((1.0 / 128.0,), (0,))
+#: Their int16 forms (16-bit activations): TFLite's int16 LOGISTIC and TANH write [-1, 1) in Q15.
+WIDE_FIXED_QPARAMS = {
+    SIGMOID_QPARAMS: QParams((1.0 / 32768.0,), (0,), bits=16),
+    TANH_QPARAMS: QParams((1.0 / 32768.0,), (0,), bits=16),
+}
 
 
 def _f32(value: float) -> float:

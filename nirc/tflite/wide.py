@@ -4,9 +4,11 @@ Why a list: a tensor is int16 only if the TFLite op that writes it has an int16 
 LiteRT and TFLite Micro *and* Vela places that kernel on the NPU (Vela 5.2 takes int16
 IFM/OFM for convolutions, FULLY_CONNECTED, elementwise ADD/SUB/MUL/MIN/MAX, pooling, MEAN,
 PAD, CONCATENATION and the memory-only ops; convolution biases become int64, at most
-40 bits). Ops whose int8 output parameters TFLite fixes (LOGISTIC, SOFTMAX, TANH), and
-lowerings that go through int8-only kernels (HARD_SWISH, GELU, RSQRT, EXP, BATCH_MATMUL),
-stay int8; their int16 neighbours reach them through a QUANTIZE.
+40 bits; int16 LOGISTIC and TANH are the NPU's own activation functions, output in Q15).
+HardSwish is emitted by its definition in elementwise ops (no int16 HARD_SWISH kernel
+exists). Lowerings through int8-only kernels (GELU, SOFTMAX, RSQRT, EXP) stay int8, and so
+does BATCH_MATMUL (Vela 5.2 leaves an int16 one on the CPU); their int16 neighbours reach
+them through a QUANTIZE.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ WIDE_OPS = frozenset(
         "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu", "Clip",
         "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
         "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Pad",
-        "Identity", "Dropout", "Max", "Min", "Pow",
+        "Identity", "Dropout", "Max", "Min", "Pow", "Sigmoid", "Tanh", "HardSwish",
     }
 )  # fmt: skip
 """ONNX ops whose nirc lowering has an int16 form on every runtime nirc validates with."""

@@ -15,7 +15,7 @@ from nirc.quant.calibration import CalibrationSet
 
 
 def _model() -> onnx.ModelProto:
-    """x -> conv (one output channel 100x the rest) -> t -> 1x1 conv + ReLU -> y -> Sigmoid -> s.
+    """x -> conv (one output channel 100x the rest) -> t -> 1x1 conv + ReLU -> y -> Softmax -> s.
 
     Only t is badly served by int8 (its step is the outlier's); the 1x1 conv ignores the outlier
     channel, so keeping t in int16 for it recovers the small channels.
@@ -30,7 +30,7 @@ def _model() -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "w1", "b1"], ["t"], pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["t", "w2", "b2"], ["c2"]),
         helper.make_node("Relu", ["c2"], ["y"]),
-        helper.make_node("Sigmoid", ["y"], ["s"]),
+        helper.make_node("Softmax", ["y"], ["s"], axis=1),
     ]
     graph = helper.make_graph(
         nodes,
@@ -75,8 +75,8 @@ def test_parse() -> None:
 def test_layer_group_follows_fused_activation() -> None:
     proto = _model()
     promotable, blocked = promotable_tensors(proto)
-    assert {"t", "y"} <= promotable and "s" in blocked and "Sigmoid" in blocked["s"]
-    # t's reader is the 1x1 conv whose output is the fused ReLU's y; y's reader (Sigmoid) stays int8.
+    assert {"t", "y"} <= promotable and "s" in blocked and "Softmax" in blocked["s"]
+    # t's reader is the 1x1 conv whose output is the fused ReLU's y; y's reader (Softmax) stays int8.
     assert layer_group(proto, "t", promotable) & promotable == {"t", "y"}
     assert layer_group(proto, "y", promotable) & promotable == {"y"}
 
@@ -96,7 +96,7 @@ def test_named_layer_is_promoted_and_reported(setup, cost) -> None:  # type: ign
 
 def test_named_layer_that_cannot_be_int16_is_an_error(setup, cost) -> None:  # type: ignore[no-untyped-def]
     proto, calib, base = setup
-    with pytest.raises(BackendError, match=r"--activations-16 s: Sigmoid"):
+    with pytest.raises(BackendError, match=r"--activations-16 s: Softmax"):
         promote(proto, calib, base, Act16Request(layers=("s",)), _emitter(proto, calib), cost)
     with pytest.raises(BackendError, match="no such activation tensor"):
         promote(proto, calib, base, Act16Request(layers=("nope",)), _emitter(proto, calib), cost)

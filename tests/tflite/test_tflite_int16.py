@@ -117,15 +117,49 @@ def test_int16_deterministic() -> None:
 
 def test_int16_refuses_ops_without_int16_kernels() -> None:
     nodes = [
-        h.make_node("Sigmoid", ["x"], ["s"]),
-        h.make_node("HardSwish", ["s"], ["y"]),
+        h.make_node("Softmax", ["x"], ["s"], axis=1),
+        h.make_node("Exp", ["s"], ["y"]),
     ]
     model = make_model(nodes, {"x": (1, 4, 4, 4)}, ["y"])
     ranges = calibrate(model, [{"x": np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)}])
-    with pytest.raises(BackendError, match=r"cannot emit as int16: 's' \(Sigmoid.*'y' \(HardSwish"):
+    with pytest.raises(BackendError, match=r"cannot emit as int16: 's' \(Softmax.*'y' \(Exp"):
         emit_tflite(model, dtype="int8", ranges=ranges, wide={"s", "y"})
     with pytest.raises(BackendError, match="'nope'"):
         emit_tflite(model, dtype="int8", ranges=ranges, wide={"nope"})
+
+
+def _activation_model() -> onnx.ModelProto:
+    """conv -> Sigmoid / x*Sigmoid (SiLU) / Tanh / HardSwish -> conv: the non-linearities with int16 forms."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 8, 1, 1)) * 0.6).astype(np.float32)
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["c"]),
+        h.make_node("Sigmoid", ["c"], ["s"]),
+        h.make_node("Mul", ["c", "s"], ["silu"]),
+        h.make_node("Tanh", ["silu"], ["t"]),
+        h.make_node("Conv", ["t", "w"], ["c2"]),
+        h.make_node("HardSwish", ["c2"], ["hs"]),
+        h.make_node("Conv", ["hs", "w"], ["y"]),
+    ]
+    return make_model(nodes, {"x": (1, 8, 8, 8)}, ["y"], {"w": w})
+
+
+def test_int16_activation_functions(tmp_path: Path) -> None:
+    model = _activation_model()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": (rng.standard_normal((1, 8, 8, 8)) * 2).astype(np.float32)} for _ in range(6)]
+    ranges = calibrate(model, feeds)
+    wide = {"c", "s", "silu", "t", "c2", "hs", "y"}
+    int8 = emit_tflite(model, dtype="int8", ranges=ranges)
+    mixed = emit_tflite(model, dtype="int8", ranges=ranges, wide=wide)
+    ops = op_names(mixed.data)
+    assert "HARD_SWISH" not in ops and {"LOGISTIC", "TANH"} <= set(ops)
+    types = _dtypes(mixed.data)
+    assert all(types[n] == np.int16 for n in wide)
+    snr8, snr16 = _snr(model, int8, feeds), _snr(model, mixed, feeds)
+    print(f"int8 {snr8:.1f} dB, int16 {snr16:.1f} dB")
+    assert snr16 > snr8 + 1.0
+    assert _vela_ops(mixed.data, tmp_path) == ["ethos-u"]  # int16 LOGISTIC/TANH and the HardSwish ops on the NPU
 
 
 def test_int16_runs_on_the_npu(tmp_path: Path) -> None:
