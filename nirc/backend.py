@@ -58,14 +58,16 @@ def emit(
     weights: WeightRange = "max",
     bias_correction: bool = False,
     wide: Collection[str] = (),
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> EmitResult:
     """Emit TFLite; for int8 the ranges are measured on ``calib`` with ORT on this very graph.
 
     ``wide``: activation tensors emitted as int16 (:mod:`nirc.quant.act16` chooses them).
+    ``ranges``: those an earlier emission of this graph measured on ``calib`` (re-emitting with
+    other tensors wide needs no new calibration run).
     """
     check_supported(proto, label)
-    ranges = None
-    if dtype == "int8":
+    if dtype == "int8" and ranges is None:
         if calib is None:
             raise ValueError("int8 emission needs calibration samples")
         ranges = collect_ranges(proto, calib, method=method)

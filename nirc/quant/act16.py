@@ -408,7 +408,7 @@ def promote_in_pipeline(
     def emit_wide(wide: set[str]) -> EmitResult:
         return emit(
             proto, dtype="int8", calib=calib, method=cal.method, io_dtype=options.io_dtype, label=label,
-            weights=cal.weights, bias_correction=cal.bias_correction, wide=wide,
+            weights=cal.weights, bias_correction=cal.bias_correction, wide=wide, ranges=base.ranges,
         )  # fmt: skip
 
     return promote(proto, calib, base, request, emit_wide, vela_cost(target), label, progress)
