@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from int16_models import outlier_model
 from onnx import helper as h
 from test_tflite_int8 import _vela_ops, small_cnn
 from tflite_helpers import calibrate, make_model, op_names, run_litert, run_ort, snr_db
@@ -18,26 +19,6 @@ from nirc.tflite.fusion import plan_fusion
 from nirc.tflite.graph import GraphInfo
 from nirc.tflite.ops import LOWERINGS
 from nirc.tflite.wide import producers, wide_blockers
-
-
-def outlier_model() -> onnx.ModelProto:
-    """conv -> T (one channel 100x the others) -> 1x1 conv + ReLU -> y.
-
-    T's int8 step is set by the outlier channel, so the 15 small channels get a few levels
-    each: the case 16-bit activations are for. The 1x1 conv reads only the small channels.
-    """
-    rng = np.random.default_rng(3)
-    w1 = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)
-    w1[0] *= 100.0
-    w2 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
-    w2[:, 0] = 0.0
-    init = {"w1": w1, "b1": np.zeros(16, np.float32), "w2": w2, "b2": np.full(8, 0.1, np.float32)}
-    nodes = [
-        h.make_node("Conv", ["x", "w1", "b1"], ["t"], pads=[1, 1, 1, 1]),
-        h.make_node("Conv", ["t", "w2", "b2"], ["c2"]),
-        h.make_node("Relu", ["c2"], ["y"]),
-    ]
-    return make_model(nodes, {"x": (1, 8, 12, 12)}, ["y"], init)
 
 
 def _feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
