@@ -127,3 +127,22 @@ def test_a_tied_group_is_promotable_only_as_a_whole() -> None:
     assert "BATCH_MATMUL" in blocked["m"]
     assert blocked["r"].startswith("shares its int8 parameters with 'm'")
     assert promotable == {"y"}
+
+
+def test_optimize_reports_and_compiles_the_mixed_model() -> None:
+    """The pipeline: the mixed model is what is validated, compiled by Vela and run in the NPU functional model."""
+    from pathlib import Path
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    import nirc
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "tiny_cnn.onnx"
+    result = nirc.optimize(example, activations_16=("auto",), min_snr=99.0, act16_max_cost=1000.0)
+    section = result.report["validation"]["activations_16"]
+    assert section["mode"] == "auto" and section["layers"] and section["target_met"] is False
+    assert section["mixed"]["inference_time_ms"] == pytest.approx(result.report["vela"]["inference_time_ms"], abs=1e-3)
+    dtypes = {d["dtype"] for d in Interpreter(model_content=result.int8_tflite).get_tensor_details()}
+    assert np.int16 in dtypes
+    assert result.report["validation"]["npu"]["bit_exact"] is True
+    assert result.report["vela"]["cpu_ops"] == 0
