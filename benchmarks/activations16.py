@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             row = run_model(path, Path(tmp), args.min_snr, args.max_cost)
             print(json.dumps({k: v for k, v in row.items() if k != "act16"}), flush=True)
             rows.append(row)
+    previous = args.out.with_suffix(".json")
+    if args.models and previous.exists():  # a partial rerun replaces its models' rows, keeps the others
+        fresh = {row["model"] for row in rows}
+        rows = [r for r in json.loads(previous.read_text(encoding="utf-8")) if r["model"] not in fresh] + rows
+        rows.sort(key=lambda r: str(r["model"]))
     args.out.write_text(table(rows, args.min_snr, args.max_cost) + "\n", encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -159,6 +159,7 @@ def promotable_tensors(proto: onnx.ModelProto) -> tuple[set[str], dict[str, str]
     info = GraphInfo.build(proto)
     patterns = plan_patterns(info)
     fusion = plan_fusion(info, LOWERINGS, exclude=patterns.skipped | set(patterns.lower))
+    fusion.skipped |= patterns.unplanned  # as the emitter plans it (nirc.tflite.emit)
     names = set(producers(info, fusion))
     blocked = wide_blockers(info, fusion, names, patterns.skipped | set(patterns.lower))
     # A tied group (a Reshape's input and output, a Concat's inputs) is one width: one member
