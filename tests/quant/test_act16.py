@@ -146,3 +146,32 @@ def test_optimize_reports_and_compiles_the_mixed_model() -> None:
     assert np.int16 in dtypes
     assert result.report["validation"]["npu"]["bit_exact"] is True
     assert result.report["vela"]["cpu_ops"] == 0
+
+
+def test_a_pattern_lowered_op_stays_int8() -> None:
+    """Exact GELU (Div, Erf, Add, Mul, Mul) is one pattern lowering; its absorbed Erf has no rule of its own."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Div", ["c", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["p"]),
+        helper.make_node("Mul", ["c", "p"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["g"]),
+        helper.make_node("Conv", ["g", "w"], ["y"]),
+    ]
+    consts = {"sqrt2": 1.4142135, "one": 1.0, "half": 0.5}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in consts.items()]
+    weight = np.random.default_rng(0).standard_normal((4, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w"), *inits],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    proto = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    promotable, blocked = promotable_tensors(proto)
+    assert promotable == {"c", "y"}
+    assert "pattern" in blocked["g"]
