@@ -86,11 +86,8 @@ class Cost:
 
     def cycles_of(self, names: set[str]) -> int:
         """Cycles of the ops writing ``names`` and of the QUANTIZEs the emitter named after them."""
-        total = 0
-        for name, cycles in self.layer_cycles.items():
-            if name in names or name.split("/", 1)[0] in names:
-                total += cycles
-        return total
+        prefixes = tuple(f"{n}/" for n in names)  # "<tensor>/requant", "<tensor>/pad"
+        return sum(c for name, c in self.layer_cycles.items() if name in names or name.startswith(prefixes))
 
 
 CostFn = Callable[["TFLiteModel"], Cost]
