@@ -18,6 +18,8 @@ Inputs: the zoo exports (random weights, BatchNorm statistics re-estimated), cal
 on the 16 natural-image-like samples of ``benchmarks/zoo.py`` (``calib_file``), so SNR is in-sample
 (calibration set) -- the number nirc's report prints. Random-weight networks have no task accuracy.
 ``npu`` is the functional model of the Vela output of the *mixed* model against LiteRT (2 inputs).
+"all int16-capable" is the ceiling: every tensor nirc can emit as int16 made int16 (same
+calibration), its worst-output SNR and Vela latency, and how many tensors must stay int8.
 """
 
 from __future__ import annotations
@@ -73,7 +75,23 @@ def run_model(path: Path, work: Path, min_snr: float, max_cost: float) -> dict[s
         else npu.get("error") or npu.get("skipped") or "-"
     )
     row["cpu_ops"] = (result.report.get("vela") or {}).get("cpu_ops")
+    row["ceiling"] = ceiling(result.model, calib_file(path, work))
     return row
+
+
+def ceiling(proto: Any, calib_path: Path) -> dict[str, Any]:
+    """Every tensor that can be int16 made int16: how far 16-bit activations can go, and at what price."""
+    from nirc.backend import emit, input_shapes, validate
+    from nirc.plugin import load_registry
+    from nirc.quant import load_calibration
+    from nirc.quant.act16 import promotable_tensors, vela_cost
+
+    calib = load_calibration(calib_path, input_shapes(proto), count=16)
+    promotable, blocked = promotable_tensors(proto)
+    emitted = emit(proto, dtype="int8", calib=calib, wide=promotable)
+    snr = min(c.snr_db for c in validate(proto, emitted.tflite, calib))
+    cost = vela_cost(load_registry().get_target("ethos-u65"))(emitted.tflite)
+    return {"int16_tensors": len(promotable), "int8_only": len(blocked), "snr_db": round(snr, 3), "ms": cost.ms}
 
 
 def table(rows: list[dict[str, Any]], min_snr: float, max_cost: float) -> str:
@@ -85,19 +103,21 @@ def table(rows: list[dict[str, Any]], min_snr: float, max_cost: float) -> str:
         "Ethos_U65_High_End, Dedicated_Sram_384KB, Vela 5.2. SNR: worst output, LiteRT vs ORT, calibration set.",
         "",
         "| model | int8 SNR dB | mixed SNR dB | gain dB | int8 ms | mixed ms | cost | layers promoted | int16 tensors "
-        "| target met | NPU check (mixed) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target met | all int16-capable: SNR dB / ms / tensors (int8-only) | NPU check (mixed) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     details: list[str] = []
     for row in rows:
         a = row.get("act16")
         if not a:
-            lines.append(f"| {row['model']} | - | - | - | - | - | - | - | - | - | {row.get('error', '-')} |")
+            lines.append(f"| {row['model']} | - | - | - | - | - | - | - | - | - | - | {row.get('error', '-')} |")
             continue
+        c = row["ceiling"]
         lines.append(
             f"| {row['model']} | {a['int8']['snr_db']} | {a['mixed']['snr_db']} | {a['snr_gain_db']} "
             f"| {a['int8']['inference_time_ms']:.3f} | {a['mixed']['inference_time_ms']:.3f} | {a['cost_pct']:+.1f}% "
-            f"| {len(a['layers'])} | {a['int16_tensors']} | {a['target_met']} | {row['npu']} |"
+            f"| {len(a['layers'])} | {a['int16_tensors']} | {a['target_met']} "
+            f"| {c['snr_db']} / {c['ms']:.3f} / {c['int16_tensors']} ({c['int8_only']}) | {row['npu']} |"
         )
         details.append(f"### {row['model']}")
         details.append("")

@@ -10,8 +10,8 @@ TANH outputs) stay out of groups; the emitter requantizes them where needed.
 
 16-bit activations: ``wide`` names tensors to hold as int16 (symmetric, zero point 0).
 A tied group is one buffer format, so a group is wide when any member is named; every
-tensor also keeps its int8 parameters, which an int8 consumer of a wide tensor reads
-through a QUANTIZE (:meth:`QuantPlan.narrow`).
+tensor also keeps int8 parameters, from its own calibrated range, which an int8 consumer
+of a wide tensor reads it with through a QUANTIZE (:meth:`QuantPlan.narrow`).
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ class QuantPlan:
                 self._params[m] = q16 if is_wide else q
                 if is_wide:
                     self.wide.add(m)
+                    if m in ranges:
+                        # Read back in int8 by an op outside the group: its own range, not the
+                        # group's union (a Split's small slice gets a step of its own).
+                        self._narrow[m] = activation_qparams(*ranges[m])
 
     @staticmethod
     def _outputs(idx: int, node: onnx.NodeProto, fusion: FusionPlan) -> list[str]:
