@@ -226,6 +226,8 @@ def promote(
 
     say = progress or (lambda _message: None)
     promotable, blocked = promotable_tensors(proto)
+    if request.layers:  # before any measurement: a misspelt name fails at once
+        _check_named(proto, request.layers, promotable, blocked, label)
     samples = list(calib.samples)
     base_snr = _worst_output_snr(proto, base, samples)
     say("16-bit activations: Vela estimate of the int8 model")
@@ -240,8 +242,6 @@ def promote(
     search = _Search(proto, promotable, blocked, emit, cost, samples)
     steps: list[dict[str, Any]] = []
     refused: dict[str, str] = {}
-    if request.layers:
-        _check_named(proto, request.layers, promotable, blocked, label)
     chosen = _Trial(list(request.layers), set(), base, base_snr, base_cost)
     if request.layers:
         chosen = search.trial(list(request.layers))
