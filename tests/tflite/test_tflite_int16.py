@@ -66,7 +66,7 @@ def test_int16_outlier_gains_and_boundaries() -> None:
     assert abs(_snr(model, only_t, tests) - snr8) < 1.0
 
 
-def test_int16_whole_cnn_matches_ort() -> None:
+def test_int16_whole_cnn_matches_ort(tmp_path: Path) -> None:
     """Every op kind the small CNN has (depthwise, grouped, residual, concat, pools, FC) in int16."""
     model = small_cnn()
     rng = np.random.default_rng(0)
@@ -86,6 +86,7 @@ def test_int16_whole_cnn_matches_ort() -> None:
         print(f"output {index}: int8 {snr_db(want, got8):.1f} dB, int16 {snr_db(want, got16):.1f} dB")
         assert snr_db(want, got16) > 30.0
         assert snr_db(want, got16) > snr_db(want, got8) - 1.0  # both end in the same int8 output rounding
+    assert _vela_ops(mixed.data, tmp_path) == ["ethos-u"]  # every int16 op and QUANTIZE on the NPU
 
 
 def test_int16_deterministic() -> None:
