@@ -8,9 +8,9 @@ Usage::
 
 Each model is compiled once with ``nirc optimize``'s defaults (full ethos-u65 pipeline, accuracy
 guard on) plus ``--activations-16 auto --min-snr DB --act16-max-cost PCT``: auto mode ranks the
-layers by their per-layer int8 SNR drop, promotes the worst 1, 2, 4, ... whose readers can take
-int16, and keeps a batch only if the worst output's SNR rises, until the target is met or Vela's
-estimate has grown by more than the limit (:mod:`nirc.quant.act16`). Both numbers come from the
+layers by their per-layer int8 SNR drop and tries the worst 1, 2, 4, ... (all, last) whose readers
+can take int16, keeping the first that meets the target, else the best within the latency limit
+(:mod:`nirc.quant.act16`). Both numbers come from the
 same run: the int8 model and the chosen mixed model are each emitted, compared with ORT in LiteRT
 and compiled with Vela 5.2 (ethos-u65-256, High_End, Dedicated_Sram_384KB).
 
@@ -121,7 +121,7 @@ def table(rows: list[dict[str, Any]], min_snr: float, max_cost: float) -> str:
         )
         details.append(f"### {row['model']}")
         details.append("")
-        details.append("Auto steps (cumulative layers; a step is kept only if the worst output SNR rises):")
+        details.append("Auto tries (the worst N layers; kept: the one chosen):")
         details.append("")
         details.append("| layers | int16 tensors | SNR dB | ms | cost | kept |")
         details.append("|---|---|---|---|---|---|")

@@ -11,9 +11,10 @@ their outputs are int16 too (:func:`layer_group`): a consumer that read T back i
 round it to the same int8 grid again and gain nothing. The int16 region ends where an int8
 op reads it, through a QUANTIZE that Vela runs on the NPU.
 
-Auto mode ranks layers by their per-layer SNR drop, promotes the worst 1, 2, 4, ... until
-every output reaches ``min_snr_db`` or Vela's estimate grows by more than ``max_cost_pct``
-over the int8 model; a batch that does not raise the output SNR is dropped again.
+Auto mode ranks layers by their per-layer SNR drop and tries the worst 1, 2, 4, ... (all, last)
+until every output reaches ``min_snr_db`` or Vela's estimate grows by more than ``max_cost_pct``
+over the int8 model; it keeps the first prefix that meets the target, else the one with the
+best output SNR (by at least ``MIN_GAIN_DB``) within the cost limit.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ DEFAULT_MAX_COST_PCT = 25.0
 """Auto mode stops before Vela's latency estimate grows by more than this over the int8 model."""
 LAYER_SAMPLES = 4
 """Samples the per-layer ranking runs on (it keeps every intermediate tensor)."""
-MAX_ROUNDS = 6
-"""Auto mode's emit + validate + Vela rounds: 1, 2, 4, ... 32 layers more per round."""
+MAX_ROUNDS = 12
+"""Auto mode's emit + validate + Vela rounds at most: prefixes of 1, 2, 4, ... 2048 layers, then all."""
 MIN_GAIN_DB = 0.1
-"""A batch of layers is kept only if it raises the worst output SNR by at least this."""
+"""A prefix replaces a shorter one only if it raises the worst output SNR by at least this."""
 
 
 @dataclass(frozen=True)
@@ -299,24 +300,33 @@ def _auto(
     steps: list[dict[str, Any]],
     say: Callable[[str], None],
 ) -> _Trial:
-    batch = 1
-    position = 0
+    """Prefixes of the ranked candidates, 1, 2, 4, ... all: the first to meet the target, else the best.
+
+    Prefixes, not separate batches: one layer's gain is often below the run-to-run spread of the
+    output SNR, so batches judged alone are kept or dropped at random; a prefix only grows. The
+    last prefix is every candidate, so the search also finds what int16 can do at most.
+    """
+    best = current
+    size = 1
     for _ in range(MAX_ROUNDS):
-        if current.snr_db >= request.min_snr_db or position >= len(candidates):
+        if best.snr_db >= request.min_snr_db or not candidates:
             break
-        more = candidates[position : position + batch]
-        position += len(more)
-        say(f"16-bit activations: trying {len(current.layers) + len(more)} layer(s)")
-        trial = search.trial([*current.layers, *more])
+        layers = [*current.layers, *candidates[:size]]
+        say(f"16-bit activations: trying {len(layers)} layer(s)")
+        trial = search.trial(layers)
         over = _pct(trial.cost, base.cost) > request.max_cost_pct
-        gained = trial.snr_db >= current.snr_db + MIN_GAIN_DB
-        steps.append(_step_json(trial, base, accepted=gained and not over, added=more))
+        better = not over and trial.snr_db >= best.snr_db + MIN_GAIN_DB
+        steps.append(_step_json(trial, base, accepted=better, added=candidates[:size]))
         if over:
             break
-        if gained:
-            current = trial
-        batch *= 2
-    return current
+        if better:
+            best = trial
+        if size >= len(candidates):
+            break
+        size = min(2 * size, len(candidates))
+    for step in steps:  # only the prefix kept in the end is marked
+        step["accepted"] = step["layers"] == len(best.layers) and best is not current
+    return best
 
 
 def _candidates(search: _Search, ranked: list[str], shown: int = 10) -> tuple[list[str], dict[str, str]]:
