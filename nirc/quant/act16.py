@@ -65,6 +65,8 @@ class Act16Request:
     @classmethod
     def parse(cls, spec: Sequence[str], min_snr_db: float | None, max_cost_pct: float | None) -> Act16Request | None:
         """From ``--activations-16 auto|T1,T2`` and ``--min-snr``; None when neither is given."""
+        if isinstance(spec, str):  # the library's activations_16="auto"
+            spec = (spec,)
         names = tuple(n.strip() for item in spec for n in item.split(",") if n.strip())
         auto = AUTO in names or (not names and min_snr_db is not None)
         if not names and not auto:

@@ -40,6 +40,7 @@ def cost():  # type: ignore[no-untyped-def]
 
 def test_parse() -> None:
     assert Act16Request.parse((), None, None) is None
+    assert Act16Request.parse("auto", None, None) == Act16Request.parse(["auto"], None, None)
     auto = Act16Request.parse(("auto",), None, None)
     assert auto is not None and auto.auto and not auto.layers and auto.min_snr_db == 30.0
     named = Act16Request.parse(("a,b", "c"), None, 10.0)
