@@ -58,18 +58,26 @@ def clip_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
 
 
 def lower_relu(em: Emitter, node: onnx.NodeProto) -> None:
-    _unary(em, node, Op.RELU)
+    if em.wide:  # LiteRT's standalone RELU kernels are 8-bit only
+        _clamp(em, node, 0.0, None)
+    else:
+        _unary(em, node, Op.RELU)
 
 
 def lower_clip(em: Emitter, node: onnx.NodeProto) -> None:
     kind = activation_kind(em.info, node)
-    if kind is not None:
+    if kind is not None and not em.wide:
         _unary(em, node, STANDALONE_ACTIVATION[kind])
         return
     lo, hi = _bounds(em.info, node)
-    if lo == 0.0 and hi == 1.0:
+    if lo == 0.0 and hi == 1.0 and not em.wide:
         _unary(em, node, Op.RELU_0_TO_1)
         return
+    _clamp(em, node, lo, hi)
+
+
+def _clamp(em: Emitter, node: onnx.NodeProto, lo: float | None, hi: float | None) -> None:
+    """MINIMUM/MAXIMUM with scalar bounds: NPU ops with int8 and int16 kernels alike."""
     x = em.value(node.input[0])
     if lo is None and hi is None:
         em.alias(node.output[0], x)

@@ -111,7 +111,7 @@ def test_int16_refuses_ops_without_int16_kernels() -> None:
 
 
 def _activation_model() -> onnx.ModelProto:
-    """conv -> Sigmoid / x*Sigmoid (SiLU) / Tanh / HardSwish -> conv: the non-linearities with int16 forms."""
+    """Sigmoid, SiLU, Tanh, HardSwish, standalone Relu and Clip(0, 1) between convs: their int16 forms."""
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((8, 8, 1, 1)) * 0.6).astype(np.float32)
     nodes = [
@@ -121,9 +121,12 @@ def _activation_model() -> onnx.ModelProto:
         h.make_node("Tanh", ["silu"], ["t"]),
         h.make_node("Conv", ["t", "w"], ["c2"]),
         h.make_node("HardSwish", ["c2"], ["hs"]),
-        h.make_node("Conv", ["hs", "w"], ["y"]),
+        h.make_node("Relu", ["hs"], ["r"]),  # standalone: nothing to fuse into
+        h.make_node("Conv", ["r", "w"], ["c3"]),
+        h.make_node("Clip", ["c3", "zero", "one"], ["y"]),  # RELU_0_TO_1 in int8
     ]
-    return make_model(nodes, {"x": (1, 8, 8, 8)}, ["y"], {"w": w})
+    consts = {"w": w, "zero": np.asarray(0.0, np.float32), "one": np.asarray(1.0, np.float32)}
+    return make_model(nodes, {"x": (1, 8, 8, 8)}, ["y"], consts)
 
 
 def test_int16_activation_functions(tmp_path: Path) -> None:
@@ -131,11 +134,11 @@ def test_int16_activation_functions(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     feeds = [{"x": (rng.standard_normal((1, 8, 8, 8)) * 2).astype(np.float32)} for _ in range(6)]
     ranges = calibrate(model, feeds)
-    wide = {"c", "s", "silu", "t", "c2", "hs", "y"}
+    wide = {"c", "s", "silu", "t", "c2", "hs", "r", "c3", "y"}
     int8 = emit_tflite(model, dtype="int8", ranges=ranges)
     mixed = emit_tflite(model, dtype="int8", ranges=ranges, wide=wide)
     ops = op_names(mixed.data)
-    assert "HARD_SWISH" not in ops and {"LOGISTIC", "TANH"} <= set(ops)
+    assert not {"HARD_SWISH", "RELU", "RELU_0_TO_1"} & set(ops) and {"LOGISTIC", "TANH"} <= set(ops)
     types = _dtypes(mixed.data)
     assert all(types[n] == np.int16 for n in wide)
     snr8, snr16 = _snr(model, int8, feeds), _snr(model, mixed, feeds)
