@@ -11,7 +11,8 @@ their outputs are int16 too (:func:`layer_group`): a consumer that read T back i
 round it to the same int8 grid again and gain nothing. The int16 region ends where an int8
 op reads it, through a QUANTIZE that Vela runs on the NPU.
 
-Auto mode ranks layers by their per-layer SNR drop and tries the worst 1, 2, 4, ... (all, last)
+Auto mode ranks layers by their per-layer SNR drop (then every other int16-capable tensor) and
+tries the first 1, 2, 4, ... (all, last)
 until every output reaches ``min_snr_db`` or Vela's estimate grows by more than ``max_cost_pct``
 over the int8 model; it keeps the first prefix that meets the target, else the one with the
 best output SNR (by at least ``MIN_GAIN_DB``) within the cost limit.
@@ -251,6 +252,9 @@ def promote(
         steps.append(_step_json(chosen, base_trial, accepted=True))
     if request.auto:
         candidates, refused = _candidates(search, [r["tensor"] for r in ranked if r["tensor"] not in chosen.layers])
+        # Then the rest, in graph order: the last prefix is every tensor that can be int16 (the ceiling).
+        listed = set(candidates) | set(chosen.layers)
+        candidates += [e.tensor for e in errors if e.tensor in promotable and e.tensor not in listed]
         chosen = _auto(search, chosen, base_trial, candidates, request, steps, say)
 
     layers = []
