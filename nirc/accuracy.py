@@ -240,7 +240,7 @@ def layer_errors(
     details = [
         d
         for d in interpreter.get_tensor_details()
-        if d["name"] in producers and d["dtype"] == np.int8 and d["quantization"][0] > 0
+        if d["name"] in producers and d["dtype"] in (np.int8, np.int16) and d["quantization"][0] > 0
     ]
     if not details:
         return []

@@ -7,6 +7,7 @@ compiling, and so the validation measures exactly the file that Vela compiles.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,11 +58,17 @@ def emit(
     label: str = "<model>",
     weights: WeightRange = "max",
     bias_correction: bool = False,
+    wide: Collection[str] = (),
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> EmitResult:
-    """Emit TFLite; for int8 the ranges are measured on ``calib`` with ORT on this very graph."""
+    """Emit TFLite; for int8 the ranges are measured on ``calib`` with ORT on this very graph.
+
+    ``wide``: activation tensors emitted as int16 (:mod:`nirc.quant.act16` chooses them).
+    ``ranges``: those an earlier emission of this graph measured on ``calib`` (re-emitting with
+    other tensors wide needs no new calibration run).
+    """
     check_supported(proto, label)
-    ranges = None
-    if dtype == "int8":
+    if dtype == "int8" and ranges is None:
         if calib is None:
             raise ValueError("int8 emission needs calibration samples")
         ranges = share_tile_ranges(collect_ranges(proto, calib, method=method))
@@ -71,7 +78,7 @@ def emit(
             from nirc.quant.bias_correction import correct_biases
 
             proto, _ = correct_biases(proto, calib)  # same weights, so the same int8 weights and ranges
-        model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label)
+        model = emit_tflite(proto, dtype=dtype, ranges=ranges, io_dtype=io_dtype, source=label, wide=wide)
     finally:
         WEIGHT_RANGE.reset(token)
     return EmitResult(model, ranges)

@@ -248,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-accuracy-guard", action="store_true", help="keep hardware rewrites whatever they cost in int8 SNR"
     )
+    p.add_argument(
+        "--activations-16",
+        action="append",
+        default=[],
+        metavar="auto|TENSOR[,..]",
+        help="int16 activations (16x8 on the NPU) for these layers, or auto: the worst layers by per-layer "
+        "SNR drop until --min-snr or --act16-max-cost; opt-in, reported per layer",
+    )
+    p.add_argument("--min-snr", type=float, metavar="DB", help="auto 16-bit activations' target on every output")
+    p.add_argument(
+        "--act16-max-cost", type=float, metavar="PCT", help="auto 16-bit activations: max Vela latency increase"
+    )
     p.add_argument("--verify", action="store_true", help="check every exact pass numerically with ORT")
     p.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the ONNX after each pass")
     _add_calib_args(p)
@@ -517,6 +529,9 @@ def optimize_options(args: argparse.Namespace) -> OptimizeOptions:
         require_fit=False,  # show the summary first, then fail
         accuracy=False if args.no_accuracy_guard else (True if args.max_snr_drop is not None else None),
         max_snr_drop=args.max_snr_drop if args.max_snr_drop is not None else DEFAULT_MAX_SNR_DROP_DB,
+        activations_16=tuple(args.activations_16),
+        min_snr=args.min_snr,
+        act16_max_cost=args.act16_max_cost,
     )
 
 
@@ -598,6 +613,13 @@ def print_optimize_summary(report: dict[str, Any], outdir: Path) -> None:
         write(
             f"  int8 error enters at {layer['op']} '{layer['tensor']}': SNR {layer['input_snr_db']} -> "
             f"{layer['snr_db']} dB\n"
+        )
+    act16 = validation.get("activations_16")
+    if act16:
+        write(
+            f"16-bit activations ({act16['mode']}): {len(act16['layers'])} layer(s), SNR {act16['int8']['snr_db']} -> "
+            f"{act16['mixed']['snr_db']} dB, Vela {act16['int8']['inference_time_ms']} -> "
+            f"{act16['mixed']['inference_time_ms']} ms ({act16['cost_pct']:+.1f}%)\n"
         )
     guard = validation.get("accuracy_guard")
     if guard:

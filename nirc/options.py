@@ -80,6 +80,11 @@ class OptimizeOptions:
         npu_format: what Vela reads: the int8 TFLite, or it lifted to TOSA 1.0 (``tosa``: one-input
             functions such as SiLU become one TABLE; ``auto``: both compiled, Vela's faster estimate kept).
         require_fit: raise :class:`~nirc.errors.TargetError` when the compiled model does not fit.
+        activations_16: int16 activations (16x8 on the NPU) for these layers (ONNX tensor names of the
+            optimized model) or ``("auto",)``: the worst layers by per-layer SNR drop until ``min_snr``
+            (:mod:`nirc.quant.act16`). Opt-in; the report gives each layer's SNR gain and Vela cycles.
+        min_snr: auto mode's accuracy target in dB on every output (giving it alone means auto).
+        act16_max_cost: auto mode stops before Vela's latency grows by more than this percentage.
     """
 
     target: str | Target = DEFAULT_TARGET
@@ -101,6 +106,9 @@ class OptimizeOptions:
     max_snr_drop: float = DEFAULT_MAX_SNR_DROP_DB
     layer_report: bool = True
     require_fit: bool = True
+    activations_16: Sequence[str] = ()
+    min_snr: float | None = None
+    act16_max_cost: float | None = None
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(OptimizeOptions))

@@ -252,6 +252,11 @@ def _optimize(
         proto, dtype="int8", calib=calib, method=method, io_dtype=opts.io_dtype, label=label,
         weights=opts.calibration.weights, bias_correction=opts.calibration.bias_correction,
     )
+    act16 = None
+    if opts.activations_16 or opts.min_snr is not None:
+        from nirc.quant.act16 import promote_in_pipeline
+
+        emitted, act16 = promote_in_pipeline(proto, calib, emitted, opts, tgt, label, progress)
     stages.next("validate")
     progress("validating int8 against float (LiteRT vs ONNX Runtime)")
     checks = validate(proto, emitted.tflite, calib)
@@ -262,6 +267,8 @@ def _optimize(
     if opts.layer_report:
         progress("measuring per-layer int8 error")
         validation["layers"] = _layer_section(proto, emitted.tflite, calib)
+    if act16 is not None:
+        validation["activations_16"] = act16
     if guard is not None:
         validation["accuracy_guard"] = guard.stats()
     if any(not r.exact and r.changed for r in records):

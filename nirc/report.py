@@ -28,7 +28,12 @@ Schema (version 1), top-level keys:
                       of the hardware passes ran; each guarded pass records its verdict in its decisions:
                       accuracy_guard {int8_snr_db_before, int8_snr_db_after, snr_drop_db, max_snr_drop_db,
                       within_tolerance, kept}, and substitute-blocks one ``int8`` entry per block
-                      {..., saved_cycles, refused} plus its summary's accuracy_guard)},
+                      {..., saved_cycles, refused} plus its summary's accuracy_guard),
+              activations_16 {mode (auto|layers), min_snr_db, max_cost_pct, int8 {snr_db, inference_time_ms,
+                      cycles}, mixed {...}, cost_pct, snr_gain_db, target_met, int16_tensors, layers [{tensor,
+                      op, int16_tensors, int8_drop_db, snr_db_int8, snr_db_mixed, snr_gain_db, cycles_int8,
+                      cycles_mixed}], steps [...], not_promotable {tensor: reason}} (only with
+                      --activations-16 / --min-snr; the rest of the report is about the mixed model)},
   vela (null with --no-compile) {inference_time_ms, cycles_total, cycles_npu, sram_used_kib, dram_used_kib,
         dram_feature_map_read_bytes, dram_feature_map_write_bytes, dram_weight_bytes, nn_macs, npu_ops,
         cpu_ops, cpu_op_list [{name, op_type, reason}], layers [...], vela_version, ...},

@@ -52,10 +52,18 @@ class QParams:
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     axis: int = 0
+    bits: int = 8
+    """Width of the integer type the parameters are for: 8 (int8) or 16 (int16 activations,
+    symmetric, which Vela runs as 16x8 against int8 weights). Part of equality, so a tensor
+    moved between widths always gets its QUANTIZE."""
 
     @property
     def per_tensor(self) -> bool:
         return len(self.scale) == 1
+
+    @property
+    def dtype(self) -> str:
+        return "int16" if self.bits == 16 else "int8"
 
 
 @dataclass(frozen=True)

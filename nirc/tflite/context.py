@@ -23,7 +23,14 @@ from nirc.tflite.fusion import Activation, FusionPlan
 from nirc.tflite.graph import GraphInfo
 from nirc.tflite.layout import compose, invert, is_memory_noop, permute_shape, standard_perm
 from nirc.tflite.qplan import QuantPlan
-from nirc.tflite.quantize import activation_qparams, constant_qparams, quantize
+from nirc.tflite.quantize import (
+    activation_qparams,
+    activation_qparams16,
+    constant_qparams,
+    int_bounds,
+    quantize,
+    widened,
+)
 
 Op = BuiltinOperator
 _LOG = logging.getLogger("nirc.tflite")
@@ -42,8 +49,19 @@ _INT8_VERSIONS: dict[int, int] = {
 }  # fmt: skip
 
 
-def op_version(builtin: int, int8: bool, options: Options | None) -> int:
+#: Operator versions of the 16x8 kernels (int16 activations, int8 weights) where they differ.
+_INT16_VERSIONS: dict[int, int] = {
+    Op.CONV_2D: 4, Op.DEPTHWISE_CONV_2D: 5, Op.FULLY_CONNECTED: 7, Op.ADD: 3, Op.SUB: 3, Op.MUL: 4,
+    Op.AVERAGE_POOL_2D: 3, Op.MAX_POOL_2D: 3, Op.CONCATENATION: 3, Op.PAD: 4, Op.QUANTIZE: 4,
+    Op.DEQUANTIZE: 4, Op.MEAN: 3, Op.RESHAPE: 1, Op.TRANSPOSE: 5, Op.MAXIMUM: 4, Op.MINIMUM: 4,
+    Op.LOGISTIC: 3, Op.TANH: 3,
+}  # fmt: skip
+
+
+def op_version(builtin: int, int8: bool, options: Options | None, int16: bool = False) -> int:
     version = _INT8_VERSIONS.get(builtin, 1) if int8 else 1
+    if int16:
+        version = max(version, _INT16_VERSIONS.get(builtin, version))
     resize = builtin in (Op.RESIZE_BILINEAR, Op.RESIZE_NEAREST_NEIGHBOR)
     if resize and options is not None and dict(options.fields).get("HalfPixelCenters"):
         version = 3
@@ -83,6 +101,10 @@ class Emitter:
         self._moved: dict[tuple[int, tuple[int, ...]], int] = {}
         self.node_index: int = -1
         self.transposes: list[str] = []
+        #: Whether the node being lowered computes in int16 (its planned output is wide): its
+        #: inputs, derived intermediates and constant operands are then int16 too.
+        self.wide = False
+        self._fitted: dict[tuple[int, QParams], int] = {}
 
     # -- facts -----------------------------------------------------------------------
     @property
@@ -106,17 +128,21 @@ class Emitter:
 
     @staticmethod
     def real_range(q: QParams) -> tuple[float, float]:
-        """The real interval an int8 tensor with parameters ``q`` can represent."""
+        """The real interval an int8 (or int16) tensor with parameters ``q`` can represent."""
         s, z = q.scale[0], q.zero_point[0]
-        return s * (-128 - z), s * (127 - z)
+        lo, hi = int_bounds(q)
+        return s * (lo - z), s * (hi - z)
 
     def range_qparams(self, lo: float, hi: float) -> QParams | None:
         """Parameters for an intermediate tensor with a derived (not calibrated) range."""
-        return activation_qparams(lo, hi) if self.int8 else None
+        if not self.int8:
+            return None
+        return activation_qparams16(lo, hi) if self.wide else activation_qparams(lo, hi)
 
     # -- tensors ---------------------------------------------------------------------
     def new_tensor(self, name: str, shape: Sequence[int], quant: QParams | None) -> int:
-        return self.mb.add_tensor(name, tuple(shape), self.act_dtype, quant)
+        dtype = quant.dtype if self.int8 and quant is not None else self.act_dtype
+        return self.mb.add_tensor(name, tuple(shape), dtype, quant)
 
     def int_const(self, name: str, values: npt.ArrayLike) -> int:
         return self.mb.add_constant(name, np.asarray(values, dtype=np.int32))
@@ -126,7 +152,7 @@ class Emitter:
         arr = np.asarray(array, dtype=np.float32)
         if not self.int8:
             return self.mb.add_constant(name, arr)
-        q = quant or constant_qparams(arr)
+        q = quant or constant_qparams(arr, 16 if self.wide else 8)
         return self.mb.add_constant(name, quantize(arr, q), q)
 
     # -- values ----------------------------------------------------------------------
@@ -163,11 +189,11 @@ class Emitter:
         if v.col_order is not None:
             raise BackendError(f"tensor '{name}': flattened NHWC tensor consumed by a non-FC op")
         if v.perm == want:
-            return v
+            return self.fit(v, name)
         key = (name, want)
         if key not in self._converted:
             self._converted[key] = self._relayout(name, v, want)
-        return self._converted[key]
+        return self.fit(self._converted[key], name)
 
     def stored(self, name: str) -> Value:
         """ONNX tensor ``name`` in whatever layout it is stored in (constants: ONNX order).
@@ -178,7 +204,7 @@ class Emitter:
         """
         v = self.values.get(name)
         if v is not None and v.col_order is None:
-            return v
+            return self.fit(v, name)
         const = self.const(name)
         return self.value(name, tuple(range(const.ndim)) if const is not None else None)
 
@@ -240,6 +266,24 @@ class Emitter:
             return v
         return self._relayout(name, v, want_t)
 
+    def fit(self, v: Value, name: str) -> Value:
+        """``v`` in the width of the node being lowered: a QUANTIZE at an int8/int16 boundary.
+
+        Widening keeps every int8 value (:func:`~nirc.tflite.quantize.widened`); narrowing
+        uses the tensor's planned int8 parameters, as if it had never been wide.
+        """
+        q = self.quant_of(v)
+        if q is None or self.plan is None or not q.per_tensor or (q.bits == 16) == self.wide:
+            return v
+        narrow = self.plan.narrow(name) or activation_qparams(*self.real_range(q))
+        target = widened(q) if self.wide else narrow
+        key = (v.tensor, target)
+        done = self._fitted.get(key)
+        if done is None:
+            done = self.requant(v, target, name).tensor
+            self._fitted[key] = done
+        return Value(done, v.perm, v.onnx_shape, v.col_order)
+
     def requant(self, v: Value, quant: QParams | None, name: str) -> Value:
         """``v`` with int8 parameters ``quant``, via a QUANTIZE (int8->int8 rescale) if needed."""
         if quant is None or self.quant_of(v) == quant:
@@ -252,8 +296,12 @@ class Emitter:
     def op(
         self, builtin: int, inputs: Sequence[int], outputs: Sequence[int], options: Options | None = None
     ) -> None:
+        int16 = self.int8 and any(self.mb.dtype_of(t) == "int16" for t in (*inputs, *outputs) if t >= 0)
+        if int16 and builtin in (Op.ADD, Op.SUB) and options is not None:
+            # General int16 scales: the default (power-of-two scales only) is not what nirc plans.
+            options = Options(options.name, (*options.fields, ("PotScaleInt16", False)))
         self.mb.add_operator(
-            builtin, list(inputs), list(outputs), options, op_version(builtin, self.int8, options)
+            builtin, list(inputs), list(outputs), options, op_version(builtin, self.int8, options, int16)
         )
 
     def activation(self, node: onnx.NodeProto) -> tuple[int, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 import onnx
@@ -93,11 +93,14 @@ def emit_tflite(
     ranges: Mapping[str, tuple[float, float]] | None = None,
     io_dtype: Literal["int8", "float32"] = "int8",
     source: str = "<model>",
+    wide: Collection[str] = (),
 ) -> TFLiteModel:
     """Lower an opset-18, statically shaped ONNX model to a TFLite flatbuffer.
 
     ``dtype="int8"`` needs ``ranges`` for every activation tensor; ``io_dtype``
     then selects int8 model I/O or float I/O with QUANTIZE/DEQUANTIZE at the edges.
+    ``wide``: ONNX tensors to hold as int16 activations (see :mod:`nirc.tflite.wide`);
+    the model's inputs and outputs stay int8.
     """
     if dtype not in ("float32", "int8"):
         raise BackendError(f"{source}: dtype must be 'float32' or 'int8', got {dtype!r}")
@@ -117,7 +120,12 @@ def emit_tflite(
     fusion.skipped |= patterns.unplanned
     plan = None
     if dtype == "int8":
-        plan = QuantPlan(info, fusion, LOWERINGS, ranges or {}, source)
+        plan = QuantPlan(info, fusion, LOWERINGS, ranges or {}, source, wide)
+        if wide:
+            from nirc.tflite.wide import check_wide
+
+            # After planning: a tied group (a CONCATENATION and its inputs) is wide as a whole.
+            check_wide(info, fusion, plan.wide | set(wide), source, patterns.skipped | set(patterns.lower))
     em = Emitter(info, int8=dtype == "int8", plan=plan, fusion=fusion)
     float_io = dtype == "int8" and io_dtype == "float32"
 
@@ -126,6 +134,7 @@ def emit_tflite(
         if idx in fusion.skipped or idx in patterns.skipped:
             continue
         em.node_index = idx
+        em.wide = plan is not None and fusion.output_name(idx, node) in plan.wide
         try:
             lower = patterns.lower.get(idx, LOWERINGS[node.op_type].lower)
             lower(em, node)
@@ -133,6 +142,7 @@ def emit_tflite(
             raise
         except Exception as exc:
             raise BackendError(f"{source}: lowering {describe(node, idx)} failed: {exc}") from exc
+    em.wide = False  # model outputs are int8 (or float) whatever their producer computed in
     outputs = _emit_outputs(em, info.outputs, float_io)
     return TFLiteModel(data=em.mb.serialize(), inputs=tuple(inputs), outputs=tuple(outputs))
 
@@ -154,7 +164,7 @@ def _io(
 def _emit_input(em: Emitter, name: str, float_io: bool) -> TensorIO:
     shape = em.shape(name)
     perm = standard_perm(len(shape))
-    q = em.qparams(name)
+    q = em.plan.narrow(name) if em.plan is not None else None
     if float_io:
         outer = em.mb.add_tensor(name, permute_shape(shape, perm), "float32")
         inner = em.define(f"{name}", perm=perm, quant=q)

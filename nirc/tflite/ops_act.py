@@ -19,7 +19,7 @@ from nirc.errors import BackendError
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import Options, QParams
 from nirc.tflite.context import Emitter
-from nirc.tflite.fusion import STANDALONE_ACTIVATION, activation_kind, clip_bounds
+from nirc.tflite.fusion import STANDALONE_ACTIVATION, Activation, activation_kind, clip_bounds
 from nirc.tflite.graph import GraphInfo, attr_float, attr_int
 from nirc.tflite.layout import stored_axis
 from nirc.tflite.quantize import SIGMOID_QPARAMS, TANH_QPARAMS
@@ -58,18 +58,26 @@ def clip_ties(info: GraphInfo, node: onnx.NodeProto) -> list[str]:
 
 
 def lower_relu(em: Emitter, node: onnx.NodeProto) -> None:
-    _unary(em, node, Op.RELU)
+    if em.wide:  # LiteRT's standalone RELU kernels are 8-bit only
+        _clamp(em, node, 0.0, None)
+    else:
+        _unary(em, node, Op.RELU)
 
 
 def lower_clip(em: Emitter, node: onnx.NodeProto) -> None:
     kind = activation_kind(em.info, node)
-    if kind is not None:
+    if kind is not None and not em.wide:
         _unary(em, node, STANDALONE_ACTIVATION[kind])
         return
     lo, hi = _bounds(em.info, node)
-    if lo == 0.0 and hi == 1.0:
+    if lo == 0.0 and hi == 1.0 and not em.wide:
         _unary(em, node, Op.RELU_0_TO_1)
         return
+    _clamp(em, node, lo, hi)
+
+
+def _clamp(em: Emitter, node: onnx.NodeProto, lo: float | None, hi: float | None) -> None:
+    """MINIMUM/MAXIMUM with scalar bounds: NPU ops with int8 and int16 kernels alike."""
     x = em.value(node.input[0])
     if lo is None and hi is None:
         em.alias(node.output[0], x)
@@ -108,7 +116,31 @@ def lower_tanh(em: Emitter, node: onnx.NodeProto) -> None:
 
 
 def lower_hard_swish(em: Emitter, node: onnx.NodeProto) -> None:
-    _unary(em, node, Op.HARD_SWISH)
+    if em.wide:
+        _hard_swish_int16(em, node)
+    else:
+        _unary(em, node, Op.HARD_SWISH)
+
+
+def _hard_swish_int16(em: Emitter, node: onnx.NodeProto) -> None:
+    """``x * relu6(x + 3) / 6`` (the definition) as ADD+RELU6, MUL, MUL: three NPU elementwise ops.
+
+    Why: TFLite has no int16 HARD_SWISH kernel (LiteRT, TFLite Micro), and Vela's HardSwish LUT is
+    int8; the elementwise ops all take int16. The product lies in ``6 * [lo, hi]`` of ``x``.
+    """
+    x = em.value(node.input[0])
+    name = node.output[0]
+    q = em.quant_of(x)
+    lo, hi = em.real_range(q) if q is not None else (-1.0, 1.0)
+    gate = em.new_tensor(f"{name}/gate", x.stored_shape, em.range_qparams(0.0, 6.0))
+    three = em.float_const(f"{name}/three", np.asarray([3.0], np.float32))
+    relu6 = Options("AddOptions", (("FusedActivationFunction", int(Activation.RELU6)),))
+    em.op(Op.ADD, [x.tensor, three], [gate], relu6)
+    prod = em.new_tensor(f"{name}/product", x.stored_shape, em.range_qparams(6.0 * lo, 6.0 * hi))
+    em.op(Op.MUL, [x.tensor, gate], [prod], Options("MulOptions", (("FusedActivationFunction", 0),)))
+    y = em.define(name, perm=x.perm)
+    sixth = em.float_const(f"{name}/sixth", np.asarray([1.0 / 6.0], np.float32))
+    em.op(Op.MUL, [prod, sixth], [y.tensor], Options("MulOptions", (("FusedActivationFunction", 0),)))
 
 
 def sigmoid_fixed(info: GraphInfo, node: onnx.NodeProto) -> QParams | None:

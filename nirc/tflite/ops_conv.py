@@ -18,7 +18,7 @@ from nirc.tflite.context import Emitter, Value
 from nirc.tflite.graph import GraphInfo, attr_int
 from nirc.tflite.layout import conv_weight_ohwi, depthwise_weight_1hwc
 from nirc.tflite.padding import PadPlan, onnx_pads, plan_padding, window_params
-from nirc.tflite.quantize import quantize_bias, quantize_weights
+from nirc.tflite.quantize import int_bounds, quantize_bias, quantize_weights
 
 
 def apply_pad(em: Emitter, x: Value, plan: PadPlan, name: str, *, fill_min: bool = False) -> Value:
@@ -35,11 +35,11 @@ def apply_pad(em: Emitter, x: Value, plan: PadPlan, name: str, *, fill_min: bool
     paddings = em.int_const(f"{name}/paddings", [[0, 0], [t, b], [left, r], [0, 0]])
     q = em.quant_of(x)
     out = em.new_tensor(f"{name}/pad", (n, h + t + b, w + left + r, c), q)
-    if not fill_min or (q is not None and q.zero_point[0] == -128):
+    if not fill_min or (q is not None and q.zero_point[0] == int_bounds(q)[0]):
         em.op(Op.PAD, [x.tensor, paddings], [out])
     else:
         fill = (
-            em.mb.add_constant(f"{name}/pad_value", np.asarray([-128], dtype=np.int8), q)
+            em.mb.add_constant(f"{name}/pad_value", np.asarray([int_bounds(q)[0]], dtype=q.dtype), q)
             if q is not None
             else em.mb.add_constant(f"{name}/pad_value", np.asarray([np.finfo(np.float32).min], np.float32))
         )
@@ -83,7 +83,7 @@ def _weights_and_bias(
             em.mb.add_constant(f"{name}/bias", bias.astype(np.float32)),
         )
     qw, wq = quantize_weights(weight, axis, bias, in_q.scale[0])
-    qb, bq = quantize_bias(bias, in_q.scale[0], wq)
+    qb, bq = quantize_bias(bias, in_q.scale[0], wq, in_q.bits)
     return em.mb.add_constant(f"{name}/weights", qw, wq), em.mb.add_constant(f"{name}/bias", qb, bq)
 
 

@@ -50,7 +50,7 @@ def check_matmul(info: GraphInfo, node: onnx.NodeProto) -> str | None:
 def _activation_value(em: Emitter, name: str) -> Value:
     v = em.values.get(name)
     if v is not None and v.col_order is not None:
-        return v
+        return em.fit(v, name)
     return em.value(name)
 
 
@@ -66,7 +66,7 @@ def _fully_connected(
         b = em.mb.add_constant(f"{name}/bias", bias.astype(np.float32))
     else:
         qw, wq = quantize_weights(weight, 0, bias, in_q.scale[0])
-        qb, bq = quantize_bias(bias, in_q.scale[0], wq)
+        qb, bq = quantize_bias(bias, in_q.scale[0], wq, in_q.bits)
         w = em.mb.add_constant(f"{name}/weights", qw, wq)
         b = em.mb.add_constant(f"{name}/bias", qb, bq)
     opts = Options("FullyConnectedOptions", (("FusedActivationFunction", act),))

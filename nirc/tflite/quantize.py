@@ -21,6 +21,7 @@ from nirc.tflite.builder import QParams
 
 INT8_MIN = -128
 INT8_MAX = 127
+INT16_MAX = 32767
 INT32_LIMIT = 2**31 - 1
 #: Smallest range span turned into a scale; a degenerate (constant) tensor would
 #: otherwise get scale 0, which LiteRT rejects and Vela flags as an infinite rescale.
@@ -29,6 +30,11 @@ MIN_SPAN = 1e-6
 #: Output quantization TFLite mandates for int8 LOGISTIC / SOFTMAX and TANH.
 SIGMOID_QPARAMS = QParams((1.0 / 256.0,), (-128,))
 TANH_QPARAMS = QParams((1.0 / 128.0,), (0,))
+#: Their int16 forms (16-bit activations): TFLite's int16 LOGISTIC and TANH write [-1, 1) in Q15.
+WIDE_FIXED_QPARAMS = {
+    SIGMOID_QPARAMS: QParams((1.0 / 32768.0,), (0,), bits=16),
+    TANH_QPARAMS: QParams((1.0 / 32768.0,), (0,), bits=16),
+}
 
 
 def _f32(value: float) -> float:
@@ -47,8 +53,32 @@ def activation_qparams(lo: float, hi: float) -> QParams:
     return QParams((scale,), (zero_point,))
 
 
+def activation_qparams16(lo: float, hi: float) -> QParams:
+    """Symmetric int16 parameters (zero point 0) for a calibrated ``(min, max)`` range.
+
+    Symmetric because TFLite's 16x8 kernels (CONV_2D, FULLY_CONNECTED, ADD, ...) require a zero
+    point of 0 on int16 activations; the 256x finer step than int8 pays for the lost half range.
+    """
+    lo, hi = float(lo), float(hi)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"non-finite range ({lo}, {hi})")
+    bound = max(abs(lo), abs(hi), MIN_SPAN)
+    return QParams((_f32(bound / INT16_MAX),), (0,), bits=16)
+
+
+def widened(q: QParams) -> QParams:
+    """int16 parameters that hold every value the int8 parameters ``q`` can represent."""
+    s, z = q.scale[0], q.zero_point[0]
+    return activation_qparams16(s * (INT8_MIN - z), s * (INT8_MAX - z))
+
+
+def int_bounds(q: QParams) -> tuple[int, int]:
+    """The integer range of the type ``q`` is for."""
+    return (-INT16_MAX - 1, INT16_MAX) if q.bits == 16 else (INT8_MIN, INT8_MAX)
+
+
 def quantize(array: np.ndarray, q: QParams) -> np.ndarray:
-    """Quantize a float array with per-tensor or per-axis parameters to int8."""
+    """Quantize a float array with per-tensor or per-axis parameters to int8 (int16 for 16-bit ``q``)."""
     arr = np.asarray(array, dtype=np.float64)
     scale = np.asarray(q.scale, dtype=np.float64)
     zp = np.asarray(q.zero_point, dtype=np.float64)
@@ -57,7 +87,8 @@ def quantize(array: np.ndarray, q: QParams) -> np.ndarray:
         shape[q.axis] = -1
         scale = scale.reshape(shape)
         zp = zp.reshape(shape)
-    return np.clip(np.round(arr / scale) + zp, INT8_MIN, INT8_MAX).astype(np.int8)
+    lo, hi = int_bounds(q)
+    return np.clip(np.round(arr / scale) + zp, lo, hi).astype(np.int16 if q.bits == 16 else np.int8)
 
 
 def dequantize(array: np.ndarray, q: QParams) -> np.ndarray:
@@ -65,16 +96,17 @@ def dequantize(array: np.ndarray, q: QParams) -> np.ndarray:
     return ((arr - q.zero_point[0]) * q.scale[0]).astype(np.float32)
 
 
-def constant_qparams(array: np.ndarray) -> QParams:
+def constant_qparams(array: np.ndarray, bits: int = 8) -> QParams:
     """Per-tensor parameters for a constant operand of ADD/MUL/SUB.
 
     The range is the constant's own (widened to 0), so each of its extreme values is
     exactly representable; a single repeated value is then exact as well.
     """
     arr = np.asarray(array, dtype=np.float64)
+    make = activation_qparams16 if bits == 16 else activation_qparams
     if arr.size == 0:
-        return activation_qparams(0.0, 1.0)
-    return activation_qparams(float(arr.min()), float(arr.max()))
+        return make(0.0, 1.0)
+    return make(float(arr.min()), float(arr.max()))
 
 
 def weight_scales(weight: np.ndarray, axis: int, bias: np.ndarray | None, input_scale: float) -> np.ndarray:
@@ -133,10 +165,16 @@ def quantize_weights(
     return quantize(weight, q), q
 
 
-def quantize_bias(bias: np.ndarray, input_scale: float, w: QParams) -> tuple[np.ndarray, QParams]:
-    """int32 bias with ``scale[c] = input_scale * weight_scale[c]`` (zero point 0)."""
+def quantize_bias(
+    bias: np.ndarray, input_scale: float, w: QParams, input_bits: int = 8
+) -> tuple[np.ndarray, QParams]:
+    """int32 bias with ``scale[c] = input_scale * weight_scale[c]`` (zero point 0).
+
+    For an int16 input the bias is int64, the type TFLite's 16x8 CONV_2D / FULLY_CONNECTED
+    kernels take (Vela needs its values within 40 bits; the int32 clip keeps them there).
+    """
     scales = np.asarray([np.float32(input_scale) * np.float32(s) for s in w.scale], dtype=np.float64)
     values = np.round(np.asarray(bias, dtype=np.float64) / scales)
-    values = np.clip(values, -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+    values = np.clip(values, -INT32_LIMIT, INT32_LIMIT).astype(np.int64 if input_bits == 16 else np.int32)
     q = QParams(tuple(_f32(s) for s in scales), (0,) * len(scales), 0)
     return values, q
