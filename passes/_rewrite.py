@@ -42,6 +42,20 @@ def input_at(node: gs.Node, index: int) -> gs.Tensor | None:
     return tensor if is_present(tensor) else None
 
 
+def reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
+    """A Reduce* node's (opset 18) sorted non-negative axes; None when they are not constant or the node is a no-op.
+
+    Absent or empty axes mean every axis, unless ``noop_with_empty_axes`` makes the node an identity.
+    """
+    axes_input = input_at(node, 1)
+    value = const_value(axes_input) if axes_input is not None else None
+    if axes_input is None or (value is not None and value.size == 0):
+        return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    if value is None:
+        return None
+    return sorted({int(a) % rank for a in value.reshape(-1)})
+
+
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of an initializer or of a ``Constant`` node's output; None otherwise."""
     if tensor is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 from nirc.passes._legalize import Emit
-from nirc.passes._rewrite import Namer, const_value, detach, has_any_op, input_at, static_shape
+from nirc.passes._rewrite import Namer, detach, has_any_op, reduce_axes, static_shape
 
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
@@ -55,15 +55,6 @@ class LegalizeReduceMeanPass(Pass):
         return changed
 
 
-def _axes(node: gs.Node, rank: int) -> list[int] | None:
-    axes_input = input_at(node, 1)
-    value = const_value(axes_input) if axes_input is not None else None
-    if axes_input is None or (value is not None and value.size == 0):
-        return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
-    if value is None:
-        return None
-    return sorted({int(a) % rank for a in value.reshape(-1)})
-
 
 def split(count: int, limit: int) -> tuple[int, int] | None:
     """``(a, b)`` with ``a * b == count``, both at most ``limit``, ``b`` as large as possible."""
@@ -78,7 +69,7 @@ def _rewrite(graph: gs.Graph, node: gs.Node, namer: Namer, limit: int) -> bool:
     shape, out_shape = static_shape(x), static_shape(out)
     if shape is None or out_shape is None or x.dtype is None or not np.issubdtype(np.dtype(x.dtype), np.floating):
         return False
-    axes = _axes(node, len(shape))
+    axes = reduce_axes(node, len(shape))
     if not axes or all(shape[a] <= limit for a in axes) or axes != list(range(axes[0], axes[-1] + 1)):
         return False
     outer = int(np.prod(shape[: axes[0]], dtype=np.int64))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 from nirc.passes._legalize import Emit
-from nirc.passes._rewrite import Namer, const_value, detach, has_any_op, input_at, static_shape
+from nirc.passes._rewrite import Namer, detach, has_any_op, reduce_axes, static_shape
 
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
@@ -47,24 +47,13 @@ class LegalizeReduceSumPass(Pass):
         return changed
 
 
-def _axes(node: gs.Node, rank: int) -> list[int] | None:
-    axes_input = input_at(node, 1)
-    if axes_input is None:
-        return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
-    value = const_value(axes_input)
-    if value is None:
-        return None
-    if value.size == 0:
-        return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
-    return sorted({int(a) % rank for a in value.reshape(-1)})
-
 
 def _rewrite(graph: gs.Graph, node: gs.Node, namer: Namer) -> bool:
     x, out = node.inputs[0], node.outputs[0]
     shape, out_shape = static_shape(x), static_shape(out)
     if shape is None or out_shape is None or x.dtype is None or not np.issubdtype(np.dtype(x.dtype), np.floating):
         return False
-    axes = _axes(node, len(shape))
+    axes = reduce_axes(node, len(shape))
     if axes is None:
         return False
     count = int(np.prod([shape[a] for a in axes], dtype=np.int64))
