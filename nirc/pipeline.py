@@ -148,7 +148,7 @@ def optimize(
     target: str | Target | None = None,
     *,
     options: OptimizeOptions | None = None,
-    outdir: Path | None = None,
+    outdir: str | Path | None = None,
     registry: Registry | None = None,
     progress: Callable[[str], None] = _quiet,
     **overrides: Any,
@@ -172,8 +172,9 @@ def optimize(
         TargetError: with ``require_fit``, after writing every artifact, when the compiled
             model does not fit the target platform's memory (the report says by how much).
     """
+    out = Path(outdir) if outdir is not None else None  # a library caller may pass a str, as for ``source``
     with timing.recording() as profile:
-        return _optimize(source, target, options, outdir, registry, progress, overrides, timing.Stages(profile))
+        return _optimize(source, target, options, out, registry, progress, overrides, timing.Stages(profile))
 
 
 def _optimize(

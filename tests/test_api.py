@@ -56,7 +56,7 @@ def test_bytes_in_artifacts_out_nothing_written(tmp_path: Path, monkeypatch: pyt
 
 def test_written_files_equal_the_in_memory_ones(tmp_path: Path) -> None:
     options = nirc.OptimizeOptions(validate_npu="none")
-    written = nirc.optimize(EXAMPLE, options=options, outdir=tmp_path / "a")
+    written = nirc.optimize(EXAMPLE, options=options, outdir=str(tmp_path / "a"))  # a str, like ``source``
     in_memory = nirc.optimize(EXAMPLE, options=options).files()
     assert written.outdir == tmp_path / "a"
     assert set(written.artifacts) == {n for n in in_memory if "/" not in n}
