@@ -102,9 +102,20 @@ def _coords(shape: tuple[int, ...], flat: int) -> str:
 
 
 def _lsb_diff(out: np.ndarray, ref: np.ndarray, scale: float | None) -> np.ndarray:
+    """Per-element difference; for float tensors equal values count as equal, NaN and infinities included.
+
+    A float CPU op (a DIV of a linear attention dividing 0 by 0) gives NaN on both sides when the
+    sim and the reference agree; NaN - NaN would call that a difference. A NaN or infinity on one
+    side only is an infinite difference, so it still fails.
+    """
     if np.issubdtype(ref.dtype, np.integer):
         return np.abs(out.astype(np.int64) - ref.astype(np.int64)).astype(np.float64)
-    return np.abs(out.astype(np.float64) - ref.astype(np.float64)) / (scale or 1.0)
+    a, b = out.astype(np.float64), ref.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b) / (scale or 1.0)
+    diff[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return diff
 
 
 def compare_outputs(
