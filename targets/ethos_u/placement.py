@@ -119,8 +119,11 @@ _FIXES: tuple[_Fix, ...] = (
     _Fix(("TRANSPOSE",), r".",
          "propagate-transposes (layout propagation through per-position ops) or legalize-channel-shuffle "
          "(channel shuffles)"),
-    _Fix(("SQRT", "RSQRT", "DIV"), r".",
+    _Fix(("SQRT", "RSQRT"), r".",
          "legalize-rsqrt: x / Sqrt(v) -> x * Pow(v, -0.5), which the emitter lowers to RSQRT + MUL"),
+    _Fix(("DIV",), r".",
+         "x / Sqrt(v): legalize-rsqrt (RSQRT + MUL); x / constant: fuse-affine folds it into the adjacent "
+         "Conv or Gemm; a divisor computed at run time has no NPU form here and stays on the CPU"),
     _Fix(("GELU",), r".", "approximate-gelu (lossy, opt-in) rewrites GELU with TANH/LOGISTIC"),
     _Fix(("SOFTMAX",), r"width and height|65536",
          "reshape so the softmax axis is last and the other axes fold into fewer than 65536 rows"),
