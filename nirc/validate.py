@@ -92,7 +92,17 @@ def compare(
     onnx_model: onnx.ModelProto, tflite_model: TFLiteModel, feeds: Sequence[dict[str, np.ndarray]]
 ) -> list[OutputCheck]:
     """Per output: SNR over all samples, worst error in int8 steps, top-1 agreement for classifiers."""
-    reference = run_onnx(onnx_model, feeds)
+    return compare_to_reference(run_onnx(onnx_model, feeds), tflite_model, feeds)
+
+
+def compare_to_reference(
+    reference: Sequence[Sequence[np.ndarray]], tflite_model: TFLiteModel, feeds: Sequence[dict[str, np.ndarray]]
+) -> list[OutputCheck]:
+    """:func:`compare` against float outputs already computed for ``feeds`` (``run_onnx``).
+
+    Why: a search that emits many int8 candidates of one graph (16-bit activations) compares
+    each with the same float outputs; ONNX Runtime runs once, not once per candidate.
+    """
     produced = run_tflite(tflite_model, feeds)
     return [
         check_output(io, np.stack([run[index] for run in reference]), np.stack([run[index] for run in produced]))

@@ -185,6 +185,7 @@ class _Search:
     emit: Callable[[set[str]], EmitResult]
     cost: CostFn
     samples: list[dict[str, Any]]
+    reference: list[list[Any]]  # the float model's outputs on ``samples`` (ORT), shared by every trial
 
     def trial(self, layers: list[str]) -> _Trial:
         emitted_names = self.promotable | set(self.blocked)
@@ -193,7 +194,7 @@ class _Search:
             wide |= layer_group(self.proto, name, self.promotable, emitted_names)
         wide &= emitted_names
         emitted = self.emit(wide)
-        snr = _worst_output_snr(self.proto, emitted, self.samples)
+        snr = _worst_output_snr(self.reference, emitted, self.samples)
         return _Trial(layers, wide, emitted, snr, self.cost(emitted.tflite))
 
 
@@ -227,13 +228,15 @@ def promote(
         BackendError: an explicitly named layer is not a tensor of the model or cannot be int16.
     """
     from nirc.accuracy import layer_errors, worst_steps
+    from nirc.verify import run_onnx
 
     say = progress or (lambda _message: None)
     promotable, blocked = promotable_tensors(proto)
     if request.layers:  # before any measurement: a misspelt name fails at once
         _check_named(proto, request.layers, promotable, blocked, label)
     samples = list(calib.samples)
-    base_snr = _worst_output_snr(proto, base, samples)
+    reference = run_onnx(proto, samples)
+    base_snr = _worst_output_snr(reference, base, samples)
     say("16-bit activations: Vela estimate of the int8 model")
     base_cost = cost(base.tflite)
     say("16-bit activations: per-layer int8 error")
@@ -243,7 +246,7 @@ def promote(
     before_snr = {e.tensor: e.snr_db for e in errors}
 
     base_trial = _Trial([], set(), base, base_snr, base_cost)
-    search = _Search(proto, promotable, blocked, emit, cost, samples)
+    search = _Search(proto, promotable, blocked, emit, cost, samples, reference)
     steps: list[dict[str, Any]] = []
     refused: dict[str, str] = {}
     chosen = _Trial(list(request.layers), set(), base, base_snr, base_cost)
@@ -368,10 +371,10 @@ def _check_named(
         raise BackendError(f"{label}: --activations-16 {name}: no such activation tensor in the optimized model")
 
 
-def _worst_output_snr(proto: onnx.ModelProto, emitted: EmitResult, samples: list[dict[str, Any]]) -> float:
-    from nirc.validate import compare
+def _worst_output_snr(reference: list[list[Any]], emitted: EmitResult, samples: list[dict[str, Any]]) -> float:
+    from nirc.validate import compare_to_reference
 
-    return min(float(c.snr_db) for c in compare(proto, emitted.tflite, samples))
+    return min(float(c.snr_db) for c in compare_to_reference(reference, emitted.tflite, samples))
 
 
 def _step_json(trial: _Trial, base: _Trial, accepted: bool, added: Sequence[str] = ()) -> dict[str, Any]:
