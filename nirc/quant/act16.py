@@ -150,17 +150,14 @@ _MOVES_DATA = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpos
 
 def promotable_tensors(proto: onnx.ModelProto) -> tuple[set[str], dict[str, str]]:
     """Tensors the emitter can hold in int16, and why each other activation cannot."""
-    from nirc.tflite.fusion import plan_fusion
+    from nirc.tflite.emit import plan_lowering
     from nirc.tflite.graph import GraphInfo
     from nirc.tflite.ops import LOWERINGS
-    from nirc.tflite.patterns import plan_patterns
     from nirc.tflite.qplan import tie_groups
     from nirc.tflite.wide import producers, wide_blockers
 
     info = GraphInfo.build(proto)
-    patterns = plan_patterns(info)
-    fusion = plan_fusion(info, LOWERINGS, exclude=patterns.skipped | set(patterns.lower))
-    fusion.skipped |= patterns.unplanned  # as the emitter plans it (nirc.tflite.emit)
+    patterns, fusion = plan_lowering(info)
     names = set(producers(info, fusion))
     blocked = wide_blockers(info, fusion, names, patterns.skipped | set(patterns.lower))
     # A tied group (a Reshape's input and output, a Concat's inputs) is one width: one member

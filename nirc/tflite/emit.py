@@ -12,7 +12,7 @@ from nirc.errors import BackendError, NircError, UnsupportedOperatorError
 from nirc.tflite.builder import BuiltinOperator as Op
 from nirc.tflite.builder import QParams
 from nirc.tflite.context import Emitter, Value
-from nirc.tflite.fusion import plan_fusion
+from nirc.tflite.fusion import FusionPlan, plan_fusion
 from nirc.tflite.graph import GraphInfo, describe
 from nirc.tflite.layout import identity, permute_shape, standard_perm
 from nirc.tflite.model import TensorIO, TFLiteModel
@@ -86,6 +86,18 @@ def _patterns(model: onnx.ModelProto) -> PatternPlan:
     return plan_patterns(GraphInfo.build(model))
 
 
+def plan_lowering(info: GraphInfo) -> tuple[PatternPlan, FusionPlan]:
+    """Which nodes lower as multi-node patterns and which fuse into their producer.
+
+    Shared with :func:`nirc.quant.act16.promotable_tensors`, which must see the graph exactly
+    as the emitter will lower it.
+    """
+    patterns = plan_patterns(info)
+    fusion = plan_fusion(info, LOWERINGS, exclude=patterns.skipped | set(patterns.lower))
+    fusion.skipped |= patterns.unplanned
+    return patterns, fusion
+
+
 def emit_tflite(
     model: onnx.ModelProto,
     *,
@@ -115,9 +127,7 @@ def emit_tflite(
     for name in info.outputs:
         if info.is_const(name):
             raise BackendError(f"{source}: graph output '{name}' is a constant")
-    patterns = plan_patterns(info)
-    fusion = plan_fusion(info, LOWERINGS, exclude=patterns.skipped | set(patterns.lower))
-    fusion.skipped |= patterns.unplanned
+    patterns, fusion = plan_lowering(info)
     plan = None
     if dtype == "int8":
         plan = QuantPlan(info, fusion, LOWERINGS, ranges or {}, source, wide)
