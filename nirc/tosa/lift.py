@@ -244,6 +244,7 @@ class _Lift:
             or int(np.prod(t.shape)) > STAGE_MAX_BYTES
             or index in self.graph_outputs
             or not self.consumers.get(index)
+            or self._read_by_one_table(index)
         ):
             return
         copy = self.new("staged", t.shape, DType.INT8)
@@ -251,6 +252,15 @@ class _Lift:
         self.op(Op.TABLE, [self.own_name(index), self.const("identity", entries, DType.INT8)], [copy],
                 _attr("TableAttribute"))  # fmt: skip
         self.renamed[index] = copy
+
+    def _read_by_one_table(self, index: int) -> bool:
+        """Whether the input's only reader lifts to a TABLE, which already streams it into SRAM.
+
+        The ``stage-inputs`` pass's LeakyRelu(alpha=1) is such a reader: a second copy before it
+        would cost a copy and two more whole-model Vela compiles (staged vs plain) to undo.
+        """
+        reader = self.only_reader(index)
+        return reader is not None and self.opname(self.sg.operators[reader]) in _TABLE_STARTS
 
     def const(self, base: str, values: np.ndarray, dtype: int) -> str:
         name = self.fresh(base)

@@ -232,6 +232,23 @@ def test_image_input_staged_in_sram_when_vela_says_so(tmp_path: Path) -> None:
     assert chosen is not None and chosen.staged and not warnings
 
 
+def test_an_input_already_copied_by_stage_inputs_is_not_staged_again() -> None:
+    """The stage-inputs pass's LeakyRelu(alpha=1) lifts to an identity TABLE that already streams the image."""
+    proto = parse(
+        HEADER
+        + """g (float[1,3,160,160] x) => (float[1,16,80,80] y) {
+            s = LeakyRelu <alpha = 1.0> (x)
+            c = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (s, w0, b0)
+            y = HardSwish (c)
+        }""",
+        w0=_w(16, 3, 3, 3),
+        b0=_w(16, scale=0.1),
+    )
+    emitted, _ = _emit(IRModel.load(proto).to_proto())
+    graph = lift(emitted.tflite.data)
+    assert graph.staged == () and graph.tables >= 1
+
+
 def test_strided_windows_that_skip_the_last_row(tmp_path: Path) -> None:
     """ResNet's 1x1 stride-2 shortcut and a 3x3 stride-2 max pool on even maps: TFLite floors the output
     size, TOSA wants it exact, so the unread last row/column leaves the padding or the input."""
