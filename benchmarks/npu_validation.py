@@ -1,4 +1,4 @@
-"""NPU validation you can trust: which zoo models' compiled artifacts are bit-exact against TFLite Micro.
+"""NPU validation you can trust: which zoo models' compiled artifacts are bit-exact against their reference.
 
 Usage: python benchmarks/npu_validation.py [--exports /work/zoo_exports] [--only PATTERN,...]
                                            [--samples 8] [-o benchmarks/results/npu_validation.md]
@@ -12,6 +12,10 @@ that is a whole tensor of the int8 model.  As a second opinion, LiteRT's referen
 kernels run the same int8 model and the elements where they disagree with TFLite
 Micro are counted (the FULLY_CONNECTED tie question).  A model the functional model
 cannot execute is listed with the one-line reason (what is not modelled).
+
+Where the default ``--npu-format auto`` picks the TOSA form, that artifact gets a second
+row: it computes its TOSA graph (TABLE ops), not the int8 TFLite, so it is checked as
+``nirc validate`` checks it, against the TOSA reference model, outputs only.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ MODELS = (
     "torchvision__regnet_x_400mf__torchscript",
     "torchvision__shufflenet_v2_x1_0__dynamo",
     "ultralytics__yolov8n__ultralytics",
+    "timm__efficientvit_b0__torchscript",
 )
 
 
@@ -66,14 +71,15 @@ def _second_opinion(int8: Path, feeds: list[dict[str, np.ndarray]], reference: l
 
 
 def one(path: Path, work: Path, samples: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"model": path.stem}
+    """The TFLite-form artifact against TFLite Micro: every output and every layer that maps."""
+    row: dict[str, Any] = {"model": path.stem, "form": "tflite"}
     out = work / path.stem
     start = time.perf_counter()
     try:
         if not (out / f"{path.stem}_vela.tflite").is_file():
             optimize(
                 path, "ethos-u65-256", outdir=out, require_fit=False, validate_npu="none", accuracy=False,
-                layer_report=False, calibration=CalibrationOptions(path=calib_file(path, work)),
+                layer_report=False, calibration=CalibrationOptions(path=calib_file(path, work)), npu_format="tflite",
             )  # fmt: skip
     except Exception as exc:  # a benchmark row, not a crash: the compile itself is measured elsewhere
         row["status"] = f"compile failed: {type(exc).__name__}: {str(exc)[:200]}"
@@ -110,7 +116,50 @@ def one(path: Path, work: Path, samples: int) -> dict[str, Any]:
     return row
 
 
+def one_tosa(path: Path, work: Path, samples: int) -> dict[str, Any] | None:
+    """The default (``--npu-format auto``) artifact when it is the TOSA form: against the TOSA reference model.
+
+    Only outputs are compared there (the TOSA reference model gives no intermediates);
+    None when ``auto`` keeps the TFLite form, which :func:`one` already covers.
+    """
+    from nirc.tosa.artifact import validate as validate_tosa
+
+    row: dict[str, Any] = {"model": path.stem, "form": "tosa"}
+    out = work / f"{path.stem}__auto"
+    try:
+        if not (out / f"{path.stem}_vela.tflite").is_file():
+            optimize(
+                path, "ethos-u65-256", outdir=out, require_fit=False, validate_npu="none", accuracy=False,
+                layer_report=False, calibration=CalibrationOptions(path=calib_file(path, work)), npu_format="auto",
+            )  # fmt: skip
+    except Exception as exc:
+        row["status"] = f"compile failed: {type(exc).__name__}: {str(exc)[:200]}"
+        return row
+    tosa = out / f"{path.stem}_npu.tosa"
+    if not tosa.is_file():
+        return None
+    start = time.perf_counter()
+    try:
+        result = validate_tosa(out / f"{path.stem}_vela.tflite", tosa, samples)
+    except BackendError as exc:
+        row["status"] = f"not executed: {str(exc)[:240]}"
+        return row
+    worst = result.max_abs_diff_lsb
+    row.update(
+        status="ok",
+        validate_s=time.perf_counter() - start,
+        unexplained=worst > 0,
+        exact_samples=sum(c.bit_exact for c in result.checks),
+        samples=len(result.checks),
+        max_lsb=worst,
+        first=next((c.first_divergence for c in result.checks if c.first_divergence), None),
+    )
+    return row
+
+
 def _reference_cell(row: dict[str, Any]) -> str:
+    if row["form"] == "tosa":
+        return "TOSA reference model (outputs only)"
     ops = row["litert_ops"]
     if not ops:
         return "TFLite Micro"
@@ -122,11 +171,14 @@ def _reference_cell(row: dict[str, Any]) -> str:
 
 def to_markdown(rows: list[dict[str, Any]], samples: int) -> str:
     lines = [
-        "# NPU validation: compiled artifacts vs TFLite Micro, zero tolerance",
+        "# NPU validation: compiled artifacts vs TFLite Micro (TFLite form) and the TOSA reference model "
+        "(TOSA form), zero tolerance",
         "",
         f"`python benchmarks/npu_validation.py --samples {samples}` on {platform.machine()} "
         f"({platform.python_version()}): ethos-u65-256, zoo natural-image calibration, {samples} seeded random "
-        "int8 inputs per model. *Compared* = NPU results matched with a whole int8 tensor (all inputs); "
+        "int8 inputs per model. Rows are the TFLite-form artifact (`--npu-format tflite`); where the default "
+        "`--npu-format auto` picks the TOSA form, a *(TOSA form)* row checks that artifact against the TOSA "
+        "reference model (outputs only). *Compared* = NPU results matched with a whole int8 tensor (all inputs); "
         "*from stripes* = of those, layers Vela cascades, compared as their stripes stacked top to bottom; "
         "*slices* = results that are a depth slice of a larger tensor (compared only where they equal one); "
         "*unmapped* = results with no int8 tensor of their "
@@ -142,6 +194,15 @@ def to_markdown(rows: list[dict[str, Any]], samples: int) -> str:
         if row.get("status") != "ok":
             lines.append(f"| {row['model']} | - | - | - | - | - | - | - | - | - | - | - |")
             notes.append(f"- {row['model']}: {row['status']}")
+            continue
+        label = f"{row['model']} (TOSA form)" if row["form"] == "tosa" else row["model"]
+        if row["form"] == "tosa":
+            lines.append(
+                f"| {label} | {_reference_cell(row)} | {row['exact_samples']}/{row['samples']} | {row['max_lsb']:g} "
+                f"| - | - | - | - | - | - | - | {row['validate_s']:.1f} |"
+            )
+            if row["first"]:
+                notes.append(f"- {label} (unexplained): {row['first']}")
             continue
         inter = row["inter"]
         stripes = inter["from_stripes"]
@@ -189,11 +250,14 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():
                 print(f"skip {stem}: no {path}", flush=True)
                 continue
-            row = one(path, Path(tmp), args.samples)
-            rows.append(row)
-            args.output.write_text(to_markdown(rows, args.samples), encoding="utf-8")
-            summary = {k: row.get(k) for k in ("status", "exact_samples", "max_lsb", "first", "second_opinion")}
-            print(f"{stem}: {summary}", flush=True)
+            for row in (one(path, Path(tmp), args.samples), one_tosa(path, Path(tmp), args.samples)):
+                if row is None:
+                    continue
+                rows.append(row)
+                args.output.write_text(to_markdown(rows, args.samples), encoding="utf-8")
+                keys = ("status", "exact_samples", "max_lsb", "first", "second_opinion")
+                summary = {k: row.get(k) for k in keys}
+                print(f"{stem} [{row['form']}]: {summary}", flush=True)
     print(f"wrote {args.output}")
     return 0
 

@@ -8,6 +8,8 @@ the one broadcast form Vela's elementwise kernels take from the second operand.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 
@@ -35,14 +37,14 @@ def _operand(
     return em.value_of(v, perm, name).tensor
 
 
-def _shared_layout(em: Emitter, node: onnx.NodeProto, rank: int) -> tuple[int, ...]:
+def _shared_layout(em: Emitter, names: Sequence[str], rank: int) -> tuple[int, ...]:
     """The layout the computed operands share (e.g. attention scores kept in ONNX order), else standard.
 
     Elementwise ops are layout-agnostic, so following the operands' layout costs nothing
     here and spares a relayout now (and often a second one back later).
     """
     perms = set()
-    for name in node.input:
+    for name in names:
         if not name or em.info.is_const(name):
             continue
         v = em.values.get(name)
@@ -61,7 +63,7 @@ def lower_minmax(em: Emitter, node: onnx.NodeProto) -> None:
     name = node.output[0]
     out_shape = em.shape(name)
     rank = len(out_shape)
-    perm = _shared_layout(em, node, rank)
+    perm = _shared_layout(em, node.input, rank)
     out_q = em.qparams(name)
     builtin = Op.MAXIMUM if node.op_type == "Max" else Op.MINIMUM
     inputs = [n for n in node.input if n]
@@ -110,11 +112,30 @@ def _lower_activation_div(em: Emitter, node: onnx.NodeProto, act: int, out_name:
     """
     out_shape = em.shape(node.output[0])
     rank = len(out_shape)
-    perm = _shared_layout(em, node, rank)
+    perm = _shared_layout(em, node.input, rank)
     a = _operand(em, node.input[0], rank, perm)
     b = _operand(em, node.input[1], rank, perm)
     y = em.define(out_name, perm=perm, shape=out_shape)
     inputs = [float_in(em, a, f"{out_name}/float_a"), float_in(em, b, f"{out_name}/float_b")]
+    result = float_out(em, y.tensor, f"{out_name}/float_out")
+    em.op(Op.DIV, inputs, [result], Options("DivOptions", (("FusedActivationFunction", act),)))
+    quantize_out(em, result, y.tensor)
+
+
+def emit_guarded_div(em: Emitter, node: onnx.NodeProto, d_name: str, eps: float) -> None:
+    """``n / (d + eps)`` with the ADD inside the float island, so ``eps`` survives int8 (see patterns)."""
+    act, out_name = em.activation(node)
+    out_shape = em.shape(node.output[0])
+    rank = len(out_shape)
+    perm = _shared_layout(em, [node.input[0], d_name], rank)
+    a = _operand(em, node.input[0], rank, perm)
+    d = _operand(em, d_name, rank, perm)
+    y = em.define(out_name, perm=perm, shape=out_shape)
+    guard = em.mb.add_constant(f"{out_name}/eps", np.full((1,) * rank, eps, np.float32))
+    fd = float_in(em, d, f"{out_name}/float_d")
+    fsum = em.mb.add_tensor(f"{out_name}/float_guarded", em.mb.shape_of(fd), "float32")
+    em.op(Op.ADD, [fd, guard], [fsum], Options("AddOptions", (("FusedActivationFunction", 0),)))
+    inputs = [float_in(em, a, f"{out_name}/float_a"), fsum]
     result = float_out(em, y.tensor, f"{out_name}/float_out")
     em.op(Op.DIV, inputs, [result], Options("DivOptions", (("FusedActivationFunction", act),)))
     quantize_out(em, result, y.tensor)
@@ -127,7 +148,7 @@ def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
         return
     out_shape = em.shape(node.output[0])
     rank = len(out_shape)
-    perm = _shared_layout(em, node, rank)
+    perm = _shared_layout(em, node.input, rank)
     second = None
     if node.op_type == "Div":
         second = 1.0 / np.asarray(em.const(node.input[1]), np.float64)

@@ -1,5 +1,5 @@
 """Multi-node ONNX patterns with a better TFLite lowering than node by node: GELU, channel shuffle,
-scaled softmax.
+scaled softmax, guarded division.
 
 Why at emission time and not as IR passes: the better form cannot be written in
 nirc's IR (opset-18 ONNX, NCHW), only in TFLite's NHWC terms.
@@ -26,6 +26,12 @@ nirc's IR (opset-18 ONNX, NCHW), only in TFLite's NHWC terms.
   ``softmax(beta * s)``, so ``beta = c`` absorbs the MUL: exact in float, and in int8
   it saves an N x N elementwise op per head and one rounding of the scores (the
   kernel folds ``beta`` into its input rescale).
+* **Guarded division.** ``n / (d + eps)`` with a small positive constant ``eps`` (at most 1e-3; linear
+  attention's normaliser, ``F.normalize``) divides on the CPU in a float island.  Node by
+  node the ``+ eps`` is an int8 ADD whose result cannot hold ``eps`` (it rounds to the
+  divisor's own zero), so ``0 / 0`` gives NaN and QUANTIZE(NaN) has no defined result.
+  Moving the ADD into the island (DEQUANTIZE ``d``, float ADD, DIV) is the same
+  arithmetic in float and keeps the guard in int8.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ from nirc.tflite.graph import GraphInfo, attr_ints
 _SQRT2 = math.sqrt(2.0)
 _RTOL = 1e-5
 _MAX_SHUFFLE_ELEMENTS = 1 << 22
+#: Largest ``eps`` taken as a division guard: a larger constant is an offset int8 can hold
+#: and stays an NPU ADD.
+_GUARD_MAX = 1e-3
 
 
 @dataclass
@@ -250,6 +259,36 @@ def _scaled_softmax_lowering(x_name: str, beta: float) -> Callable[[Emitter, onn
     return lower
 
 
+def _match_guarded_div(m: _Matcher, div: onnx.NodeProto) -> tuple[str, float, int] | None:
+    """``(d, eps, Add index)`` when ``div``'s divisor is ``d + eps`` (0 < eps <= 1e-3) read only here."""
+    info = m.info
+    if len(div.input) != 2 or info.is_const(div.input[1]):
+        return None
+    guarded = div.input[1]
+    add_idx = info.producers.get(guarded)
+    if add_idx is None or add_idx in info.folded or m.only_user(guarded) is None:
+        return None
+    add = info.nodes[add_idx]
+    if add.op_type != "Add" or len(add.input) != 2:
+        return None
+    for d, c in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        eps = info.const(c)
+        if eps is None or eps.size != 1 or not 0 < float(eps.reshape(-1)[0]) <= _GUARD_MAX or info.is_const(d):
+            continue
+        if info.has_shape(d) and info.has_shape(guarded) and info.shape(d) == info.shape(guarded):
+            return d, float(eps.reshape(-1)[0]), add_idx
+    return None
+
+
+def _guarded_div_lowering(d_name: str, eps: float) -> Callable[[Emitter, onnx.NodeProto], None]:
+    def lower(em: Emitter, node: onnx.NodeProto) -> None:
+        from nirc.tflite.ops_eltwise import emit_guarded_div
+
+        emit_guarded_div(em, node, d_name, eps)
+
+    return lower
+
+
 def plan_patterns(info: GraphInfo) -> PatternPlan:
     """Find every GELU chain and channel shuffle whose intermediate results nothing else reads."""
     plan = PatternPlan()
@@ -284,4 +323,12 @@ def plan_patterns(info: GraphInfo) -> PatternPlan:
             plan.skipped.add(mul_idx)
             plan.unplanned.add(mul_idx)
             plan.lower[idx] = _scaled_softmax_lowering(x, beta)
+        elif node.op_type == "Div":
+            guarded = _match_guarded_div(m, node)
+            if guarded is None or guarded[2] in plan.skipped or idx in plan.lower:
+                continue
+            d, eps, add_idx = guarded
+            plan.skipped.add(add_idx)
+            plan.unplanned.add(add_idx)
+            plan.lower[idx] = _guarded_div_lowering(d, eps)
     return plan

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nirc.errors import ModelLoadError
+from nirc.errors import ModelLoadError, NpuValidationError
 from nirc.tosa.lift import SplitRest, TosaGraph
 from nirc.tosa.marker import digest, tosa_source
 from nirc.tosa.route import ArtifactCheck, compare_artifact, interface
@@ -146,11 +146,19 @@ def validate(vela_tflite: Path, tosa_path: Path, samples: int = 3, seed: int = 0
 
 
 def validate_command(vela_tflite: Path, tosa_path: Path, samples: int, write: Callable[[str], object]) -> int:
-    """``nirc validate VELA MODEL_npu.tosa``: print one line per input; 0 when bit-exact, 1 otherwise."""
+    """``nirc validate VELA MODEL_npu.tosa``: print one line per input; 0 when bit-exact.
+
+    Zero tolerance, as for a TFLite-form artifact: any difference raises
+    :class:`~nirc.errors.NpuValidationError` (exit 9). The TOSA route has no known
+    differences to explain, so every LSB counts.
+    """
     result = validate(vela_tflite, tosa_path, samples)
     for check in result.checks:
         where = f", first at {check.first_divergence}" if check.first_divergence else ""
         write(f"sim vs TOSA reference: bit-exact {check.bit_exact}, max diff {check.max_abs_diff_lsb} LSB{where}\n")
     worst = result.max_abs_diff_lsb
     write(f"{'bit-exact' if worst == 0 else f'max difference {worst} LSB'} on {samples} random inputs\n")
-    return 0 if worst == 0 else 1
+    if worst:
+        first = next(c.first_divergence for c in result.checks if c.first_divergence)
+        raise NpuValidationError(f"{vela_tflite} differs from {tosa_path} by {worst} LSB: {first}")
+    return 0
