@@ -57,8 +57,16 @@ def run_npu_call(
     stream: cmdstream.CommandStream | None = None,
     seed: int = _GARBAGE_SEED,
     capture: bool = False,
+    arenas: dict[int, np.ndarray] | None = None,
 ) -> list[OpTrace]:
-    """Execute one ``ethos-u`` op: lay out its regions, run the stream, read its OFMs into ``values``."""
+    """Execute one ``ethos-u`` op: lay out its regions, run the stream, read its OFMs into ``values``.
+
+    ``arenas``: the scratch regions earlier ethos-u ops of the same inference left, by
+    scratch tensor. Vela's scratch tensor is one buffer of the TFLite Micro arena that
+    every ethos-u op of the model shares, and a tensor live across a CPU op (a residual
+    around a float island) stays in it: the next op reads it from there, not from its
+    inputs. The fast scratch (SRAM) starts as garbage in every op.
+    """
     stream = stream or decoded(call.command_stream)
     rng = np.random.default_rng(seed)
     io = [model.tensors[i] for i in (*call.ifms, *call.ofms)]
@@ -76,6 +84,9 @@ def run_npu_call(
                 raise SimulationError(f"tensor {t.name!r} has no offline arena offset; cannot place it in region 1")
             arena_size = max(arena_size, t.arena_offset + t.nbytes)
     regions[1] = _garbage(arena_size, rng)
+    kept = None if arenas is None else arenas.get(call.scratch_tensor)
+    if kept is not None:
+        regions[1][: min(kept.size, arena_size)] = kept[:arena_size]
     regions[2] = _garbage(call.fast_size, rng)
     for k, t in enumerate(io):
         if separate_io:
@@ -106,6 +117,8 @@ def run_npu_call(
             assert t.arena_offset is not None
             raw = regions[1][t.arena_offset : t.arena_offset + t.nbytes]
         values[index] = raw.copy().view(t.dtype).reshape(t.shape)
+    if arenas is not None:
+        arenas[call.scratch_tensor] = regions[1]
     trace: list[OpTrace] = engine.trace
     return trace
 
@@ -236,10 +249,11 @@ def run(
         if t.data is not None and t.index not in values:
             values[t.index] = np.frombuffer(t.data, dtype=t.dtype).reshape(t.shape)
     result = SimulationResult({})
+    arenas: dict[int, np.ndarray] = {}
     for op in model.ops:
         call = model.npu_calls.get(op.index)
         if call is not None:
-            result.traces.append(run_npu_call(model, call, values, seed=seed, capture=capture))
+            result.traces.append(run_npu_call(model, call, values, seed=seed, capture=capture, arenas=arenas))
             continue
         feeds = []
         for i in dict.fromkeys(op.inputs):  # an op reading one tensor twice has it once among the inputs
