@@ -36,26 +36,24 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
-
-from nirc.errors import BackendError
-from nirc.tosa.tables import RealFn, table, unary_function
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import serializer.tosa_serializer as ts  # tosa-tools' pure-Python writer
 from tosa import TosaTensor
 from tosa.DType import DType
 from tosa.NanPropagationMode import NanPropagationMode
 from tosa.Op import Op
 from tosa.ResizeMode import ResizeMode
 from tosa.RoundingMode import RoundingMode
+
+from nirc.tosa.serial import TosaUnsupportedError as TosaUnsupportedError  # re-exported
+from nirc.tosa.serial import attr as _attr
+from nirc.tosa.serial import ts
+from nirc.tosa.softmax import lift_softmax
+from nirc.tosa.tables import RealFn, table, unary_function
 
 _BUILTIN: dict[int, str] = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
 _SAME = tfl.Padding.SAME
@@ -67,16 +65,6 @@ _FUSED = {
     tfl.ActivationFunctionType.RELU6: (0.0, 6.0),
 }
 _ADD_SHIFT = 20  # TFLite's int8 ADD left shift
-
-
-class TosaUnsupportedError(BackendError):
-    """The TFLite model holds an op (or a form of one) the TOSA lift does not translate.
-
-    ``op_index`` is the TFLite operator that could not be lifted, when one op is to blame:
-    :mod:`nirc.tosa.partition` leaves it and what it feeds to Vela's TFLite reader.
-    """
-
-    op_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +186,7 @@ class _Lift:
                     self.consumers.setdefault(int(i), []).append(k)
         self.graph_outputs = {int(i) for i in self.sg.outputs}
         self.pad_folds = self._pad_folds()  # conv op -> the PAD op it absorbs
+        self.absorbed: set[int] = set()  # later ops a handler already translated (a softmax's expectation)
 
     # ------------------------------------------------------------------ reading
     def _tensor(self, index: int) -> _Tensor:
@@ -333,7 +322,7 @@ class _Lift:
             self.stage(int(i))
         skip: set[int] = set(self.pad_folds.values())
         for k, op in enumerate(self.sg.operators):
-            if k in skip:
+            if k in skip or k in self.absorbed:
                 continue
             opname = self.opname(op)
             try:
@@ -512,12 +501,6 @@ def _name(t: Any) -> str:
 
 def _np(dtype: int) -> Any:
     return {DType.INT8: np.int8, DType.INT32: np.int32, DType.INT16: np.int16}[dtype]
-
-
-def _attr(kind: str, *args: Any) -> Any:
-    attr = ts.TosaSerializerAttribute()
-    getattr(attr, kind)(*args)
-    return attr
 
 
 def _compose(fns: list[RealFn]) -> RealFn:
@@ -868,94 +851,6 @@ def _split(lift: _Lift, k: int, op: Any) -> None:
         start += y.shape[axis]
 
 
-#: Softmax: the row maximum's exp code, 15 bits in two int8 TABLEs (high and low byte).
-_EXP_ONE = (1 << 15) - 1
-
-
-def _row_const(lift: _Lift, base: str, value: int, rank: int) -> str:
-    return lift.const(base, np.full([1] * rank, value, np.int32), DType.INT32)
-
-
-def _mul(lift: _Lift, a: str, b: str, shape: Sequence[int], shift: int, base: str) -> str:
-    """TOSA MUL of int32 tensors: ``round(a * b / 2^shift)`` (half up), the product taken exactly."""
-    out = lift.new(base, shape, DType.INT32)
-    lift.op(Op.MUL, [a, b, lift.const("mul_shift", np.asarray([shift], np.int8), DType.INT8)], [out],
-            _attr("MulAttribute"))  # fmt: skip
-    return out
-
-
-def _binary32(lift: _Lift, code: int, a: str, b: str, shape: Sequence[int], base: str) -> str:
-    out = lift.new(base, shape, DType.INT32)
-    attr = {Op.ADD: "AddAttribute", Op.SUB: "SubAttribute", Op.LOGICAL_LEFT_SHIFT: "LogicalLeftShiftAttribute"}
-    lift.op(code, [a, b], [out], _attr(attr[code]))
-    return out
-
-
-def _softmax(lift: _Lift, k: int, op: Any) -> None:
-    """SOFTMAX over the last axis from integer ops Vela runs for TOSA, rounded once at the end.
-
-    For a row ``x`` (int8): ``d = x - max(x)`` is in ``[-255, 0]``, so ``d + 127`` is an exact int8
-    code; two TABLEs give the high and low byte of ``E = round((2^15 - 1) exp(beta s d))``.
-    ``S = sum(E)``; ``sh = clz(S) - 1`` puts ``M = S << sh`` in ``[2^30, 2^31)``, i.e. ``m = M / 2^30``
-    in ``[1, 2)``. A TABLE indexed by ``round(M / 2^22)`` (256 buckets) gives ``x0 ~ 1/m`` to 0.4%;
-    one Newton step ``x1 = x0 (2 - m x0)`` squares that error. ``E / S = E x1 2^(sh - 30)``: the
-    per-row power of two is applied to ``x1`` (one rounding shift per row), then one MUL per
-    element and one RESCALE write the probability at the output's parameters. Every product fits
-    int32 after its MUL's rounding shift. Measured: within 2 LSB of TFLite's fixed-point SOFTMAX
-    (98.9% of elements equal). 8-bit exp codes (one TABLE) were 0.4 ms cheaper on YOLOv8n-320 but
-    4 LSB off on a 32-way row: the rounding of many small codes adds up in ``S``.
-    """
-    x_i, y_index = int(op.inputs[0]), int(op.outputs[0])
-    x, y = lift.tensors[x_i], lift.tensors[y_index]
-    beta = float(getattr(op.builtinOptions, "beta", 1.0) or 1.0)
-    shape = list(x.shape)
-    rank = len(shape)
-    if rank == 0 or shape[-1] >= 1 << 22:
-        raise TosaUnsupportedError("TOSA lift: SOFTMAX over 2^22 or more elements")
-    row = [*shape[:-1], 1]
-    axis = rank - 1
-    src = lift.name(x_i)
-    top = lift.new("sm_max", row, DType.INT8)
-    lift.op(Op.REDUCE_MAX, [src], [top], _attr("ReduceMaxAttribute", axis, NanPropagationMode.PROPAGATE))
-    wide = lift.rescale(src, shape, np.asarray([1.0]), 0, DType.INT8, DType.INT32)
-    top_wide = lift.rescale(top, row, np.asarray([1.0]), 0, DType.INT8, DType.INT32)
-    diff = _binary32(lift, Op.SUB, wide, top_wide, shape, "sm_diff")
-    code = lift.rescale(diff, shape, np.asarray([1.0]), 0, DType.INT32, DType.INT8, 127)
-    d = float(x.scale[0]) * (np.arange(-128, 128) - 127)
-    exp16 = np.round(np.exp(beta * d) * _EXP_ONE).astype(np.int64)
-    halves = []
-    for part, entries, zp, weight in (("hi", exp16 >> 8, 0, 256.0), ("lo", (exp16 & 0xFF) - 128, -128, 1.0)):
-        byte = lift.new(f"sm_exp_{part}", shape, DType.INT8)
-        tab = lift.const(f"sm_exp_{part}_table", entries.astype(np.int8), DType.INT8)
-        lift.op(Op.TABLE, [code, tab], [byte], _attr("TableAttribute"))
-        halves.append(lift.rescale(byte, shape, np.asarray([weight]), zp, DType.INT8, DType.INT32))
-    e32 = _binary32(lift, Op.ADD, halves[0], halves[1], shape, "sm_exp")
-    total = lift.new("sm_sum", row, DType.INT32)
-    lift.op(Op.REDUCE_SUM, [e32], [total], _attr("ReduceSumAttribute", axis))
-    zeros = lift.new("sm_clz", row, DType.INT32)
-    lift.op(Op.CLZ, [total], [zeros], _attr("ClzAttribute"))
-    shift = _binary32(lift, Op.SUB, zeros, _row_const(lift, "one", 1, rank), row, "sm_shift")
-    norm = _binary32(lift, Op.LOGICAL_LEFT_SHIFT, total, shift, row, "sm_norm")  # m * 2^30
-    centred = _binary32(lift, Op.SUB, norm, _row_const(lift, "mid", 384 << 22, rank), row, "sm_centred")
-    bucket = lift.rescale(centred, row, np.asarray([2.0**-22]), 0, DType.INT32, DType.INT8)
-    x0_entries = np.round((1 << 17) / (np.arange(-128, 128) + 384)) - 385  # 2^9 / m, less 385
-    inv8 = lift.new("sm_recip", row, DType.INT8)
-    x0_tab = lift.const("sm_recip_table", np.clip(x0_entries, -128, 127).astype(np.int8), DType.INT8)
-    lift.op(Op.TABLE, [bucket, x0_tab], [inv8], _attr("TableAttribute"))
-    inv_code = lift.rescale(inv8, row, np.asarray([float(1 << 20)]), 0, DType.INT8, DType.INT32)
-    x0 = _binary32(lift, Op.ADD, inv_code, _row_const(lift, "recip_offset", 385 << 20, rank), row, "sm_x0")
-    m_x0 = _mul(lift, norm, x0, row, 31, "sm_mx0")  # m x0 * 2^28
-    two_less = _binary32(lift, Op.SUB, _row_const(lift, "two", 1 << 29, rank), m_x0, row, "sm_newton")
-    x1 = _mul(lift, x0, two_less, row, 28, "sm_x1")  # x1 * 2^29
-    down = _binary32(lift, Op.SUB, _row_const(lift, "sixteen", 16, rank), shift, row, "sm_down")
-    scaled = lift.new("sm_scaled", row, DType.INT32)  # x1 * 2^(13 + sh)
-    lift.op(Op.ARITHMETIC_RIGHT_SHIFT, [x1, down], [scaled], _attr("ArithmeticRightShiftAttribute", True))
-    prob = _mul(lift, e32, scaled, shape, 27, "sm_prob")  # 2^16 E / S
-    out_scale = np.asarray([2.0**-16 / float(y.scale[0])])
-    lift.rescale(prob, shape, out_scale, 0, DType.INT32, DType.INT8, y.zp, out=lift.define(y_index))
-    lift.tables += 3
-
-
 def _unary_op(lift: _Lift, k: int, op: Any) -> None:
     raise TosaUnsupportedError(f"TOSA lift: {lift.opname(op)} on a non-int8 tensor")
 
@@ -982,7 +877,7 @@ _HANDLERS: dict[str, Callable[[_Lift, int, Any], None]] = {
     "STRIDED_SLICE": _strided_slice,
     "SLICE": _slice,
     "SPLIT": _split,
-    "SOFTMAX": _softmax,
+    "SOFTMAX": lift_softmax,
     "SPLIT_V": _split,
     "RESIZE_NEAREST_NEIGHBOR": _resize,
     **dict.fromkeys(_TABLE_STARTS, _unary_op),
