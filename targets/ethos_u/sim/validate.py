@@ -260,7 +260,7 @@ def _npu_checks(
             candidates = tuple(groups.get(_signature(values, block), ()))
             checks.append(_Check(where, values, candidates, False, slices=len(chain), block=block))
             continue
-        parts = chain[0]
+        parts = _top_to_bottom(chain[0])
         block = parts[-1][0]
         where = f"{label}, NPU op {block.index} {block.name} (word {block.offset})"
         if len(parts) > 1:
@@ -273,6 +273,19 @@ def _npu_checks(
 
 
 _Layer = list[tuple[cmdstream.BlockOp, np.ndarray]]
+
+
+def _top_to_bottom(parts: _Layer) -> _Layer:
+    """A cascaded layer's stripes in row order: by where each writes in its OFM buffer.
+
+    Vela may run a cascade bottom-up (ShuffleNetV2 after the staged image: the stripes of
+    one concatenation copy write rows 19-27, then 10-18, then 0-9). Stripes that all
+    write the same address (a rolling buffer) keep their execution order.
+    """
+    bases = [(piece.ofm.region, piece.ofm.bases[0]) for piece, _ in parts]
+    if len(set(bases)) != len(bases) or len({region for region, _ in bases}) != 1:
+        return parts
+    return [part for _, part in sorted(zip(bases, parts, strict=True), key=lambda item: item[0][1])]
 
 
 def _continues(prev: cmdstream.FeatureMap, nxt: cmdstream.FeatureMap) -> bool:
