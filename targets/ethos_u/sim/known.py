@@ -9,17 +9,25 @@ Rule ``vela-f32-mul-scale``: Vela derives an elementwise MUL's output multiplier
 float32 scales, TFLite (and TFLite Micro) from doubles; the multipliers can differ in
 the last bits (measured on EfficientNet-B0: 1387780352 vs 1387780328 at shift 38), which
 changes one result in tens of thousands by 1 LSB.
+
+Rule ``vela-exact-lut``: Vela runs an int8 LOGISTIC or TANH as a 256-entry LUT holding
+the real function rounded once; TFLite Micro's fixed-point kernels saturate beyond an
+input radius of a few units (4 integer bits). With a large input scale (a detection
+head's class logits at 4.0 per code) TFLite Micro already returns 0 or 1 one code away
+from the zero point, where the LUT holds sigmoid(-4) = 0.018. The rule holds only when
+every differing element is the NPU's exactly rounded function of the reference's input.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from nirc.targets.ethos_u.sim import cmdstream, container
 from nirc.targets.ethos_u.sim.engine import rescale
 
-RULES = ("vela-f32-mul-scale",)
+RULES = ("vela-f32-mul-scale", "vela-exact-lut")
 """Rule names; an explained difference's text starts with its rule's name."""
 
 
@@ -47,6 +55,8 @@ def explain(
 
     ``inputs``: the reference's values of the producer's input tensors (by int8 tensor index).
     """
+    if producer is not None and producer.opcode in _LUT_FUNCTIONS:
+        return _exact_lut(block, model, producer, inputs, produced, expected)
     if block is None or producer is None or producer.opcode != "MUL" or block.name != "ELEMENTWISE.MUL":
         return None
     first, second = producer.inputs[:2]
@@ -74,3 +84,38 @@ def explain(
             f"vs TFLite's {tfl_scale} >> {tfl_shift} (double); each reproduces its result exactly"
         )
     return None
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
+
+
+_LUT_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"LOGISTIC": _sigmoid, "TANH": np.tanh}
+
+
+def _exact_lut(
+    block: cmdstream.BlockOp | None,
+    model: container.VelaModel,
+    producer: container.OpInfo,
+    inputs: dict[int, np.ndarray],
+    produced: np.ndarray,
+    expected: np.ndarray,
+) -> str | None:
+    """``vela-exact-lut`` when the NPU applied a LUT and its result is the real function rounded once."""
+    if block is None or block.activation.lut_index is None or producer.inputs[0] not in inputs:
+        return None
+    x, out = model.tensors[producer.inputs[0]], model.tensors[producer.outputs[0]]
+    if not (x.scale and out.scale) or x.dtype != np.int8 or out.dtype != np.int8:
+        return None
+    codes = inputs[producer.inputs[0]].astype(np.float64).reshape(-1)
+    real = _LUT_FUNCTIONS[producer.opcode]((codes - int(x.zero_point or 0)) * float(x.scale))
+    rounded = np.clip(np.round(real / float(out.scale)) + int(out.zero_point or 0), -128, 127)
+    got = produced.reshape(-1).astype(np.float64)
+    if rounded.size != got.size or not np.array_equal(rounded, got):
+        return None
+    differing = np.unique(codes[got != expected.reshape(-1)]).astype(int).tolist()
+    return (
+        f"vela-exact-lut: Vela's {producer.opcode} LUT is the function rounded once (every element reproduced); "
+        f"TFLite Micro's fixed-point kernel saturates at input codes {differing[:6]} (input scale {float(x.scale):g})"
+    )

@@ -166,6 +166,7 @@ class _Check:
     stripes: int = 1  # cascade stripes stacked into this result
     slices: int = 1  # depth slices joined into this result
     block: cmdstream.BlockOp | None = None  # the (last) NPU operation that produced it
+    pieces: tuple[_Check, ...] = ()  # stacked stripes that may instead be whole tensors each (tiles)
 
 
 def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -268,8 +269,29 @@ def _npu_checks(
         values = np.concatenate([v for _, v in parts], axis=0)
         whole = all(_whole_rows(piece.ofm) for piece, _ in parts)
         candidates = tuple(groups.get(_signature(values, block), ()))
-        checks.append(_Check(where, values, candidates, not whole, len(parts), block=block))
+        tiles = tuple(
+            _Check(where, v, tuple(groups.get(_signature(v, piece), ())), True, block=piece) for piece, v in parts
+        ) if len(parts) > 1 else ()  # fmt: skip
+        checks.append(_Check(where, values, candidates, not whole, len(parts), block=block, pieces=tiles))
     return checks
+
+
+def _tiles_match(check: _Check, ref: ReferenceRun) -> bool:
+    """Every stacked piece equals a whole int8 tensor of its own: tiles, not stripes of one layer.
+
+    ``tile-activations`` splits a layer into row tiles that share their weights, so their
+    operations read the same scales and group like a cascade's stripes; stacked, they may
+    be compared with an unrelated tensor of the full shape (the tiles' concatenation after
+    their activation).
+    """
+    if not check.pieces:
+        return False
+    for piece in check.pieces:
+        flat = piece.values.reshape(-1)
+        found = [ref.tensors[c].reshape(-1) for c in piece.candidates if c in ref.tensors]
+        if not any(v.size == flat.size and np.array_equal(v, flat) for v in found):
+            return False
+    return True
 
 
 _Layer = list[tuple[cmdstream.BlockOp, np.ndarray]]
@@ -423,7 +445,7 @@ def _compare_sample(
             continue
         values = [ref.tensors[c].reshape(-1) for c in candidates]
         flat = check.values.reshape(-1)
-        if any(v.size == flat.size and np.array_equal(v, flat) for v in values):
+        if any(v.size == flat.size and np.array_equal(v, flat) for v in values) or _tiles_match(check, ref):
             counts["slices_matched" if check.part else "matched"] += 1
             counts["compared"] += not check.part
             counts["from_stripes"] += check.stripes > 1 and not check.part

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,3 +51,62 @@ def test_cascade_stripes_are_stacked_in_row_order_even_when_vela_runs_them_botto
     assert [int(v) for v in stacked[[0, 10, 19], 0, 0]] == [0, 10, 19]
     rolling = [piece(0, 9, 0), piece(0, 9, 9)]
     assert [int(v[0, 0, 0]) for _, v in _top_to_bottom(rolling)] == [0, 9]  # type: ignore[arg-type]
+
+
+def test_a_wide_range_logistic_differs_from_tflite_micro_only_by_the_explained_lut(tmp_path: Path) -> None:
+    """Sigmoid of logits at ~4 per int8 code (a detection head): Vela's LUT is sigmoid rounded once,
+    TFLite Micro's fixed-point kernel saturates one code away from the zero point. Explained, checked
+    element by element, so the run passes; a corrupted LUT entry still fails (the mutation suite)."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from nirc.pipeline import optimize
+
+    weights = np.random.default_rng(5).standard_normal((16, 8, 1, 1)).astype(np.float32) * 60.0
+    graph = h.make_graph(
+        [h.make_node("Conv", ["x", "w"], ["c"]), h.make_node("Sigmoid", ["c"], ["y"])],
+        "wide_logistic",
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+        [nh.from_array(weights, "w")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    model.ir_version = 8
+    source = tmp_path / "wide_logistic.onnx"
+    onnx.save(model, source)
+    result = optimize(source, "ethos-u65-256", outdir=tmp_path / "o", npu_format="tflite", accuracy=False)
+    npu = result.report["validation"]["npu"]
+    assert not npu["unexplained"], npu.get("first_divergence")
+    rules = {e["rule"].split(":")[0] for e in npu["explained"]}
+    assert rules == {"vela-exact-lut"}, npu["explained"]
+
+
+def test_tiles_sharing_weights_are_compared_tile_by_tile(tmp_path: Path) -> None:
+    """A 160x160x16 conv + SiLU (409 KB, over the 384 KiB SRAM) that tile-activations cuts into row tiles.
+
+    The tiles read the same scales, so they group like one layer's cascade stripes; stacked, the
+    pre-activation conv tiles were compared with the SiLU concatenation of the same shape (70 LSB
+    on YOLOv8n-320 with bit-exact outputs). Each tile equals its own int8 tensor.
+    """
+    import sys
+
+    import onnx
+
+    from nirc.pipeline import optimize
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "examples"))
+    from build_models import GraphBuilder
+
+    b = GraphBuilder("tiled_silu", (1, 3, 320, 320))
+    x = b.conv_bn_silu(b.input_name, "stem", 16, 3, 2)
+    x = b.conv_bn_silu(x, "down", 32, 3, 2)
+    out = b.classifier_head(x, 10, pool="gap", fc="fc")
+    source = tmp_path / "tiled_silu.onnx"
+    onnx.save(b.finish(out, "a tiled conv + SiLU stem"), source)
+    result = optimize(source, "ethos-u65-256", outdir=tmp_path / "o", npu_format="tflite", accuracy=False)
+    tiled = [r for r in result.report["passes"] if r["name"] == "tile-activations" and r["changed"]]
+    assert tiled, "the stem should be tiled"
+    npu = result.report["validation"]["npu"]
+    assert npu["bit_exact"], npu.get("first_divergence")
