@@ -167,6 +167,7 @@ class _Check:
     slices: int = 1  # depth slices joined into this result
     block: cmdstream.BlockOp | None = None  # the (last) NPU operation that produced it
     pieces: tuple[_Check, ...] = ()  # stacked stripes that may instead be whole tensors each (tiles)
+    reordered: tuple[np.ndarray, ...] = ()  # the stripes stacked by OFM address, when that order differs
 
 
 def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -261,18 +262,22 @@ def _npu_checks(
             candidates = tuple(groups.get(_signature(values, block), ()))
             checks.append(_Check(where, values, candidates, False, slices=len(chain), block=block))
             continue
-        parts = _top_to_bottom(chain[0])
+        parts = chain[0]
         block = parts[-1][0]
         where = f"{label}, NPU op {block.index} {block.name} (word {block.offset})"
         if len(parts) > 1:
             where += f" (with {len(parts) - 1} earlier stripes)"
         values = np.concatenate([v for _, v in parts], axis=0)
+        by_address = _top_to_bottom(parts)
+        reordered = (np.concatenate([v for _, v in by_address], axis=0),) if by_address != parts else ()
         whole = all(_whole_rows(piece.ofm) for piece, _ in parts)
         candidates = tuple(groups.get(_signature(values, block), ()))
         tiles = tuple(
             _Check(where, v, tuple(groups.get(_signature(v, piece), ())), True, block=piece) for piece, v in parts
         ) if len(parts) > 1 else ()  # fmt: skip
-        checks.append(_Check(where, values, candidates, not whole, len(parts), block=block, pieces=tiles))
+        checks.append(
+            _Check(where, values, candidates, not whole, len(parts), block=block, pieces=tiles, reordered=reordered)
+        )
     return checks
 
 
@@ -298,11 +303,12 @@ _Layer = list[tuple[cmdstream.BlockOp, np.ndarray]]
 
 
 def _top_to_bottom(parts: _Layer) -> _Layer:
-    """A cascaded layer's stripes in row order: by where each writes in its OFM buffer.
+    """A cascaded layer's stripes ordered by where each writes in its OFM buffer.
 
     Vela may run a cascade bottom-up (ShuffleNetV2 after the staged image: the stripes of
-    one concatenation copy write rows 19-27, then 10-18, then 0-9). Stripes that all
-    write the same address (a rolling buffer) keep their execution order.
+    one concatenation copy write rows 19-27, then 10-18, then 0-9). Not always the row
+    order: a rolling buffer's slots can be anywhere, so this is a second stacking tried
+    beside the execution order, never a replacement. All at one address: unchanged.
     """
     bases = [(piece.ofm.region, piece.ofm.bases[0]) for piece, _ in parts]
     if len(set(bases)) != len(bases) or len({region for region, _ in bases}) != 1:
@@ -445,7 +451,9 @@ def _compare_sample(
             continue
         values = [ref.tensors[c].reshape(-1) for c in candidates]
         flat = check.values.reshape(-1)
-        if any(v.size == flat.size and np.array_equal(v, flat) for v in values) or _tiles_match(check, ref):
+        stackings = [flat, *(r.reshape(-1) for r in check.reordered)]
+        same = any(v.size == f.size and np.array_equal(v, f) for v in values for f in stackings)
+        if same or _tiles_match(check, ref):
             counts["slices_matched" if check.part else "matched"] += 1
             counts["compared"] += not check.part
             counts["from_stripes"] += check.stripes > 1 and not check.part
