@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/npu_validation.py [--exports /work/zoo_exports] [--only PATTERN,...]
                                            [--samples 8] [-o benchmarks/results/npu_validation.md]
+                                           [--workdir DIR] [--forms both|default]
 
 For each public-zoo export (both exporters where listed) the model is compiled by
 ``nirc.pipeline.optimize`` for ethos-u65-256 with the zoo's natural-image calibration
@@ -70,16 +71,19 @@ def _second_opinion(int8: Path, feeds: list[dict[str, np.ndarray]], reference: l
     return f"{differing} of {total}"
 
 
-def one(path: Path, work: Path, samples: int) -> dict[str, Any]:
-    """The TFLite-form artifact against TFLite Micro: every output and every layer that maps."""
+def one(path: Path, work: Path, samples: int, npu_format: str = "tflite") -> dict[str, Any]:
+    """The TFLite-form artifact against TFLite Micro: every output and every layer that maps.
+
+    ``npu_format="auto"`` reuses the artifact :func:`one_tosa` compiled, when ``auto`` kept TFLite.
+    """
     row: dict[str, Any] = {"model": path.stem, "form": "tflite"}
-    out = work / path.stem
+    out = work / (path.stem if npu_format == "tflite" else f"{path.stem}__auto")
     start = time.perf_counter()
     try:
         if not (out / f"{path.stem}_vela.tflite").is_file():
             optimize(
                 path, "ethos-u65-256", outdir=out, require_fit=False, validate_npu="none", accuracy=False,
-                layer_report=False, calibration=CalibrationOptions(path=calib_file(path, work)), npu_format="tflite",
+                layer_report=False, calibration=CalibrationOptions(path=calib_file(path, work)), npu_format=npu_format,
             )  # fmt: skip
     except Exception as exc:  # a benchmark row, not a crash: the compile itself is measured elsewhere
         row["status"] = f"compile failed: {type(exc).__name__}: {str(exc)[:200]}"
@@ -240,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks" / "results" / "npu_validation.md")
     parser.add_argument("--workdir", type=Path, help="keep the compiled artifacts here (reused when present)")
+    parser.add_argument(
+        "--forms", choices=("both", "default"), default="both",
+        help="both: the TFLite form, and the TOSA form where auto picks it; default: only what auto picks",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="nirc-npu-validation-") as scratch:
@@ -250,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():
                 print(f"skip {stem}: no {path}", flush=True)
                 continue
-            for row in (one(path, Path(tmp), args.samples), one_tosa(path, Path(tmp), args.samples)):
+            if args.forms == "both":
+                found = [one(path, Path(tmp), args.samples), one_tosa(path, Path(tmp), args.samples)]
+            else:
+                found = [one_tosa(path, Path(tmp), args.samples)]
+                found = [found[0] or one(path, Path(tmp), args.samples, npu_format="auto")]
+            for row in found:
                 if row is None:
                     continue
                 rows.append(row)
