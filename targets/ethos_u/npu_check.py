@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 NpuMethod = Literal["sim", "fvp", "none"]
 # What the functional model executes (see nirc.targets.ethos_u.sim): U55/U65 command streams,
 # not the U65-512 second weight stream nor the U85.
-SIM_TARGETS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256")
+SIM_TARGETS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512")
 
 
 def check_npu_artifact(

@@ -69,6 +69,16 @@ class NpuConfig:
         """Vela's accelerator-config name, e.g. ``ethos-u65-256``."""
         return f"ethos-u{'65' if self.product == 1 else '55'}-{self.macs}"
 
+    @property
+    def cores(self) -> int:
+        """MAC cores: Ethos-U65-512 is two 256-MAC cores, each with its own weight stream and SHRAM."""
+        return 2 if self.product == 1 and self.macs == 512 else 1
+
+    @property
+    def shram_bytes_per_core(self) -> int:
+        """The SHRAM one core addresses (LUTs sit in its last 2 KiB): CONFIG reports the sum over cores."""
+        return max(self.shram_kib // self.cores, 16) * 1024
+
 
 def _signed(value: int, bits: int) -> int:
     value &= (1 << bits) - 1

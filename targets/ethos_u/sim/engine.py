@@ -23,6 +23,7 @@ product could leave int64.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -234,10 +235,14 @@ class Engine:
         return bytes(self.memory.span(region, address, length).tobytes())
 
     def _weights(self, op: BlockOp, ifm_depth: int) -> np.ndarray:
+        """OHWI weights of the operation; on Ethos-U65-512 two streams, one per MAC core.
+
+        Vela's dual-core encoding (``weight_compressor.py``): within the operation's OFM
+        depth, core ``c`` takes channels ``c, c + 2, ...`` with its own stream, encoded for
+        an OFM block of ``ceil`` (core 0) or ``floor`` (core 1) of half the block depth.
+        """
         if op.weights is None:
             raise SimulationError("no weight stream set")
-        if op.weights1 is not None and op.weights1.length:
-            raise SimulationError("dual-core weight streams (Ethos-U65-512) are not modelled")
         layout = WeightLayout(
             accelerator=self.accelerator,
             ofm_depth=op.ofm.depth,
@@ -251,15 +256,39 @@ class Engine:
             dilation_x=op.kernel.dilation_x,
             ifm_bits=op.ifm.dtype.bits,
         )
-        stream = self._read_stream(op.weights.region, op.weights.address, op.weights.length)
-        weights: np.ndarray = decode_weights(stream, layout)
-        return weights
+        streams = [op.weights] + ([op.weights1] if op.weights1 is not None and op.weights1.length else [])
+        if len(streams) == 1:
+            single: np.ndarray = decode_weights(
+                self._read_stream(op.weights.region, op.weights.address, op.weights.length), layout
+            )
+            return single
+        depth, block = op.ofm.depth, op.block[2]
+        out = np.zeros((depth, op.kernel.height, op.kernel.width, ifm_depth), dtype=np.int32)
+        for core, rng in enumerate(streams):
+            core_layout = dataclasses.replace(
+                layout, ofm_depth=len(range(core, depth, 2)), ofm_block_depth=(block + 1 - core) // 2
+            )
+            out[core::2] = decode_weights(self._read_stream(rng.region, rng.address, rng.length), core_layout)
+        return out
 
     def _scales(self, op: BlockOp) -> Scales:
+        """Per-channel bias and scale; on Ethos-U65-512 one stream per core, interleaved as the weights."""
         if op.scales is None:
             raise SimulationError("no bias/scale stream set")
-        stream = self._read_stream(op.scales.region, op.scales.address, op.scales.length)
-        return decode_scales(stream, op.ofm.depth)
+        depth = op.ofm.depth
+        if op.scales1 is None or not op.scales1.length:
+            return decode_scales(self._read_stream(op.scales.region, op.scales.address, op.scales.length), depth)
+        parts = [
+            decode_scales(self._read_stream(rng.region, rng.address, rng.length), len(range(core, depth, 2)))
+            for core, rng in enumerate((op.scales, op.scales1))
+        ]
+        merged = []
+        for name in ("bias", "scale", "shift"):
+            values = np.zeros(depth, dtype=np.int64)
+            for core, part in enumerate(parts):
+                values[core::2] = getattr(part, name)
+            merged.append(values)
+        return Scales(*merged)
 
     def _read_ifm(self, op: BlockOp) -> np.ndarray:
         """The IFM as the kernel sees it: upscaled 2x when IFM_UPSCALE asks for it.

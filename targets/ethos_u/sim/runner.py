@@ -103,7 +103,7 @@ def run_npu_call(
         else:
             assert t.arena_offset is not None
             regions[1][t.arena_offset : t.arena_offset + t.nbytes] = data
-    memory = Memory(regions, shram_bytes=max(stream.config.shram_kib, 16) * 1024)
+    memory = Memory(regions, shram_bytes=stream.config.shram_bytes_per_core)
     engine = Engine(memory, stream.config.accelerator, capture=capture)
     try:
         engine.run(stream.ops)

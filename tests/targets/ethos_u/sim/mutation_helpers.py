@@ -61,14 +61,14 @@ def wide_cnn() -> onnx.ModelProto:
     return b.finish(out, "depth-sliced wide layers for the NPU mutation suite")
 
 
-def compile_example(name: str, outdir: Path) -> tuple[Path, Path]:
-    """(vela, int8) of ``tiny_cnn`` (examples/tiny_cnn.onnx) or a model above, on ethos-u65-256, unvalidated."""
+def compile_example(name: str, outdir: Path, target: str = "ethos-u65-256") -> tuple[Path, Path]:
+    """(vela, int8) of ``tiny_cnn`` (examples/tiny_cnn.onnx) or a model above, on ``target``, unvalidated."""
     if name == "tiny_cnn":
         source = EXAMPLES / "tiny_cnn.onnx"
     else:
         source = outdir.parent / f"{name}.onnx"
         onnx.save({"lut_cnn": lut_cnn, "cascade_cnn": cascade_cnn, "wide_cnn": wide_cnn}[name](), str(source))
-    optimize(source, "ethos-u65-256", outdir=outdir, require_fit=False, validate_npu="none")
+    optimize(source, target, outdir=outdir, require_fit=False, validate_npu="none")
     return outdir / f"{source.stem}_vela.tflite", outdir / f"{source.stem}_int8.tflite"
 
 
