@@ -57,6 +57,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mse-w": {"weights": "mse"},
     "bc": {"bias_correction": True},
     "no-cle": {"skip": ["equalize-cross-layer"]},
+    "mse-a": {"method": "mse"},
+    "pct-a": {"method": "percentile"},
 }
 # Reference quantizers, run from their own venv by benchmarks/reference_int8.py (same ONNX, same samples).
 REFERENCES = ("tflite-converter", "onnx2tf")
@@ -159,6 +161,7 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
     options = dict(config)
     weights = options.pop("weights", "max")
     bias_correction = options.pop("bias_correction", False)
+    method = options.pop("method", "minmax")
     model = onnx.load(str(case.model))
     name = model.graph.input[0].name
     calib_path = work / f"{case.name}_calib.npz"
@@ -169,7 +172,7 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
         "ethos-u65",
         outdir=work / f"{case.name}_{len(list(work.iterdir()))}",
         calibration=CalibrationOptions(
-            path=calib_path, count=16, weights=weights, bias_correction=bias_correction
+            path=calib_path, count=16, weights=weights, bias_correction=bias_correction, method=method
         ),
         validate_npu="none",
         layer_report=False,
@@ -179,8 +182,10 @@ def measure(case: Case, config: dict[str, Any], work: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     assert result.model is not None
     # The same emission again from the optimized model (deterministic): its TensorIO says how to feed it.
-    calib = load_samples(result.model, CalibrationOptions(path=calib_path, count=16))
-    tflite = emit(result.model, dtype="int8", calib=calib, weights=weights, bias_correction=bias_correction).tflite
+    calib = load_samples(result.model, CalibrationOptions(path=calib_path, count=16, method=method))
+    tflite = emit(
+        result.model, dtype="int8", calib=calib, method=method, weights=weights, bias_correction=bias_correction
+    ).tflite
     if tflite.data != result.int8_tflite:
         raise SystemExit(f"{case.name}: re-emitted int8 TFLite differs from optimize()'s")
     feeds = [{name: sample[None].astype(np.float32)} for sample in case.val]
@@ -546,7 +551,7 @@ def write(rows: Sequence[tuple[str, str, str, dict[str, Any]]], skipped: Sequenc
         "SNR = int8 (LiteRT, builtin kernels) vs float (ONNX Runtime) on held-out inputs, worst output. "
         "`nirc` = defaults (accuracy guard on, 0.5 dB); `no-guard` = `--no-accuracy-guard`; "
         "`no-hw` = `--no-hw-passes`; `mse-w` = defaults + `--weight-range mse`; "
-        "`bc` = defaults + `--bias-correction`. "
+        "`bc` = defaults + `--bias-correction`; `mse-a` / `pct-a` = defaults + `--calib-method mse` / `percentile`. "
         "`agree` = int8 arg-max equals float arg-max; `top-1` only for the trained digits CNN (real labels). "
         "`NPU = int8`: held-out inputs on which Vela's compiled command stream, run in nirc's NPU functional "
         "model, equals LiteRT on the int8 TFLite bit for bit (there the NPU's top-1 is the int8 top-1). "

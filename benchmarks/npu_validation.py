@@ -229,7 +229,9 @@ def to_markdown(rows: list[dict[str, Any]], samples: int) -> str:
 FOOTER = [
     "Reading the table: every compiled artifact the functional model executes matches TFLite Micro bit for "
     "bit on every input, in its outputs and in every layer it could map; a known difference is listed by op "
-    "and rule (`targets/ethos_u/sim/known.py`) with the reference continued from the NPU's value. LiteRT's "
+    "and rule (`targets/ethos_u/sim/known.py`) with the reference continued from the NPU's value. TOSA-form "
+    "artifacts (the default where Vela estimates them faster) match the TOSA reference model bit for bit on "
+    "every output. LiteRT's "
     "reference kernels, run on the same int8 models, disagree with TFLite Micro in the counted output "
     "elements: its FULLY_CONNECTED rounds some ties once where TFLite Micro rounds twice "
     "(`nirc validate --reference litert` reports them as known, by op). The FC tie question is settled "
