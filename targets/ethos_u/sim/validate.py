@@ -18,6 +18,7 @@ LiteRT's FULLY_CONNECTED ties) or *unexplained*; only unexplained ones fail.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -167,6 +168,7 @@ class _Check:
     slices: int = 1  # depth slices joined into this result
     block: cmdstream.BlockOp | None = None  # the (last) NPU operation that produced it
     pieces: tuple[_Check, ...] = ()  # stacked stripes that may instead be whole tensors each (tiles)
+    reshaped: tuple[int, ...] = ()  # tensors of the same bytes in another H x W: a match, never a report
     reordered: tuple[np.ndarray, ...] = ()  # the stripes stacked by OFM address, when that order differs
 
 
@@ -194,6 +196,8 @@ def _signatures(model: container.VelaModel) -> dict[_Signature, list[int]]:
         if t.data is not None or t.index in inputs or shape is None:
             continue
         groups.setdefault((shape, np.dtype(t.dtype).name), []).append(t.index)
+        flat = (1, shape[0] * shape[1], shape[2])  # the same bytes as any H x W with this H * W
+        groups.setdefault((flat, f"{np.dtype(t.dtype).name}/rows"), []).append(t.index)
     return groups
 
 
@@ -240,6 +244,19 @@ def _signature(values: np.ndarray, block: cmdstream.BlockOp) -> _Signature:
     return (shape, np.dtype(dtype).name if dtype else "")
 
 
+def _reshaped(groups: dict[_Signature, list[int]], values: np.ndarray, block: cmdstream.BlockOp) -> tuple[int, ...]:
+    """Tensors with the result's bytes in another H x W (same H * W and C), not already exact candidates.
+
+    Vela runs a FULLY_CONNECTED over 256 rows as a 16x16 map (EdgeNeXt's attention
+    projection). Such a tensor can match the result; it is never reported as a
+    difference, since unrelated tensors share H * W and C far more often than H, W and C.
+    """
+    shape, dtype = _signature(values, block)
+    exact = set(groups.get((shape, dtype), ()))
+    flat = groups.get(((1, shape[0] * shape[1], shape[2]), f"{dtype}/rows"), ())
+    return tuple(i for i in flat if i not in exact)
+
+
 def _npu_checks(
     call: container.NpuCall, trace: list[OpTrace], groups: dict[_Signature, list[int]], label: str
 ) -> list[_Check]:
@@ -275,9 +292,8 @@ def _npu_checks(
         tiles = tuple(
             _Check(where, v, tuple(groups.get(_signature(v, piece), ())), True, block=piece) for piece, v in parts
         ) if len(parts) > 1 else ()  # fmt: skip
-        checks.append(
-            _Check(where, values, candidates, not whole, len(parts), block=block, pieces=tiles, reordered=reordered)
-        )
+        check = _Check(where, values, candidates, not whole, len(parts), block=block, pieces=tiles)
+        checks.append(dataclasses.replace(check, reordered=reordered, reshaped=_reshaped(groups, values, block)))
     return checks
 
 
@@ -446,11 +462,16 @@ def _compare_sample(
     counts = tally.intermediates
     for check in checks:
         candidates = [c for c in check.candidates if c in ref.tensors]
+        flat = check.values.reshape(-1)
+        other = [ref.tensors[c].reshape(-1) for c in check.reshaped if c in ref.tensors]
+        if any(v.size == flat.size and np.array_equal(v, flat) for v in other):
+            counts["slices_matched" if check.part else "matched"] += 1
+            counts["compared"] += not check.part
+            continue
         if not candidates:
             counts["slices_unchecked" if check.part else "unmapped"] += 1
             continue
         values = [ref.tensors[c].reshape(-1) for c in candidates]
-        flat = check.values.reshape(-1)
         stackings = [flat, *(r.reshape(-1) for r in check.reordered)]
         same = any(v.size == f.size and np.array_equal(v, f) for v in values for f in stackings)
         if same or _tiles_match(check, ref):

@@ -110,3 +110,36 @@ def test_tiles_sharing_weights_are_compared_tile_by_tile(tmp_path: Path) -> None
     assert tiled, "the stem should be tiled"
     npu = result.report["validation"]["npu"]
     assert npu["bit_exact"], npu.get("first_divergence")
+
+
+def test_a_fully_connected_run_as_a_map_is_compared_with_its_tensor(tmp_path: Path) -> None:
+    """Vela runs a FULLY_CONNECTED over 256 rows as a 16x16 map: the same bytes as the [256, 88] tensor.
+
+    Matched only by H x W, the result had no candidate (or, in EdgeNeXt, an unrelated 16x16x88 tensor,
+    a false 137-LSB difference); matched by rows and channels it is compared with its own tensor.
+    """
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from nirc.pipeline import optimize
+
+    rng = np.random.default_rng(0)
+    nodes = [h.make_node("MatMul", ["x", "w"], ["a"]), h.make_node("Relu", ["a"], ["r"])]
+    nodes.append(h.make_node("MatMul", ["r", "w2"], ["y"]))
+    graph = h.make_graph(
+        nodes,
+        "fc256",
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 88])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 88])],
+        [nh.from_array((rng.standard_normal((88, 88)) * 0.2).astype(np.float32), n) for n in ("w", "w2")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "fc256.onnx")
+    result = optimize(tmp_path / "fc256.onnx", "ethos-u65-256", outdir=tmp_path / "o", npu_format="tflite")
+    npu = result.report["validation"]["npu"]
+    assert npu["bit_exact"], npu.get("first_divergence")
+    inter = npu["details"]["intermediates"]
+    assert inter["compared"] == 2 * npu["samples"], inter  # both FULLY_CONNECTEDs, on every input
