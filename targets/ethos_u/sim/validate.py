@@ -277,7 +277,8 @@ def _npu_checks(
             where = f"{label}, NPU op {block.index} {block.name} (word {block.offset}) (with {len(chain) - 1} " \
                 "earlier depth slices)"  # fmt: skip
             candidates = tuple(groups.get(_signature(values, block), ()))
-            checks.append(_Check(where, values, candidates, False, slices=len(chain), block=block))
+            joined = _Check(where, values, candidates, False, slices=len(chain), block=block)
+            checks.append(dataclasses.replace(joined, reshaped=_reshaped(groups, values, block)))
             continue
         parts = chain[0]
         block = parts[-1][0]

@@ -142,4 +142,4 @@ def test_a_fully_connected_run_as_a_map_is_compared_with_its_tensor(tmp_path: Pa
     npu = result.report["validation"]["npu"]
     assert npu["bit_exact"], npu.get("first_divergence")
     inter = npu["details"]["intermediates"]
-    assert inter["compared"] == 2 * npu["samples"], inter  # both FULLY_CONNECTEDs, on every input
+    assert inter["compared"] >= 2 * npu["samples"], inter  # both FULLY_CONNECTEDs, on every input
