@@ -143,3 +143,18 @@ def test_a_fully_connected_run_as_a_map_is_compared_with_its_tensor(tmp_path: Pa
     assert npu["bit_exact"], npu.get("first_divergence")
     inter = npu["details"]["intermediates"]
     assert inter["compared"] >= 2 * npu["samples"], inter  # both FULLY_CONNECTEDs, on every input
+
+
+def test_a_maximum_is_never_reported_as_a_different_mean() -> None:
+    """MobileViTv2: a 4-element POOL.MAX of Vela's own lowering was compared with a MEAN of four elements.
+
+    Reported only against what a max pool can compute (a max, or moved values); other operations unrestricted.
+    """
+    from types import SimpleNamespace
+
+    from nirc.targets.ethos_u.sim.validate import _can_compute
+
+    pool_max, conv = SimpleNamespace(name="POOL.MAX"), SimpleNamespace(name="CONV")
+    assert not _can_compute(pool_max, "MEAN #360")  # type: ignore[arg-type]
+    assert _can_compute(pool_max, "MAX_POOL_2D #3") and _can_compute(pool_max, "RESHAPE #4")  # type: ignore[arg-type]
+    assert _can_compute(conv, "MEAN #360")  # type: ignore[arg-type]
