@@ -57,7 +57,7 @@ class _Lift(Protocol):
 #: The row maximum's exp code, 15 bits in two int8 TABLEs (high and low byte).
 _EXP_ONE = (1 << 15) - 1
 #: Longest row of the expectation form: ``127 * 127 * n * 256`` (the high byte's weighted sum) fits int32.
-_EXPECTATION_MAX_ROW = 512
+_EXPECTATION_MAX_ROW = int(__import__("os").environ.get("NIRC_EXP_ROW", "512"))
 
 
 def _row_const(lift: _Lift, base: str, value: int, rank: int) -> str:
@@ -179,7 +179,7 @@ def _expectation_reader(lift: _Lift, k: int, op: Any) -> tuple[int | None, int] 
         return None
     if (opts.strideH, opts.strideW) != (1, 1) or lift.pad_folds.get(reader) is not None:
         return None
-    if lift.tensors[fed].shape[-1] > _EXPECTATION_MAX_ROW:
+    if lift.tensors[fed].shape[-1] > _EXPECTATION_MAX_ROW or len(lift.tensors[out].shape) != 4:
         return None
     return transpose, reader
 
@@ -238,24 +238,42 @@ def _expectation(lift: _Lift, op: Any, transpose: int | None, conv_k: int) -> No
         b_name = lift.const("sm_conv_bias", offsets.astype(np.int32).reshape(1, 1, 1, out_ch), DType.INT32)
         ratio = _binary32(lift, Op.ADD, ratio, b_name, [1, rows, 1, out_ch], "sm_biased")
     scales = np.broadcast_to(w.scale, (out_ch,)) * 2.0**-16 / float(y.scale[0])
-    mid = lift.rescale(ratio, [1, rows, 1, out_ch], scales, 0, DType.INT32, DType.INT8, y.zp)
     act = int(getattr(conv.builtinOptions, "fusedActivationFunction", 0))
     per_row = [*shape[:-1], out_ch]
-    if transpose is None and list(y.shape) == [*flat[:3], out_ch]:
-        lift.finish_int8(mid, y_index, act, [*flat[:3], out_ch])
+    mid = lift.rescale(ratio, [1, rows, 1, out_ch], scales, 0, DType.INT32, DType.INT8, y.zp)
+    # The int8 result leaves through an identity 1x1 depthwise conv in the softmax's own shape, as
+    # the TFLite conv's result did: written by the elementwise RESCALE itself, Vela folded the
+    # RESHAPE to YOLOv8n-320's [1, 4, 2100] into its OFM addressing and wrote rows 35 MB past SRAM
+    # (the functional model refused to run it).
+    shaped = lift.new("sm_expect", per_row, DType.INT8)
+    lift.op(Op.RESHAPE, [mid, lift.shape_const("sm_expect_shape", per_row)], [shaped])
+    copied = _identity_copy(lift, shaped, per_row, y.zp)
+    if transpose is None:
+        lift.finish_int8(copied, y_index, act, per_row)
     else:
-        shaped = lift.new("sm_expect", per_row, DType.INT8)
-        lift.op(Op.RESHAPE, [mid, lift.shape_const("sm_expect_shape", per_row)], [shaped])
-        if transpose is not None:
-            perm = [
-                int(v) for v in np.asarray(lift.tensors[int(lift.sg.operators[transpose].inputs[1])].data).reshape(-1)
-            ]
-            moved = lift.new("sm_expect_perm", [per_row[i] for i in perm], DType.INT8)
-            lift.op(Op.TRANSPOSE, [shaped], [moved], _attr("TransposeAttribute", perm))
-            shaped = moved
-        lift.finish_int8(shaped, y_index, act, list(y.shape))
+        perm_data = lift.tensors[int(lift.sg.operators[transpose].inputs[1])].data
+        perm = [int(v) for v in np.asarray(perm_data).reshape(-1)]
+        moved = lift.new("sm_expect_perm", [per_row[i] for i in perm], DType.INT8)
+        lift.op(Op.TRANSPOSE, [copied], [moved], _attr("TransposeAttribute", perm))
+        lift.finish_int8(moved, y_index, act, list(y.shape))
     lift.absorbed.update({conv_k} | ({transpose} if transpose is not None else set()))
     lift.tables += 3
+
+
+def _identity_copy(lift: _Lift, src: str, shape: list[int], zp: int) -> str:
+    """``src`` copied by a 1x1 depthwise conv of weight 1 and an exact unit RESCALE (int8, zero point ``zp``)."""
+    channels = shape[-1]
+    acc = lift.new("sm_copy_acc", shape, DType.INT32)
+    inputs = [
+        src,
+        lift.const("sm_copy_w", np.ones((1, 1, channels, 1), np.int8), DType.INT8),
+        lift.const("sm_copy_b", np.zeros(channels, np.int32), DType.INT32),
+        lift.const("izp", np.asarray([zp], np.int8), DType.INT8),
+        lift.const("wzp", np.asarray([0], np.int8), DType.INT8),
+    ]
+    lift.op(Op.DEPTHWISE_CONV2D, inputs, [acc],
+            _attr("DepthwiseConv2dAttribute", [0, 0, 0, 0], [1, 1], [1, 1], False, DType.INT32))  # fmt: skip
+    return lift.rescale(acc, shape, np.asarray([1.0]), 0, DType.INT32, DType.INT8, zp)
 
 
 def lift_softmax(lift: _Lift, k: int, op: Any) -> None:
