@@ -198,6 +198,8 @@ def _signatures(model: container.VelaModel) -> dict[_Signature, list[int]]:
         groups.setdefault((shape, np.dtype(t.dtype).name), []).append(t.index)
         flat = (1, shape[0] * shape[1], shape[2])  # the same bytes as any H x W with this H * W
         groups.setdefault((flat, f"{np.dtype(t.dtype).name}/rows"), []).append(t.index)
+        size = (1, 1, flat[1] * flat[2])  # any shape of this many elements, for elementwise operations
+        groups.setdefault((size, f"{np.dtype(t.dtype).name}/size"), []).append(t.index)
     return groups
 
 
@@ -248,13 +250,16 @@ def _reshaped(groups: dict[_Signature, list[int]], values: np.ndarray, block: cm
     """Tensors with the result's bytes in another H x W (same H * W and C), not already exact candidates.
 
     Vela runs a FULLY_CONNECTED over 256 rows as a 16x16 map (EdgeNeXt's attention
-    projection). Such a tensor can match the result; it is never reported as a
-    difference, since unrelated tensors share H * W and C far more often than H, W and C.
+    projection), and an elementwise operation in any shape of the same size (MobileViT's
+    LayerNorm square, 80x64x4, as 80x16x16). Such a tensor can match the result; it is never
+    reported as a difference, since unrelated tensors share a size far more often than a shape.
     """
     shape, dtype = _signature(values, block)
     exact = set(groups.get((shape, dtype), ()))
-    flat = groups.get(((1, shape[0] * shape[1], shape[2]), f"{dtype}/rows"), ())
-    return tuple(i for i in flat if i not in exact)
+    flat = list(groups.get(((1, shape[0] * shape[1], shape[2]), f"{dtype}/rows"), ()))
+    if block.kind is cmdstream.OpKind.ELEMENTWISE:
+        flat += groups.get(((1, 1, shape[0] * shape[1] * shape[2]), f"{dtype}/size"), ())
+    return tuple(dict.fromkeys(i for i in flat if i not in exact))
 
 
 def _npu_checks(

@@ -158,3 +158,22 @@ def test_a_maximum_is_never_reported_as_a_different_mean() -> None:
     assert not _can_compute(pool_max, "MEAN #360")  # type: ignore[arg-type]
     assert _can_compute(pool_max, "MAX_POOL_2D #3") and _can_compute(pool_max, "RESHAPE #4")  # type: ignore[arg-type]
     assert _can_compute(conv, "MEAN #360")  # type: ignore[arg-type]
+
+
+def test_an_elementwise_result_may_match_a_tensor_of_the_same_size_in_another_shape() -> None:
+    """MobileViT's LayerNorm square (80x64x4) ran as an 80x16x16 elementwise MUL: the same bytes in NHWC.
+
+    Such a tensor is a match candidate for elementwise operations only, and never reported against.
+    """
+    from types import SimpleNamespace
+
+    from nirc.targets.ethos_u.sim import cmdstream
+    from nirc.targets.ethos_u.sim.validate import _reshaped
+
+    int8 = SimpleNamespace(signed=True, bits=8)
+    groups = {((1, 80 * 64, 4), "int8/rows"): [7], ((1, 1, 20480), "int8/size"): [7, 9], ((80, 16, 16), "int8"): [9]}
+    values = np.zeros((80, 16, 16), np.int8)
+    mul = SimpleNamespace(kind=cmdstream.OpKind.ELEMENTWISE, ofm=SimpleNamespace(dtype=int8))
+    conv = SimpleNamespace(kind=cmdstream.OpKind.CONV, ofm=SimpleNamespace(dtype=int8))
+    assert _reshaped(groups, values, mul) == (7,)  # type: ignore[arg-type]  # 9 is already an exact candidate
+    assert _reshaped(groups, values, conv) == ()  # type: ignore[arg-type]
