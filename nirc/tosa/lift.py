@@ -637,6 +637,45 @@ def _conv(lift: _Lift, k: int, op: Any) -> None:
     lift.clamp(mid, shape4, lo, hi, lift.define(y_index))
 
 
+def _batch_matmul(lift: _Lift, k: int, op: Any) -> None:
+    """BATCH_MATMUL of two int8 activations: MATMUL over ``[B, M, K] x [B, K, N]`` with both zero points,
+    then one RESCALE by ``s_a s_b / s_out`` -- TFLite's int32 accumulation and single rounding.
+
+    ``adj_x``/``adj_y`` become a TRANSPOSE of the operand's last two axes; batch axes must agree
+    (no broadcasting), as nirc's attention lowering emits them.
+    """
+    a_i, b_i, y_index = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
+    a, b, y = lift.tensors[a_i], lift.tensors[b_i], lift.tensors[y_index]
+    opts = op.builtinOptions
+    if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[:-2] != b.shape[:-2]:
+        raise TosaUnsupportedError("TOSA lift: BATCH_MATMUL with broadcast batch axes")
+    if a.data is not None or b.data is not None or len(a.scale) != 1 or len(b.scale) != 1:
+        raise TosaUnsupportedError("TOSA lift: BATCH_MATMUL of a constant or per-channel operand")
+    batch = int(np.prod(a.shape[:-2]))
+
+    def operand(index: int, t: _Tensor, adjoint: bool) -> tuple[str, int, int]:
+        src, rows, cols = lift.name(index), t.shape[-2], t.shape[-1]
+        if adjoint:
+            perm = [*range(len(t.shape) - 2), len(t.shape) - 1, len(t.shape) - 2]
+            moved = lift.new("mm_adj", [t.shape[i] for i in perm], DType.INT8)
+            lift.op(Op.TRANSPOSE, [src], [moved], _attr("TransposeAttribute", perm))
+            src, rows, cols = moved, cols, rows
+        flat = lift.new("mm_in", [batch, rows, cols], DType.INT8)
+        lift.op(Op.RESHAPE, [src, lift.shape_const("mm_shape", [batch, rows, cols])], [flat])
+        return flat, rows, cols
+
+    left, m, inner = operand(a_i, a, bool(getattr(opts, "adjX", False)))
+    right, inner_b, n = operand(b_i, b, bool(getattr(opts, "adjY", False)))
+    if inner != inner_b:
+        raise TosaUnsupportedError("TOSA lift: BATCH_MATMUL with mismatched inner axes")
+    acc = lift.new("mm_acc", [batch, m, n], DType.INT32)
+    zps = [lift.const("mm_zp", np.asarray([t.zp], np.int8), DType.INT8) for t in (a, b)]
+    lift.op(Op.MATMUL, [left, right, *zps], [acc], _attr("MatMulAttribute"))
+    scale = float(a.scale[0]) * float(b.scale[0]) / float(y.scale[0])
+    mid = lift.rescale(acc, [batch, m, n], np.asarray([scale]), 0, DType.INT32, DType.INT8, y.zp)
+    lift.op(Op.RESHAPE, [mid, lift.shape_const("mm_out", list(y.shape))], [lift.define(y_index)])
+
+
 def _broadcast_rank(
     lift: _Lift, name: str, shape: tuple[int, ...], rank: int, dtype: int
 ) -> tuple[str, tuple[int, ...]]:
@@ -878,6 +917,7 @@ _HANDLERS: dict[str, Callable[[_Lift, int, Any], None]] = {
     "SLICE": _slice,
     "SPLIT": _split,
     "SOFTMAX": lift_softmax,
+    "BATCH_MATMUL": _batch_matmul,
     "SPLIT_V": _split,
     "RESIZE_NEAREST_NEIGHBOR": _resize,
     **dict.fromkeys(_TABLE_STARTS, _unary_op),
