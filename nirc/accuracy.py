@@ -171,6 +171,18 @@ class AccuracyGuard:
         }
 
 
+def judge_outputs(before: Sequence[Any], after: Sequence[Any], max_drop: float) -> Verdict:
+    """The guard's verdict on two int8 forms of one model from their output checks (``.name``, ``.snr_db``).
+
+    Why: ``--npu-format auto`` keeps the TOSA form only when it is faster *and* within the
+    tolerance of the TFLite form's int8 accuracy, the rule every rewrite follows.
+    """
+    b = {c.name: float(c.snr_db) for c in before}
+    a = {c.name: float(c.snr_db) for c in after}
+    drops = [_drop(b[name], a.get(name, -math.inf)) for name in b]
+    return Verdict(b, a, max(drops, default=0.0), max_drop)
+
+
 def _drop(before: float, after: float) -> float:
     """SNR lost, with infinities handled (an exact int8 model has infinite SNR)."""
     if before == after:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from nirc import __version__, timing
-from nirc.accuracy import AccuracyGuard
+from nirc.accuracy import AccuracyGuard, judge_outputs
 from nirc.analysis import Analysis, analyze
 from nirc.backend import SYNTHETIC_WARNING, emit, load_samples, validate
 from nirc.errors import BackendError, PassError, TargetError, UnsupportedOperatorError
@@ -289,6 +289,7 @@ def _optimize(
         if opts.compile and npu_format != "tflite":
             tosa, tflite_reason = _lift(emitted.tflite, tosa_path, tgt, npu_format, warnings)
         estimates: dict[str, float] = {}
+        tosa_checks = None
         if opts.compile:
             stages.next("vela")
             progress(f"compiling with Vela for {tgt.name}")
@@ -309,23 +310,41 @@ def _optimize(
                 alt.mkdir()
                 alt_json, alt_fits = _compile(int8_path, tgt, alt, stem, after)
                 estimates["tflite"] = float(alt_json["inference_time_ms"])
-                if estimates["tflite"] <= estimates["tosa"]:  # a tie keeps the form `nirc validate` checks
+                keep_tflite = estimates["tflite"] <= estimates["tosa"]  # a tie keeps the form `nirc validate` checks
+                tflite_reason = (
+                    f"Vela's estimate: the TFLite form {estimates['tflite']:.3f} ms, "
+                    f"the TOSA form {estimates['tosa']:.3f} ms"
+                )
+                if not keep_tflite and guard is not None:
+                    # Faster is kept only within the accuracy guard's tolerance, as any rewrite is.
+                    from nirc.tosa import route
+
+                    progress("checking the TOSA form's int8 accuracy against the TFLite form's")
+                    tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)
+                    verdict = judge_outputs(checks, tosa_checks, opts.max_snr_drop)
+                    if not verdict.ok:
+                        keep_tflite = True
+                        tflite_reason = (
+                            f"the TOSA form ({estimates['tosa']:.3f} ms, faster than {estimates['tflite']:.3f}) "
+                            f"loses {verdict.drop:.2f} dB int8 SNR against the TFLite form, over the accuracy "
+                            f"guard's {opts.max_snr_drop:g} dB"
+                        )
+                if keep_tflite:
                     shutil.rmtree(work / "vela")
                     shutil.move(str(alt / "vela"), work / "vela")
                     shutil.move(str(alt / f"{stem}_vela.tflite"), work / f"{stem}_vela.tflite")
                     vela_json, fits = alt_json, alt_fits
                     tosa = None
-                    tflite_reason = (
-                        f"Vela's estimate: the TFLite form {estimates['tflite']:.3f} ms, "
-                        f"the TOSA form {estimates['tosa']:.3f} ms"
-                    )
+                else:
+                    tflite_reason = None
                 shutil.rmtree(alt, ignore_errors=True)
             if tosa is not None:
                 from nirc.tosa import route
 
                 stages.next("validate-tosa")
-                progress("validating the TOSA graph against float (TOSA reference model vs ONNX Runtime)")
-                tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)
+                if tosa_checks is None:
+                    progress("validating the TOSA graph against float (TOSA reference model vs ONNX Runtime)")
+                    tosa_checks = route.compare_reference(proto, emitted.tflite, tosa, calib.samples)
                 validation["tosa"] = [c.to_json() for c in tosa_checks]
             vela_path = work / f"{stem}_vela.tflite"
             vela_tflite = vela_path.read_bytes()

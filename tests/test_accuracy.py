@@ -203,3 +203,22 @@ def test_guard_follows_input_relayouts_of_earlier_passes() -> None:
     guard = AccuracyGuard(calibration(2))
     PassManager([PadInput()]).run(IRModel.load(two_convs()), PassContext(accuracy=guard))
     assert all(s["x"].shape == (1, 10, 8, 8) for s in guard.calibration.samples)
+
+
+def test_two_int8_forms_are_judged_by_their_output_checks() -> None:
+    """``--npu-format auto`` keeps the faster TOSA form only within the guard's tolerance of the TFLite form.
+
+    The checks are real: ONNX Runtime-style float outputs against two int8 results, one of them coarser.
+    """
+    from nirc.accuracy import judge_outputs
+    from nirc.tflite.model import TensorIO
+    from nirc.validate import check_output
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 10)).astype(np.float32)
+    io = TensorIO("logits", (1, 10), (1, 10), None, "float32", None, None)
+    fine = check_output(io, ref, ref + rng.standard_normal(ref.shape).astype(np.float32) * 0.01)
+    coarse = check_output(io, ref, ref + rng.standard_normal(ref.shape).astype(np.float32) * 0.05)
+    assert judge_outputs([fine], [coarse], 0.5).drop > 10 and not judge_outputs([fine], [coarse], 0.5).ok
+    assert judge_outputs([coarse], [fine], 0.5).ok
+    assert judge_outputs([fine], [coarse], 20.0).ok
