@@ -773,6 +773,35 @@ def _reshape(lift: _Lift, k: int, op: Any) -> None:
     lift.op(Op.RESHAPE, [src, lift.shape_const("shape", list(y.shape))], [lift.define(y_index)])
 
 
+def _mean(lift: _Lift, k: int, op: Any) -> None:
+    """MEAN of an int8 tensor over constant axes: REDUCE_SUM of ``x - zp`` in int32 per axis, then one RESCALE.
+
+    ``s_in / (count s_out)`` with the output's zero point: the mean rounded once (TFLite's
+    kernel rescales the sum the same way). LayerNorm and GroupNorm decompositions use it
+    (MobileViT), so one MEAN no longer keeps a model in the TFLite form.
+    """
+    x_i, y_index = int(op.inputs[0]), int(op.outputs[0])
+    x, y = lift.tensors[x_i], lift.tensors[y_index]
+    axes_data = lift.tensors[int(op.inputs[1])].data
+    if axes_data is None or len(x.scale) != 1:
+        raise TosaUnsupportedError("TOSA lift: MEAN over non-constant axes or a per-channel input")
+    rank = len(x.shape)
+    axes = sorted({int(a) % rank for a in np.asarray(axes_data).reshape(-1)})
+    count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    if count * 255 >= 1 << 31:
+        raise TosaUnsupportedError("TOSA lift: MEAN over too many elements for an int32 sum")
+    current = lift.rescale(lift.name(x_i), list(x.shape), np.asarray([1.0]), x.zp, DType.INT8, DType.INT32)
+    shape = list(x.shape)
+    for axis in axes:
+        shape[axis] = 1
+        summed = lift.new("mean_sum", shape, DType.INT32)
+        lift.op(Op.REDUCE_SUM, [current], [summed], _attr("ReduceSumAttribute", axis))
+        current = summed
+    scale = float(x.scale[0]) / (count * float(y.scale[0]))
+    mid = lift.rescale(current, shape, np.asarray([scale]), 0, DType.INT32, DType.INT8, y.zp)
+    lift.op(Op.RESHAPE, [mid, lift.shape_const("mean_out", list(y.shape))], [lift.define(y_index)])
+
+
 def _concat(lift: _Lift, k: int, op: Any) -> None:
     y_index = int(op.outputs[0])
     y = lift.tensors[y_index]
@@ -918,6 +947,7 @@ _HANDLERS: dict[str, Callable[[_Lift, int, Any], None]] = {
     "SPLIT": _split,
     "SOFTMAX": lift_softmax,
     "BATCH_MATMUL": _batch_matmul,
+    "MEAN": _mean,
     "SPLIT_V": _split,
     "RESIZE_NEAREST_NEIGHBOR": _resize,
     **dict.fromkeys(_TABLE_STARTS, _unary_op),

@@ -386,3 +386,18 @@ def test_attention_batch_matmul_is_lifted_to_matmul(tmp_path: Path, fixture: str
 def _tflite_ops(data: bytes) -> list[str]:
     model = container.load(data)
     return [op.opcode for op in model.ops]
+
+
+def test_mean_is_lifted_so_a_layernorm_model_stays_tosa(tmp_path: Path) -> None:
+    """MEAN (LayerNorm's decomposition) is REDUCE_SUM per axis of ``x - zp`` in int32 and one RESCALE.
+
+    Before, its one MEAN kept the attention block with LayerNorm in the TFLite form; lifted, the
+    artifact equals the TOSA reference model and the TOSA form's int8 SNR is the TFLite form's within 0.5 dB.
+    """
+    source = Path(__file__).resolve().parents[1] / "fixtures" / "attention" / "mha_ts.onnx"
+    report = optimize(source, outdir=tmp_path / "o", npu_format="tosa").report
+    assert report["npu_format"]["format"] == "tosa", report["npu_format"]
+    assert report["validation"]["npu"]["bit_exact"], report["validation"]["npu"]
+    (tflite,) = report["validation"]["outputs"]
+    (tosa,) = report["validation"]["tosa"]
+    assert tosa["snr_db"] >= tflite["snr_db"] - 0.5, (tosa, tflite)
