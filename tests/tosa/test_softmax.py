@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -68,6 +69,18 @@ def _dfl(anchors: int = 300, out_channels: int = 2, transpose: bool = True, deco
     return IRModel.load(proto).to_proto()
 
 
+def _lift_and_compile(proto: onnx.ModelProto, tmp_path: Path, samples: int) -> tuple[Any, Any, Any, Any]:
+    """Emit int8, lift to TOSA and compile with Vela; the expectation form leaves no REDUCE_SUM."""
+    calib = load_calibration(None, input_shapes(proto), count=samples)
+    emitted = emit(proto, dtype="int8", calib=calib)
+    graph = lift(emitted.tflite.data)
+    path = tmp_path / "model.tosa"
+    path.write_bytes(graph.data)
+    vela = compile_with_vela(path, U65, tmp_path / "vela")
+    assert "ReduceSum" not in {layer.original_op for layer in vela.layers}
+    return emitted, calib, graph, vela
+
+
 @pytest.mark.parametrize("transpose", [True, False])
 def test_softmax_read_by_a_1x1_conv_divides_per_row(tmp_path: Path, transpose: bool) -> None:
     """``W softmax(x) = (W E) / S``: one conv per exp byte, the division on the conv's outputs only.
@@ -78,13 +91,7 @@ def test_softmax_read_by_a_1x1_conv_divides_per_row(tmp_path: Path, transpose: b
     cycles than the per-element form (no REDUCE_SUM, MUL and RESCALE over the whole input).
     """
     proto = _dfl(transpose=transpose)
-    calib = load_calibration(None, input_shapes(proto), count=4)
-    emitted = emit(proto, dtype="int8", calib=calib)
-    graph = lift(emitted.tflite.data)
-    path = tmp_path / "model.tosa"
-    path.write_bytes(graph.data)
-    vela = compile_with_vela(path, U65, tmp_path / "vela")
-    assert "ReduceSum" not in {layer.original_op for layer in vela.layers}
+    emitted, calib, graph, vela = _lift_and_compile(proto, tmp_path, samples=4)
     (check,) = compare_reference(proto, emitted.tflite, graph, calib.samples)
     (tflite_check,) = validate(proto, emitted.tflite, calib)
     assert check.snr_db >= tflite_check.snr_db - 0.1, (check, tflite_check)
@@ -112,12 +119,6 @@ def test_softmax_expectation_feeding_a_box_decoder_runs_bit_exact(tmp_path: Path
     small model does not reproduce Vela's choice; it checks the decoder form end to end.
     """
     proto = _dfl(anchors=2100, out_channels=1, transpose=False, decode=True)
-    calib = load_calibration(None, input_shapes(proto), count=2)
-    emitted = emit(proto, dtype="int8", calib=calib)
-    graph = lift(emitted.tflite.data)
-    path = tmp_path / "model.tosa"
-    path.write_bytes(graph.data)
-    vela = compile_with_vela(path, U65, tmp_path / "vela")
-    assert "ReduceSum" not in {layer.original_op for layer in vela.layers}
+    emitted, calib, graph, vela = _lift_and_compile(proto, tmp_path, samples=2)
     npu = check_compiled(vela.vela_tflite, emitted.tflite, graph, calib.samples[:2], [])
     assert npu["bit_exact"], npu
