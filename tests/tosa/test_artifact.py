@@ -53,12 +53,14 @@ def test_tosa_form_artifact_validates_and_a_corrupted_table_fails(
 def test_split_artifact_ships_its_tflite_part(tmp_path: Path) -> None:
     """A model the lift refuses an op of: MODEL_npu_rest.tflite holds it, validate runs both parts."""
     model = _silu_then(
-        "axes = Constant <value_ints = [2, 3]> ()\n y = ReduceMean <keepdims = 1> (a, axes)", "[1,32,1,1]"
+        'sc = Constant <value_floats = [1.0, 1.0, 2.0, 2.0]> ()\n'
+        ' y = Resize <mode = "linear", coordinate_transformation_mode = "half_pixel"> (a, , sc)',
+        "[1,32,32,32]",
     )
     out = tmp_path / "out"
     result = optimize(model, outdir=out, npu_format="tosa", no_hw_passes=True, passes=["fold-constants"])
     fmt = result.report["npu_format"]
-    assert fmt["format"] == "tosa" and fmt["tflite_part_ops"] == {"MEAN": 1}, fmt
+    assert fmt["format"] == "tosa" and fmt["tflite_part_ops"] == {"RESIZE_BILINEAR": 1}, fmt
     assert (out / "model_npu_rest.tflite").is_file()
     assert result.report["validation"]["npu"]["bit_exact"], result.report["validation"]["npu"]
     assert validate(out / "model_vela.tflite", out / "model_npu.tosa", samples=2).max_abs_diff_lsb == 0

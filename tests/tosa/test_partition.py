@@ -32,17 +32,22 @@ def _emit(proto: onnx.ModelProto) -> tuple[TFLiteModel, list[dict[str, np.ndarra
     return emit(proto, dtype="int8", calib=calib).tflite, list(calib.samples)
 
 
-MEAN = _model("axes = Constant <value_ints = [2, 3]> ()\n y = ReduceMean <keepdims = 1> (a, axes)", "[1,32,1,1]")
+#: A bilinear 2x upscale: RESIZE_BILINEAR, which the lift does not translate and Vela's TFLite reader runs.
+RESIZE_TAIL = (
+    'sc = Constant <value_floats = [1.0, 1.0, 2.0, 2.0]> ()\n'
+    ' y = Resize <mode = "linear", coordinate_transformation_mode = "half_pixel"> (a, , sc)'
+)
+RESIZE = _model(RESIZE_TAIL, "[1,32,48,48]")
 
 
-def test_mean_stays_tflite_and_silu_becomes_a_table(tmp_path: Path) -> None:
-    """MEAN is not lifted: Vela's TFLite reader runs it after the TOSA part, both on the NPU (two COP2 streams)."""
-    tflite, samples = _emit(MEAN)
-    with pytest.raises(TosaUnsupportedError, match="MEAN") as refused:
+def test_resize_stays_tflite_and_silu_becomes_a_table(tmp_path: Path) -> None:
+    """RESIZE_BILINEAR is not lifted: Vela's TFLite reader runs it after the TOSA part, both on the NPU."""
+    tflite, samples = _emit(RESIZE)
+    with pytest.raises(TosaUnsupportedError, match="RESIZE_BILINEAR") as refused:
         lift(tflite.data)
     assert refused.value.op_index is not None
     graph = lift_split(tflite.data)
-    assert graph.split is not None and graph.split.ops == ("MEAN",)
+    assert graph.split is not None and graph.split.ops == ("RESIZE_BILINEAR",)
     assert (graph.tables, graph.ops_folded_into_tables) == (1, 2)  # LOGISTIC + MUL -> one TABLE
     path = tmp_path / "m_npu.tosa"
     path.write_bytes(graph.data)
@@ -50,13 +55,13 @@ def test_mean_stays_tflite_and_silu_becomes_a_table(tmp_path: Path) -> None:
     model = container.load(stitched.vela_tflite)
     assert [op.opcode for op in model.ops] == ["ethos-u", "ethos-u"]  # both parts on the NPU, one file
     assert io_names(stitched.vela_tflite.read_bytes()) == io_names(tflite.data)
-    assert stitched.cpu_ops == 0 and {layer.original_op for layer in stitched.layers} >= {"Table", "Mean"}
+    assert stitched.cpu_ops == 0 and {layer.original_op for layer in stitched.layers} >= {"Table", "ResizeBilinear"}
     # The estimate is the two parts' sum: on a model this small the boundary tensor's round trip
     # through DRAM can outweigh the TABLE, which is why --npu-format auto compares both forms.
     plain = tmp_path / "m.tflite"
     plain.write_bytes(tflite.data)
     assert compile_with_vela(plain, U65, tmp_path / "tflite").cycles_total > 0
-    (check,) = compare_reference(MEAN, tflite, graph, samples)
+    (check,) = compare_reference(RESIZE, tflite, graph, samples)
     assert check.snr_db > 25, check
     warnings: list[str] = []
     npu = check_compiled(stitched.vela_tflite, tflite, graph, samples[:2], warnings)
@@ -64,7 +69,7 @@ def test_mean_stays_tflite_and_silu_becomes_a_table(tmp_path: Path) -> None:
 
 
 def test_split_part_is_closed_under_producers() -> None:
-    tflite, _ = _emit(MEAN)
+    tflite, _ = _emit(RESIZE)
     with pytest.raises(TosaUnsupportedError) as refused:
         lift(tflite.data)
     blocked = refused.value.op_index
@@ -80,9 +85,9 @@ def test_split_part_is_closed_under_producers() -> None:
 
 
 def test_no_split_when_a_part_has_more_than_one_interface_tensor() -> None:
-    """The SiLU output is a model output and MEAN's input: the TFLite part would have two outputs."""
-    proto = _model("axes = Constant <value_ints = [2, 3]> ()\n y = ReduceMean <keepdims = 1> (a, axes)", "[1,32,1,1]")
+    """The SiLU output is a model output and the resize's input: the TFLite part would have two outputs."""
+    proto = _model(RESIZE_TAIL, "[1,32,48,48]")
     proto.graph.output.append(onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 32, 24, 24]))
     tflite, _ = _emit(proto)
-    with pytest.raises(TosaUnsupportedError, match="MEAN"):
+    with pytest.raises(TosaUnsupportedError, match="RESIZE_BILINEAR"):
         lift_split(tflite.data)
