@@ -173,11 +173,15 @@ class _Check:
 
 
 def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """(H, W, C) of a tensor the NPU sees as NHWC with batch 1 (Vela's Shape4D pads at the front)."""
+    """(H, W, C) of a tensor the NPU sees as NHWC (Vela's Shape4D pads at the front).
+
+    A batch folds into the height, the same bytes: Vela runs MobileViT-XXS's (4, 4, 256, 16)
+    attention MUL as one 16x256x16 operation.
+    """
     if len(shape) > 4:
         return None
     full = (1,) * (4 - len(shape)) + tuple(shape)
-    return (full[1], full[2], full[3]) if full[0] == 1 else None
+    return (full[0] * full[1], full[2], full[3])
 
 
 _Signature = tuple[tuple[int, int, int], str]

@@ -177,3 +177,11 @@ def test_an_elementwise_result_may_match_a_tensor_of_the_same_size_in_another_sh
     conv = SimpleNamespace(kind=cmdstream.OpKind.CONV, ofm=SimpleNamespace(dtype=int8))
     assert _reshaped(groups, values, mul) == (7,)  # type: ignore[arg-type]  # 9 is already an exact candidate
     assert _reshaped(groups, values, conv) == ()  # type: ignore[arg-type]
+
+
+def test_a_batch_folds_into_the_height_of_a_candidate() -> None:
+    """Vela runs a (4, 4, 256, 16) attention MUL as one 16x256x16 operation: the same NHWC bytes."""
+    from nirc.targets.ethos_u.sim.validate import _shape3
+
+    assert _shape3((4, 4, 256, 16)) == (16, 256, 16)
+    assert _shape3((1, 7, 7, 64)) == (7, 7, 64) and _shape3((256, 88)) == (1, 256, 88)
