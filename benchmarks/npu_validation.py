@@ -222,6 +222,10 @@ def to_markdown(rows: list[dict[str, Any]], samples: int) -> str:
             notes.append(f"- {row['model']} ({kind}): {row['first']}")
     if notes:
         lines += ["", "Not bit-exact or not executed:", "", *notes]
+    unexplained = [r["model"] for r in rows if r.get("status") == "ok" and r.get("unexplained")]
+    if unexplained:
+        lines += ["", f"**Unexplained** (the run fails validation): {', '.join(unexplained)}; the reading below holds "
+                  "for every other row."]  # fmt: skip
     lines += ["", *FOOTER]
     return "\n".join(lines) + "\n"
 
