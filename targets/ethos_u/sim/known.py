@@ -10,6 +10,12 @@ float32 scales, TFLite (and TFLite Micro) from doubles; the multipliers can diff
 the last bits (measured on EfficientNet-B0: 1387780352 vs 1387780328 at shift 38), which
 changes one result in tens of thousands by 1 LSB.
 
+Rule ``vela-matmul-scale``: Vela lowers BATCH_MATMUL on U55/U65 to an elementwise MUL and a
+REDUCE_SUM per output column, whose output multiplier is not TFLite's (EfficientFormerV2's
+talking-heads attention: 1525499041 vs 1525499062 >> 38); 1 LSB in one result in thousands.
+Explained only when the product recomputed from the reference's operands reproduces the NPU's
+result with Vela's multiplier and the reference's with TFLite's.
+
 Rule ``vela-exact-lut``: Vela runs an int8 LOGISTIC or TANH as a 256-entry LUT holding
 the real function rounded once; TFLite Micro's fixed-point kernels saturate beyond an
 input radius of a few units (4 integer bits). With a large input scale (a detection
@@ -27,7 +33,7 @@ import numpy as np
 from nirc.targets.ethos_u.sim import cmdstream, container
 from nirc.targets.ethos_u.sim.engine import rescale
 
-RULES = ("vela-f32-mul-scale", "vela-exact-lut")
+RULES = ("vela-f32-mul-scale", "vela-exact-lut", "vela-matmul-scale")
 """Rule names; an explained difference's text starts with its rule's name."""
 
 
@@ -57,6 +63,8 @@ def explain(
     """
     if producer is not None and producer.opcode in _LUT_FUNCTIONS:
         return _exact_lut(block, model, producer, inputs, produced, expected)
+    if producer is not None and producer.opcode == "BATCH_MATMUL":
+        return _matmul_scale(block, model, producer, inputs, produced, expected)
     if block is None or producer is None or producer.opcode != "MUL" or block.name != "ELEMENTWISE.MUL":
         return None
     first, second = producer.inputs[:2]
@@ -119,3 +127,49 @@ def _exact_lut(
         f"vela-exact-lut: Vela's {producer.opcode} LUT is the function rounded once (every element reproduced); "
         f"TFLite Micro's fixed-point kernel saturates at input codes {differing[:6]} (input scale {float(x.scale):g})"
     )
+
+
+def _matmul_scale(
+    block: cmdstream.BlockOp | None,
+    model: container.VelaModel,
+    producer: container.OpInfo,
+    inputs: dict[int, np.ndarray],
+    produced: np.ndarray,
+    expected: np.ndarray,
+) -> str | None:
+    """``vela-matmul-scale`` when each multiplier reproduces its own result from the exact integer product.
+
+    The operands' orientation (TFLite's adj_x/adj_y) is taken from their shapes; every reading
+    that gives the output shape is tried, and only an exact reproduction of both results counts.
+    """
+    a_i, b_i, y_i = producer.inputs[0], producer.inputs[1], producer.outputs[0]
+    if block is None or a_i not in inputs or b_i not in inputs:
+        return None
+    x, w, out = model.tensors[a_i], model.tensors[b_i], model.tensors[y_i]
+    if not (x.scale and w.scale and out.scale):
+        return None
+    a = inputs[a_i].astype(np.int64) - int(x.zero_point or 0)
+    b = inputs[b_i].astype(np.int64) - int(w.zero_point or 0)
+    tfl_scale, tfl_shift = tflite_multiplier(float(x.scale) * float(w.scale) / float(out.scale))
+    npu_scale, npu_shift = block.ofm_scale
+    if (npu_scale, npu_shift) == (tfl_scale, tfl_shift):
+        return None
+    shape = tuple(out.shape)
+    for left in (a, np.swapaxes(a, -1, -2)):
+        for right in (b, np.swapaxes(b, -1, -2)):
+            if left.shape[-1] != right.shape[-2] or left.shape[:-1] + right.shape[-1:] != shape:
+                continue
+            raw = np.matmul(left, right)
+
+            def result(scale: int, shift: int, rounding: str, raw: np.ndarray = raw) -> np.ndarray:
+                value: np.ndarray = np.clip(rescale(raw, scale, shift, rounding) + int(out.zero_point or 0), -128, 127)
+                return value.reshape(-1)
+
+            npu = result(npu_scale, npu_shift, block.rounding)
+            tfl = result(tfl_scale, tfl_shift, "TFL")
+            if np.array_equal(npu, produced.reshape(-1)) and np.array_equal(tfl, expected.reshape(-1)):
+                return (
+                    f"vela-matmul-scale: Vela's BATCH_MATMUL output multiplier {npu_scale} >> {npu_shift} vs "
+                    f"TFLite's {tfl_scale} >> {tfl_shift}; each reproduces its result exactly"
+                )
+    return None

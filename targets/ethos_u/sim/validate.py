@@ -19,6 +19,7 @@ LiteRT's FULLY_CONNECTED ties) or *unexplained*; only unexplained ones fail.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -304,7 +305,41 @@ def _npu_checks(
         ) if len(parts) > 1 else ()  # fmt: skip
         check = _Check(where, values, candidates, not whole, len(parts), block=block, pieces=tiles)
         checks.append(dataclasses.replace(check, reordered=reordered, reshaped=_reshaped(groups, values, block)))
+        for last, merged, whole_depth in _depth_sliced(parts):  # a layer written a few channels per operation
+            label_joined = f"{label}, NPU op {last.index} {last.name} (word {last.offset}) (joined depth slices)"
+            merged_check = _Check(label_joined, merged, tuple(groups.get(_signature(merged, last), ())),
+                                  not whole_depth, slices=2, block=last)  # fmt: skip
+            checks.append(dataclasses.replace(merged_check, reshaped=_reshaped(groups, merged, last)))
     return checks
+
+
+def _depth_sliced(parts: _Layer) -> list[tuple[cmdstream.BlockOp, np.ndarray, bool]]:
+    """Operations of one layer key that each write the next channels of one NHWC buffer, joined along C.
+
+    Vela lowers BATCH_MATMUL on U55/U65 to an elementwise MUL and one REDUCE_SUM per output
+    column (EfficientFormerV2's talking-heads attention: 49 one-channel slices of an 8x49x49
+    result). Parts are grouped by buffer geometry (two matmuls with equal scales share a key);
+    each group that chains by address gives ``(its last operation, the joined result, whether it
+    spans the buffer's whole depth)``.
+    """
+    if len(parts) < 2:
+        return []
+    buffers: dict[tuple[Any, ...], _Layer] = {}
+    for part in parts:
+        fm = part[0].ofm
+        if fm.layout is cmdstream.Layout.NHWC:
+            key = (fm.region, fm.height, fm.width, fm.stride_x, fm.stride_y, fm.depth)
+            buffers.setdefault(key, []).append(part)
+    found = []
+    for group in buffers.values():
+        ordered = sorted(group, key=lambda part: part[0].ofm.bases[0])
+        if len(ordered) < 2 or not all(_continues(a.ofm, b.ofm) for (a, _), (b, _) in itertools.pairwise(ordered)):
+            continue
+        joined = np.concatenate([v for _, v in ordered], axis=2)
+        first = ordered[0][0].ofm
+        last = max((op for op, _ in ordered), key=lambda op: op.index)
+        found.append((last, joined, int(joined.shape[2]) * first.dtype.size == first.stride_x))
+    return found
 
 
 #: TFLite ops that only move or select values: any NPU operation may be the one Vela ran for them.

@@ -185,3 +185,41 @@ def test_a_batch_folds_into_the_height_of_a_candidate() -> None:
 
     assert _shape3((4, 4, 256, 16)) == (16, 256, 16)
     assert _shape3((1, 7, 7, 64)) == (7, 7, 64) and _shape3((256, 88)) == (1, 256, 88)
+
+
+def test_vela_matmul_scale_explains_only_an_exact_reproduction() -> None:
+    """EfficientFormerV2's BATCH_MATMUL: Vela's multiplier 1525499041 vs TFLite's 1525499062 >> 38.
+
+    The rule recomputes the integer product from the reference's operands (here ``A @ B^T``, adj_y)
+    and explains the difference only when each multiplier reproduces its own side exactly.
+    """
+    from types import SimpleNamespace
+
+    from nirc.targets.ethos_u.sim.engine import rescale
+    from nirc.targets.ethos_u.sim.known import explain, tflite_multiplier
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(-128, 128, (1, 8, 49, 32)).astype(np.int8)
+    b = rng.integers(-128, 128, (1, 8, 49, 32)).astype(np.int8)
+    tensors = {
+        0: SimpleNamespace(scale=0.05, zero_point=-6, shape=a.shape),
+        1: SimpleNamespace(scale=0.04, zero_point=5, shape=b.shape),
+        2: SimpleNamespace(scale=0.8, zero_point=-11, shape=(1, 8, 49, 49)),
+    }
+    model = SimpleNamespace(tensors=tensors)
+    producer = SimpleNamespace(opcode="BATCH_MATMUL", inputs=(0, 1), outputs=(2,))
+    raw = np.matmul(a.astype(np.int64) + 6, np.swapaxes(b.astype(np.int64) - 5, -1, -2))
+    tfl = tflite_multiplier(0.05 * 0.04 / 0.8)
+    vela = (tfl[0] - 21, tfl[1])
+    block = SimpleNamespace(ofm_scale=vela, rounding="TFL")
+
+    def side(scale: tuple[int, int]) -> np.ndarray:
+        return np.clip(rescale(raw, scale[0], scale[1], "TFL") - 11, -128, 127)
+
+    produced, expected = side(vela), side(tfl)
+    inputs = {0: a, 1: b}
+    rule = explain(block, model, producer, inputs, produced, expected)  # type: ignore[arg-type]
+    assert rule is not None and rule.startswith("vela-matmul-scale"), rule
+    wrong = produced.copy()
+    wrong.flat[0] += 1
+    assert explain(block, model, producer, inputs, wrong, expected) is None  # type: ignore[arg-type]
