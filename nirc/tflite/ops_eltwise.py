@@ -103,20 +103,31 @@ def check_div(info: GraphInfo, node: onnx.NodeProto) -> str | None:
     return None
 
 
-def _lower_activation_div(em: Emitter, node: onnx.NodeProto, act: int, out_name: str) -> None:
+def _float_division(
+    em: Emitter, node: onnx.NodeProto, act: int, out_name: str, divisor: str, eps: float | None = None
+) -> None:
     """``x / y`` of two activations: TFLite DIV, which Vela leaves to the Cortex-M on U55/U65.
 
     TFLite's DIV has no int8 kernel in TFLite Micro, so an int8 model divides in a float
     island (DEQUANTIZE both operands, DIV, QUANTIZE); exact in float, one rounding in int8.
     Linear-attention normalisers (EfficientViT) and ``F.normalize`` (EdgeNeXt) end here.
+    With ``eps`` the divisor is ``divisor + eps``, added inside the island so ``eps``
+    survives int8 (the guarded division of :mod:`~nirc.tflite.patterns`).
     """
     out_shape = em.shape(node.output[0])
     rank = len(out_shape)
-    perm = _shared_layout(em, node.input, rank)
+    perm = _shared_layout(em, [node.input[0], divisor], rank)
     a = _operand(em, node.input[0], rank, perm)
-    b = _operand(em, node.input[1], rank, perm)
+    b = _operand(em, divisor, rank, perm)
     y = em.define(out_name, perm=perm, shape=out_shape)
-    inputs = [float_in(em, a, f"{out_name}/float_a"), float_in(em, b, f"{out_name}/float_b")]
+    if eps is None:
+        inputs = [float_in(em, a, f"{out_name}/float_a"), float_in(em, b, f"{out_name}/float_b")]
+    else:
+        guard = em.mb.add_constant(f"{out_name}/eps", np.full((1,) * rank, eps, np.float32))
+        fd = float_in(em, b, f"{out_name}/float_d")
+        fsum = em.mb.add_tensor(f"{out_name}/float_guarded", em.mb.shape_of(fd), "float32")
+        em.op(Op.ADD, [fd, guard], [fsum], Options("AddOptions", (("FusedActivationFunction", 0),)))
+        inputs = [float_in(em, a, f"{out_name}/float_a"), fsum]
     result = float_out(em, y.tensor, f"{out_name}/float_out")
     em.op(Op.DIV, inputs, [result], Options("DivOptions", (("FusedActivationFunction", act),)))
     quantize_out(em, result, y.tensor)
@@ -125,26 +136,13 @@ def _lower_activation_div(em: Emitter, node: onnx.NodeProto, act: int, out_name:
 def emit_guarded_div(em: Emitter, node: onnx.NodeProto, d_name: str, eps: float) -> None:
     """``n / (d + eps)`` with the ADD inside the float island, so ``eps`` survives int8 (see patterns)."""
     act, out_name = em.activation(node)
-    out_shape = em.shape(node.output[0])
-    rank = len(out_shape)
-    perm = _shared_layout(em, [node.input[0], d_name], rank)
-    a = _operand(em, node.input[0], rank, perm)
-    d = _operand(em, d_name, rank, perm)
-    y = em.define(out_name, perm=perm, shape=out_shape)
-    guard = em.mb.add_constant(f"{out_name}/eps", np.full((1,) * rank, eps, np.float32))
-    fd = float_in(em, d, f"{out_name}/float_d")
-    fsum = em.mb.add_tensor(f"{out_name}/float_guarded", em.mb.shape_of(fd), "float32")
-    em.op(Op.ADD, [fd, guard], [fsum], Options("AddOptions", (("FusedActivationFunction", 0),)))
-    inputs = [float_in(em, a, f"{out_name}/float_a"), fsum]
-    result = float_out(em, y.tensor, f"{out_name}/float_out")
-    em.op(Op.DIV, inputs, [result], Options("DivOptions", (("FusedActivationFunction", act),)))
-    quantize_out(em, result, y.tensor)
+    _float_division(em, node, act, out_name, d_name, eps)
 
 
 def lower_binary(em: Emitter, node: onnx.NodeProto) -> None:
     act, out_name = em.activation(node)
     if node.op_type == "Div" and not em.info.is_const(node.input[1]):
-        _lower_activation_div(em, node, act, out_name)
+        _float_division(em, node, act, out_name, node.input[1])
         return
     out_shape = em.shape(node.output[0])
     rank = len(out_shape)
