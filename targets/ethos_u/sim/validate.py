@@ -305,22 +305,22 @@ def _npu_checks(
         ) if len(parts) > 1 else ()  # fmt: skip
         check = _Check(where, values, candidates, not whole, len(parts), block=block, pieces=tiles)
         checks.append(dataclasses.replace(check, reordered=reordered, reshaped=_reshaped(groups, values, block)))
-        for last, merged, whole_depth in _depth_sliced(parts):  # a layer written a few channels per operation
+        for last, merged, whole_depth, count in _depth_sliced(parts):  # a layer written a few channels per operation
             label_joined = f"{label}, NPU op {last.index} {last.name} (word {last.offset}) (joined depth slices)"
             merged_check = _Check(label_joined, merged, tuple(groups.get(_signature(merged, last), ())),
-                                  not whole_depth, slices=2, block=last)  # fmt: skip
+                                  not whole_depth, slices=count, block=last)  # fmt: skip
             checks.append(dataclasses.replace(merged_check, reshaped=_reshaped(groups, merged, last)))
     return checks
 
 
-def _depth_sliced(parts: _Layer) -> list[tuple[cmdstream.BlockOp, np.ndarray, bool]]:
+def _depth_sliced(parts: _Layer) -> list[tuple[cmdstream.BlockOp, np.ndarray, bool, int]]:
     """Operations of one layer key that each write the next channels of one NHWC buffer, joined along C.
 
     Vela lowers BATCH_MATMUL on U55/U65 to an elementwise MUL and one REDUCE_SUM per output
     column (EfficientFormerV2's talking-heads attention: 49 one-channel slices of an 8x49x49
     result). Parts are grouped by buffer geometry (two matmuls with equal scales share a key);
     each group that chains by address gives ``(its last operation, the joined result, whether it
-    spans the buffer's whole depth)``.
+    spans the buffer's whole depth, how many slices)``.
     """
     if len(parts) < 2:
         return []
@@ -338,7 +338,7 @@ def _depth_sliced(parts: _Layer) -> list[tuple[cmdstream.BlockOp, np.ndarray, bo
         joined = np.concatenate([v for _, v in ordered], axis=2)
         first = ordered[0][0].ofm
         last = max((op for op, _ in ordered), key=lambda op: op.index)
-        found.append((last, joined, int(joined.shape[2]) * first.dtype.size == first.stride_x))
+        found.append((last, joined, int(joined.shape[2]) * first.dtype.size == first.stride_x, len(ordered)))
     return found
 
 
