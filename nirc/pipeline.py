@@ -311,10 +311,6 @@ def _optimize(
                 alt_json, alt_fits = _compile(int8_path, tgt, alt, stem, after)
                 estimates["tflite"] = float(alt_json["inference_time_ms"])
                 keep_tflite = estimates["tflite"] <= estimates["tosa"]  # a tie keeps the form `nirc validate` checks
-                tflite_reason = (
-                    f"Vela's estimate: the TFLite form {estimates['tflite']:.3f} ms, "
-                    f"the TOSA form {estimates['tosa']:.3f} ms"
-                )
                 if not keep_tflite and guard is not None:
                     # Reported, not enforced: the two forms round differently, and on the random-init zoo
                     # models the calibration samples exaggerate it (EfficientNet-B0: 1.46 dB below on
@@ -331,13 +327,15 @@ def _optimize(
                             f"on the calibration samples; --npu-format tflite keeps the TFLite form"
                         )
                 if keep_tflite:
+                    tflite_reason = (
+                        f"Vela's estimate: the TFLite form {estimates['tflite']:.3f} ms, "
+                        f"the TOSA form {estimates['tosa']:.3f} ms"
+                    )
                     shutil.rmtree(work / "vela")
                     shutil.move(str(alt / "vela"), work / "vela")
                     shutil.move(str(alt / f"{stem}_vela.tflite"), work / f"{stem}_vela.tflite")
                     vela_json, fits = alt_json, alt_fits
                     tosa = None
-                else:
-                    tflite_reason = None
                 shutil.rmtree(alt, ignore_errors=True)
             if tosa is not None:
                 from nirc.tosa import route
