@@ -147,11 +147,97 @@ def run_one(
     return row
 
 
+VGG224 = "vgg19_224_10"
+VGG224_GOAL = (57.0, 18.0)  # the seed's 224x224 VGG19 (10 classes): <= 57 ms and <= 18 MiB
+VGG224_SAMPLES = 32
+
+
+def run_vgg224(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The 224x224 VGG19 size target: both budgets at once, by tightening the latency budget.
+
+    ``nirc compress`` takes one budget. The seed's row has two (57 ms and 18 MiB), so this asks for
+    the latency and, while the result is still over 18 MiB, asks again for 10% less latency; the cost
+    tables and sensitivities are measured once and reused, so each retry is a plan, a reconstruction
+    and a Vela check. The model is nirc's builder's (random init, He gain), not trained: there is no
+    top-1 to report, only the output error against the original on held-out calibration images.
+    """
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from zoo import IMAGENET_MEAN, IMAGENET_STD, natural_images
+
+    model = work / f"{VGG224}.onnx"
+    if not model.exists():
+        subprocess.run([sys.executable, str(ROOT / "examples" / "build_models.py"), "-o", str(work), VGG224],
+                       check=True)  # fmt: skip
+    calib = work / f"{VGG224}_calib{VGG224_SAMPLES}.npy"
+    if not calib.exists():
+        data = natural_images(VGG224_SAMPLES, 224, 224, seed=224)
+        mean = np.array(IMAGENET_MEAN, np.float32)[:, None, None]
+        std = np.array(IMAGENET_STD, np.float32)[:, None, None]
+        np.save(calib, ((data - mean) / std).astype(np.float32))
+    reuse: dict[str, Any] = {}
+    latency, size = VGG224_GOAL
+    tries: list[dict[str, float]] = []
+    start = time.time()
+    while True:
+        try:
+            result: CompressResult = compress(
+                model, args.target, latency_ms=latency, calib=calib, samples=VGG224_SAMPLES, reuse=reuse,
+                methods=tuple(args.methods), ratios=tuple(args.ratios),
+                progress=lambda m, asked=latency: print(f"  {VGG224} {asked:.1f} ms: {m}", flush=True),
+            )  # fmt: skip
+        except BudgetNotMetError as exc:
+            result = exc.result
+        c = result.compressed
+        tries.append({"latency_asked": latency, "latency_ms": c.latency_ms, "size_mib": c.size_mib})
+        print(f"  {VGG224}: asked {latency:.2f} ms -> {c.latency_ms:.3f} ms, {c.size_mib:.2f} MiB", flush=True)
+        if (c.size_mib <= size and result.met) or latency < 0.5 * VGG224_GOAL[0]:
+            break
+        latency *= 0.9
+    onnx.save(result.model, str(work / f"{VGG224}_compressed.onnx"))
+    return {
+        "model": VGG224,
+        "goal": {"latency_ms": VGG224_GOAL[0], "size_mib": VGG224_GOAL[1]},
+        "met": result.met and result.compressed.size_mib <= size,
+        "tries": tries,
+        "compress_s": round(time.time() - start, 1),
+        "report": result.to_json(),
+    }
+
+
+def vgg224_lines(row: dict[str, Any] | None) -> list[str]:
+    if row is None:
+        return ["", "Not measured: the 224x224 VGG19 (10 classes) target (<= 18 MiB, <= 57 ms) from the issue."]
+    rep = row["report"]
+    o, c = rep["original"], rep["compressed"]
+    err = c.get("output_error")
+    lines = [
+        "",
+        "## The 224x224 VGG19 (10 classes): <= 18 MiB and <= 57 ms",
+        "",
+        f"`python benchmarks/compress.py --vgg224`: `examples/build_models.py {VGG224}` (VGG19-BN features, head",
+        "Linear(25088, 512)-ReLU-Linear(512, 10); random init, **not trained**, so no top-1),",
+        f"{VGG224_SAMPLES} natural-image-statistics calibration images at 224x224 (`benchmarks/zoo.py`'s generator),",
+        "a quarter held out. `nirc compress` takes one budget, so the script asks for 57 ms and, while the result is",
+        "over 18 MiB, for 10% less latency (sensitivities and cost tables reused); every try is listed.",
+        "",
+        "| model | Vela ms | params | MACs | MiB | output rel. error (held-out) | met |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        f"| original | {o['latency_ms']:.3f} | {o['params']:,} | {o['macs']:,} | {o['size_mib']:.2f} | | |",
+        f"| compressed | {c['latency_ms']:.3f} | {c['params']:,} | {c['macs']:,} | {c['size_mib']:.2f} "
+        f"| {fmt(err, '.4f')} | {'yes' if row['met'] else 'NO'} |",
+        "",
+        "Tries (latency asked -> reached ms, MiB): "
+        + "; ".join(f"{t['latency_asked']:.2f} -> {t['latency_ms']:.3f}, {t['size_mib']:.2f}" for t in row["tries"])
+        + f". Total compress time {row['compress_s']:.0f} s.",
+    ]
+    return lines
+
+
 def fmt(value: float | None, spec: str = ".2f") -> str:
     return "" if value is None else format(value, spec)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], vgg224: dict[str, Any] | None = None) -> str:
     lines = [
         "# nirc compress: the seed's networks at 32x32, trained on digits (NOT CIFAR-100)",
         "",
@@ -202,12 +288,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         mine = next((r["report"]["original"]["latency_ms"] for r in rows if r["model"] == name), None)
         lines.append(f"| {label} | {before} | {after} | {before / after:.1f}x | {loss} | {fmt(mine, '.3f')} |")
     missing = [m for m in MODELS if m not in seen]
-    lines += [
-        "",
-        (f"Not measured in this table: {', '.join(missing)} (no trained model or no time in the run that wrote it), "
-         "and" if missing else "Not measured:")
-        + " the 224x224 VGG19 (10 classes) size target (<= 18 MiB, <= 57 ms) from the issue.",
-    ]  # fmt: skip
+    if missing:
+        lines += ["", f"Not measured in this table: {', '.join(missing)} (no trained model or no time in the run)."]
+    lines += vgg224_lines(vgg224)
     if "resnet50_digits32" in seen:
         lines += [
             "",
@@ -259,11 +342,15 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "nirc-bench" / "compress")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compress.md")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table from cached rows")
+    parser.add_argument("--vgg224", action="store_true", help="only the 224x224 VGG19 size target")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "rows.json"
     rows: dict[str, dict[str, Any]] = json.loads(cache.read_text()) if cache.exists() else {}
-    if not args.table_only:
+    if args.vgg224 and not args.table_only:
+        rows[VGG224] = run_vgg224(args, args.work)
+        cache.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    if not args.table_only and not args.vgg224:
         for name in args.models:
             model = find_model(name)
             if model is None:
@@ -283,11 +370,11 @@ def main() -> int:
     ordered = [
         rows[k]
         for k in sorted(
-            rows,
+            (k for k in rows if k != VGG224),
             key=lambda k: (MODELS.index(k.split("@")[0]) if k.split("@")[0] in MODELS else 9, float(k.split("@")[1])),
         )
     ]
-    args.out.write_text(table(ordered), encoding="utf-8")
+    args.out.write_text(table(ordered, rows.get(VGG224)), encoding="utf-8")
     args.out.with_name(args.out.stem + "_layers.md").write_text(layer_tables(ordered), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0

@@ -17,10 +17,12 @@ from nirc.targets.ethos_u.sim import (
 )
 from nirc.targets.ethos_u.sim import cmdstream as cs
 from nirc.targets.ethos_u.sim.engine import rescale
+from nirc.targets.ethos_u.sim import weights as weights_module
 from nirc.targets.ethos_u.sim.weights import (
     WeightLayout,
     WeightStreamError,
     decode_scales,
+    decode_weights,
     measured_positions,
     stream_positions,
 )
@@ -185,6 +187,32 @@ def test_weight_order_matches_vela_reorder() -> None:
             ifm_bits=rng.choice([8, 16]),
         )
         assert np.array_equal(stream_positions(layout), measured_positions(layout)), layout
+
+
+def _encoded(layout: WeightLayout, volume: np.ndarray) -> bytes:
+    """``volume`` (OHWI) as the MLW stream of the NPU's weight order."""
+    from ethosu import mlw_codec
+
+    positions = stream_positions(layout)
+    values = np.where(positions >= 0, volume.ravel()[np.maximum(positions, 0)], 0)
+    return bytes(mlw_codec.encode([int(v) for v in values]))
+
+
+def test_equal_streams_decode_once_and_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation runs the same streams on every input: a repeat is the decoded array itself, read-only."""
+    layout = WeightLayout("ethos-u65-256", 24, 3, 3, 16, 16, False, False, 1, 1, 8)
+    rng = np.random.default_rng(1)
+    volumes = [rng.integers(-128, 128, size=(24, 3, 3, 16)) for _ in range(3)]
+    streams = [_encoded(layout, v) for v in volumes]
+    first = decode_weights(streams[0], layout)
+    assert np.array_equal(first, volumes[0]) and not first.flags.writeable
+    assert decode_weights(bytes(streams[0]), layout) is first
+    other = WeightLayout("ethos-u65-256", 24, 3, 3, 16, 16, False, True, 1, 1, 8)
+    assert decode_weights(_encoded(other, volumes[0]), other) is not first  # the layout is part of the key
+    monkeypatch.setattr(weights_module, "_MEMO_BYTES", first.nbytes + len(streams[0]))
+    for stream, volume in zip(streams, volumes, strict=True):
+        assert np.array_equal(decode_weights(stream, layout), volume)
+    assert weights_module._WEIGHTS.size <= first.nbytes + len(streams[0]) and len(weights_module._WEIGHTS.entries) == 1
 
 
 def test_scale_stream_decoding() -> None:

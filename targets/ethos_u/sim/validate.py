@@ -35,6 +35,7 @@ from nirc.targets.ethos_u.sim.reference import (
     Reference,
     ReferenceRun,
     model_bytes,
+    runs_ahead,
 )
 from nirc.targets.ethos_u.sim.runner import SimulationResult, decoded, run
 
@@ -681,20 +682,25 @@ def validate_artifact(
     groups = _signatures(int8) if intermediates else {}
     producers = _producers(int8)
     tally = _Tally([int8.tensors[i].name for i in int8.outputs])
-    for sample, feed in enumerate(feeds):
-        result = run(vela, feed, cpu_kernels=kernels, capture=intermediates, keep_tensors=intermediates)
-        ref = reference.run(feed)
-        checks = _checks(vela, int8, result, groups) if intermediates else []
-        micro_run, rule = _kernel_rule(micro, ref, feed)
-        ref, known_first = _continue_past_known(reference, feed, ref, checks, result.outputs, int8, producers, sample)
-        found = _compare_sample(sample, checks, result.outputs, ref, int8, producers, tally, micro_run, rule)
-        found = known_first + found
-        first = found[0].text() if found else None
-        worst = max((d.lsb for d in found), default=0.0)
-        tally.samples.append({"sample": sample, "bit_exact": not found, "max_abs_diff_lsb": worst,
-                              "first_divergence": first, "differing_tensors": len(found),
-                              "differing_outputs": {d.tensor: d.differing for d in found if d.output}})  # fmt: skip
-        tally.divergences.extend(found)
+    refs = runs_ahead(reference, feeds)
+    try:
+        for sample, (feed, ref) in enumerate(zip(feeds, refs, strict=True)):
+            result = run(vela, feed, cpu_kernels=kernels, capture=intermediates, keep_tensors=intermediates)
+            checks = _checks(vela, int8, result, groups) if intermediates else []
+            micro_run, rule = _kernel_rule(micro, ref, feed)
+            ref, known_first = _continue_past_known(
+                reference, feed, ref, checks, result.outputs, int8, producers, sample
+            )
+            found = _compare_sample(sample, checks, result.outputs, ref, int8, producers, tally, micro_run, rule)
+            found = known_first + found
+            first = found[0].text() if found else None
+            worst = max((d.lsb for d in found), default=0.0)
+            tally.samples.append({"sample": sample, "bit_exact": not found, "max_abs_diff_lsb": worst,
+                                  "first_divergence": first, "differing_tensors": len(found),
+                                  "differing_outputs": {d.tensor: d.differing for d in found if d.output}})  # fmt: skip
+            tally.divergences.extend(found)
+    finally:
+        refs.close()
     cpu = [
         {"op": op.index, "opcode": op.opcode, "checked": CPU_CHECK} for op in vela.ops if op.index not in vela.npu_calls
     ]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from mutation_helpers import compile_example, feeds
 from nirc.targets.ethos_u.sim import container
-from nirc.targets.ethos_u.sim.reference import MicroModel, PerOpMicro
+from nirc.targets.ethos_u.sim import reference as reference_module
+from nirc.targets.ethos_u.sim.reference import MicroModel, PerOpMicro, Reference, runs_ahead
 from nirc.targets.ethos_u.sim.runner import one_op_models
 from nirc.targets.ethos_u.sim.validate import validate_artifact
 
@@ -81,3 +82,41 @@ def test_tflite_multiplier_is_tflites_quantize_multiplier() -> None:
     assert tflite_multiplier(0.00390625 * 0.21002896130084991 / 0.16250185668468475) == (1387780328, 38)
     assert tflite_multiplier(0.5) == (1 << 30, 31) and tflite_multiplier(0.0) == (0, 0)
     assert tflite_multiplier(1.0 - 2.0**-40) == (1 << 30, 30)  # rounds up to 2**31: halved, one shift less
+
+
+def _same(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+def test_runs_ahead_in_a_worker_process_gives_the_in_process_results(
+    lut: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reference run slow enough for the worker: its results are the in-process ones, in order."""
+    vela, int8 = lut
+    monkeypatch.setattr(reference_module, "AHEAD_SECONDS", 0.0)
+    monkeypatch.setattr(reference_module.os, "cpu_count", lambda: 2)
+    started: list[object] = []
+    real = reference_module._AheadWorker
+    monkeypatch.setattr(reference_module, "_AheadWorker", lambda *a: started.append(a) or real(*a))
+    reference, inputs = Reference(int8), feeds(vela, 4)
+    ahead = list(runs_ahead(reference, inputs))
+    assert len(started) == 1 and len(ahead) == 4
+    for feed, run in zip(inputs, ahead, strict=True):
+        here = reference.run(feed)
+        assert _same(here.tensors, run.tensors) and len(run.tensors) >= 8
+        assert here.outputs.keys() == run.outputs.keys()
+        assert all(np.array_equal(here.outputs[n], run.outputs[n]) for n in here.outputs)
+
+
+def test_a_worker_that_dies_is_replaced_by_running_in_process(
+    lut: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vela, int8 = lut
+    monkeypatch.setattr(reference_module, "AHEAD_SECONDS", 0.0)
+    monkeypatch.setattr(reference_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(reference_module, "_AHEAD_SOURCE", "raise SystemExit(3)")
+    reference, inputs = Reference(int8), feeds(vela, 3)
+    ahead = list(runs_ahead(reference, inputs))
+    assert len(ahead) == 3
+    for feed, run in zip(inputs, ahead, strict=True):
+        assert _same(reference.run(feed).tensors, run.tensors)
