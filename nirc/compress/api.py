@@ -320,6 +320,15 @@ def compress(
             proto, units, ref, held[:32], align=align, criterion=criterion, progress=progress
         )
     sens: search.Sensitivity = memo["sensitivity"]
+    candidates = search.cp_candidates(units, table, align)
+    if candidates and "cp_sensitivity" not in memo:
+        progress(f"measuring the CP form of {len(candidates)} layers Vela runs faster in it")
+        twins = [plan.with_forms(u, candidates[u.id], align) for u in units if u.id in candidates]
+        memo["cp_sensitivity"] = search.sensitivity(
+            proto, twins, ref, held[:32], align=align, criterion=criterion, progress=progress, only=candidates
+        )
+    if candidates:
+        units, table, sens = search.choose_forms(units, table, sens, memo["cp_sensitivity"], align)
 
     config: dict[str, int] = {}
     goal_units = goal * scale
@@ -421,7 +430,10 @@ def _layer_rows(
             what.append(f"in {old[1]} -> {in_after}")
         if decomposed:
             what.append(ranks[f"lowrank:{name}"])
-        method = "prune" if not decomposed else ("tucker2" if len(old) == 4 and old[2:] != (1, 1) else "svd")
+        if decomposed and ranks[f"lowrank:{name}"].startswith("CP"):
+            method = "cp"
+        else:
+            method = "prune" if not decomposed else ("tucker2" if len(old) == 4 and old[2:] != (1, 1) else "svd")
         if decomposed and (new is None) and any(w.startswith(("out", "in")) for w in what):
             method = "prune+" + method
         err = error.get(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -51,6 +51,8 @@ class Unit:
         ratios: the ratio of each level (level 0 = 0.0); distinct actions only.
         actions: what each level does, for the report (``"64 -> 32 ch"``, ``"ranks 16/32"``).
         width: channels of the space or ``[out, in, *kernel]`` of the layer, before compression.
+        forms: per level of a decomposition, ``"cp"`` where it is CP rather than Tucker-2/SVD
+            (empty: none is; :func:`with_forms` sets it from measured costs).
     """
 
     id: str
@@ -61,10 +63,34 @@ class Unit:
     ratios: tuple[float, ...]
     actions: tuple[str, ...]
     width: tuple[int, ...] = field(default=())
+    forms: tuple[str, ...] = field(default=())
 
     @property
     def levels(self) -> int:
         return len(self.ratios)
+
+    def is_cp(self, level: int) -> bool:
+        return bool(self.forms) and self.forms[level] == "cp"
+
+
+def cp_levels(unit: Unit, align: int) -> tuple[int, ...]:
+    """Levels of a decomposition unit that have a CP form (a kxk conv whose CP rank saves something)."""
+    if unit.method != "lowrank" or len(unit.width) != 4 or unit.width[2] * unit.width[3] == 1:
+        return ()
+    return tuple(i for i in range(1, unit.levels) if lowrank.ranks_for(unit.width, unit.ratios[i], align, cp=True))
+
+
+def with_forms(unit: Unit, cp: Sequence[int], align: int) -> Unit:
+    """``unit`` with the levels ``cp`` in CP form (the report's actions follow)."""
+    if not cp:
+        return unit
+    forms = tuple("cp" if i in cp else "" for i in range(unit.levels))
+    actions = list(unit.actions)
+    for i in cp:
+        ranks = lowrank.ranks_for(unit.width, unit.ratios[i], align, cp=True)
+        assert ranks is not None
+        actions[i] = ranks.text()
+    return replace(unit, forms=forms, actions=tuple(actions))
 
 
 def find_units(
@@ -192,7 +218,8 @@ def apply_config(
             node = next((n for n in model.graph.nodes if n.name == unit.target), None)
             if node is None:
                 continue
-            ranks = lowrank.ranks_for(tuple(weight_of(node).shape), ratio, align)
+            cp = unit.is_cp(level) and lowrank.cp_capable(node)
+            ranks = lowrank.ranks_for(tuple(weight_of(node).shape), ratio, align, cp=cp)
             if ranks is None:
                 continue
             factors = lowrank.decompose(model.graph, node, ranks)

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from nirc.compress.plan import Applied, Config, Method, Unit, apply_config
+from nirc.compress.plan import Applied, Config, Method, Unit, apply_config, cp_levels, with_forms
 from nirc.compress.prune import Criterion
 from nirc.compress.reconstruct import Reference
 from nirc.ir import IRModel
@@ -90,6 +90,7 @@ class CostTable:
     base: dict[str, float]
     prune_rho: dict[float, dict[str, float]] = field(default_factory=dict)
     lowrank_rho: dict[float, dict[str, float]] = field(default_factory=dict)
+    cp_rho: dict[float, dict[str, float]] = field(default_factory=dict)
     sides: dict[str, list[str]] = field(default_factory=dict)
     probes: int = 0
 
@@ -138,7 +139,32 @@ def cost_table(
             table.probes += 1
             rho = {n: costs.get(n, 0.0) / c for n, c in base.items() if c > 0}
             (table.prune_rho if method == "prune" else table.lowrank_rho)[ratio] = rho
+    _cp_probes(proto, units, measure, align, progress, table)
     return table
+
+
+def _cp_probes(
+    proto: onnx.ModelProto,
+    units: Sequence[Unit],
+    measure: NodeCosts,
+    align: int,
+    progress: Callable[[str], None],
+    table: CostTable,
+) -> None:
+    """Per ratio, every kxk decomposition in CP form at it: the CP cost of each such layer."""
+    capable = {u.id: with_forms(u, cp_levels(u, align), align) for u in units if cp_levels(u, align)}
+    for ratio in sorted({u.ratios[i] for u in capable.values() for i in cp_levels(u, align)}):
+        config = {
+            k: u.ratios.index(ratio) for k, u in capable.items() if ratio in u.ratios and u.is_cp(u.ratios.index(ratio))
+        }
+        if not config:
+            continue
+        progress(f"cost probe: every kxk decomposition in CP form at ratio {ratio}")
+        applied = apply_config(proto, list(capable.values()), config, align=align)
+        _, costs = measure(applied.model)
+        table.probes += 1
+        targets = {capable[k].target for k in config}
+        table.cp_rho[ratio] = {n: costs.get(n, 0.0) / c for n, c in table.base.items() if c > 0 and n in targets}
 
 
 def _ratios(units: Sequence[Unit], config: Config) -> tuple[dict[str, float], dict[str, float]]:
@@ -187,9 +213,13 @@ def sensitivity(
     criterion: Criterion,
     progress: Callable[[str], None],
     fit_samples: int = 32,
+    only: Mapping[str, Sequence[int]] | None = None,
 ) -> Sensitivity:
     """Each unit alone at each level, locally refit on ``fit_samples`` samples; the error is made
-    non-decreasing in the level (a deeper cut that measures better is noise, not a gain)."""
+    non-decreasing in the level (a deeper cut that measures better is noise, not a gain).
+
+    ``only``: measure just these levels per unit id (the others are NaN, the errors left as measured).
+    """
     outputs = [o.name for o in proto.graph.output]
     want = run_tensors(proto, samples, outputs)
     ref = Reference(proto, ref.fit[:fit_samples], ref.held[:fit_samples])
@@ -200,6 +230,9 @@ def sensitivity(
             progress(f"sensitivity: unit {index + 1}/{len(units)}")
         errors = [0.0]
         for level in range(1, unit.levels):
+            if only is not None and level not in only.get(unit.id, ()):
+                errors.append(float("nan"))
+                continue
             applied: Applied = apply_config(
                 proto,
                 units,
@@ -210,10 +243,65 @@ def sensitivity(
                 ref=ref,
                 local_refit=True,
             )
-            errors.append(max(errors[-1], output_error(applied.model.to_proto(check=False), samples, want)))
+            error = output_error(applied.model.to_proto(check=False), samples, want)
+            errors.append(error if only is not None else max(errors[-1], error))
             count += 1
         table[unit.id] = tuple(errors)
     return Sensitivity(table, count)
+
+
+def cp_candidates(units: Sequence[Unit], table: CostTable, align: int) -> dict[str, tuple[int, ...]]:
+    """Per decomposition unit, the levels whose CP form Vela measured cheaper than Tucker-2 for that layer."""
+    found: dict[str, tuple[int, ...]] = {}
+    for unit in units:
+        levels = tuple(
+            i
+            for i in cp_levels(unit, align)
+            if table.cp_rho.get(unit.ratios[i], {}).get(unit.target, math.inf)
+            < table.lowrank_rho.get(unit.ratios[i], {}).get(unit.target, 1.0)
+        )
+        if levels:
+            found[unit.id] = levels
+    return found
+
+
+def choose_forms(
+    units: Sequence[Unit], table: CostTable, sens: Sensitivity, cp_sens: Sensitivity, align: int
+) -> tuple[list[Unit], CostTable, Sensitivity]:
+    """Units, costs and errors with each level of a kxk decomposition in the form that is the better step.
+
+    A level takes CP where its CP form saves more cycles per unit of output error than its Tucker-2
+    form (the greedy search's own criterion, from nothing compressed): faster alone is not enough,
+    since CP fits a kernel less closely at equal parameters. Inputs are not modified.
+    """
+    chosen: list[Unit] = []
+    lowrank_rho = {r: dict(v) for r, v in table.lowrank_rho.items()}
+    errors = dict(sens.error)
+    for unit in units:
+        measured = cp_sens.error.get(unit.id)
+        if measured is None:
+            chosen.append(unit)
+            continue
+        base = table.base.get(unit.target, 0.0)
+        picks: list[int] = []
+        for level, cp_error in enumerate(measured):
+            if level == 0 or math.isnan(cp_error):
+                continue
+            ratio = unit.ratios[level]
+            saved_t = base * (1.0 - table.lowrank_rho.get(ratio, {}).get(unit.target, 1.0))
+            saved_c = base * (1.0 - table.cp_rho[ratio][unit.target])
+            tucker_error = sens.error[unit.id][level]
+            if saved_c > 0 and cp_error * max(saved_t, 0.0) < tucker_error * saved_c:
+                picks.append(level)
+                lowrank_rho.setdefault(ratio, {})[unit.target] = table.cp_rho[ratio][unit.target]
+        if picks:
+            pairs = enumerate(zip(sens.error[unit.id], measured, strict=True))
+            mixed = np.asarray([cp if i in picks else t for i, (t, cp) in pairs])
+            errors[unit.id] = tuple(float(e) for e in np.maximum.accumulate(mixed))
+        chosen.append(with_forms(unit, picks, align))
+    new_table = CostTable(table.total, table.base, table.prune_rho, lowrank_rho, table.cp_rho, table.sides,
+                          table.probes)  # fmt: skip
+    return chosen, new_table, Sensitivity(errors, sens.evaluations + cp_sens.evaluations)
 
 
 def greedy(

@@ -92,6 +92,47 @@ def test_svd_of_a_fully_connected_layer() -> None:
     np.testing.assert_allclose(ort_run(after, x)[0], ort_run(proto, x)[0], rtol=1e-4, atol=1e-4)
 
 
+def test_cp_is_exact_at_the_true_rank_with_stride_padding_and_dilation_per_axis() -> None:
+    """Four convs (1x1, depthwise kx1, depthwise 1xk, 1x1) reproduce an exactly rank-16 kernel."""
+    a, b, ky, kx = _rand(64, 16, seed=21), _rand(48, 16, seed=22), _rand(3, 16, seed=23), _rand(3, 16, seed=24)
+    weight = np.einsum("or,cr,yr,xr->ocyx", a, b, ky, kx).astype(F32)
+    proto = parse(
+        f"""{HEADER}
+        g (float[1,48,11,12] x) => (float[1,64,6,10] y) {{
+            y = Conv <kernel_shape = [3, 3], pads = [1, 0, 1, 2], strides = [2, 1], dilations = [1, 2]> (x, w, c)
+        }}""",
+        w=weight,
+        c=_rand(64, seed=25),
+    )
+    ranks = lowrank.Ranks(16, None, cp=True)
+    assert ranks.text() == "CP rank 16"
+    after = _decomposed(proto, ranks)
+    convs = [n for n in after.graph.node if n.op_type == "Conv"]
+    shapes = {i.name: tuple(i.dims) for i in after.graph.initializer}
+    assert [shapes[n.input[1]] for n in convs] == [(16, 48, 1, 1), (16, 1, 3, 1), (16, 1, 1, 3), (64, 16, 1, 1)]
+    assert [n.name.rpartition("/")[2] for n in convs] == ["lr_in", "lr_h", "lr_w", "lr_out"]
+    x = {"x": _rand(1, 48, 11, 12, seed=26)}
+    want = ort_run(proto, x)[0]
+    got = ort_run(after, x)[0]
+    assert got.shape == want.shape == (1, 64, 6, 10)
+    assert float(np.sum((got - want) ** 2) / np.sum(want**2)) < 1e-6
+
+
+def test_cp_error_falls_as_the_rank_grows_and_its_ranks_are_aligned() -> None:
+    proto = _conv_model(_rand(96, 96, 3, 3, seed=27), _rand(96, seed=28))
+    x = {"x": _rand(1, 96, 8, 8, seed=29)}
+    want = ort_run(proto, x)[0]
+    errors = []
+    for removed in (0.875, 0.75, 0.5):
+        ranks = lowrank.ranks_for((96, 96, 3, 3), removed, 16, cp=True)
+        assert ranks is not None and ranks.cp and ranks.first % 16 == 0
+        assert ranks.first * (96 + 96 + 6) <= (1 - removed) * 96 * 96 * 9
+        got = ort_run(_decomposed(proto, ranks), x)[0]
+        errors.append(float(np.sum((got - want) ** 2) / np.sum(want**2)))
+    assert errors[0] > errors[1] > errors[2] > 0
+    assert lowrank.ranks_for((96, 96), 0.5, 16, cp=True) is None  # a matrix has no CP form
+
+
 def test_no_rank_saves_anything_on_a_narrow_layer() -> None:
     assert lowrank.ranks_for((16, 16, 3, 3), 0.5, 16) is None
     assert lowrank.ranks_for((16, 24), 0.25, 16) is None

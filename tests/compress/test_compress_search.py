@@ -36,12 +36,32 @@ def canonical() -> tuple[onnx.ModelProto, list[plan.Unit], search.CostTable]:
 def test_cost_tables_come_from_vela(canonical: tuple[onnx.ModelProto, list[plan.Unit], search.CostTable]) -> None:
     proto, units, table = canonical
     assert table.total == estimate(proto, TARGET).cycles
+    cp_ratios = {u.ratios[i] for u in units for i in plan.cp_levels(u, 16)}
+    assert cp_ratios  # the digits CNN's 3x3 convs have CP forms
     assert table.probes == len({r for u in units if u.method == "prune" for r in u.ratios if r}) + len(
         {r for u in units if u.method == "lowrank" for r in u.ratios if r}
-    )
+    ) + len(cp_ratios)
+    assert set(table.cp_rho) == cp_ratios and all(v > 0 for rho in table.cp_rho.values() for v in rho.values())
     # Pruning conv3's 72 channels to 48 makes conv3 itself cheaper on the NPU.
     assert table.prune_rho[0.25]["conv3"] < 0.9
     assert search.predict(table, units, {}) == pytest.approx(table.total)
+
+
+def test_a_cp_level_is_chosen_only_where_it_saves_more_per_unit_of_error() -> None:
+    """Cheaper and as accurate: CP; cheaper but much less accurate per cycle saved: Tucker-2 stays."""
+    unit = plan.Unit("lowrank:c", "lowrank", "c", 0, ("c",), (0.0, 0.5, 0.75), ("full", "ranks 64/64", "ranks 32/32"),
+                     (128, 128, 3, 3))  # fmt: skip
+    table = search.CostTable(total=1000.0, base={"c": 1000.0}, lowrank_rho={0.5: {"c": 0.6}, 0.75: {"c": 0.5}},
+                             cp_rho={0.5: {"c": 0.5}, 0.75: {"c": 0.4}})  # fmt: skip
+    sens = search.Sensitivity({unit.id: (0.0, 0.10, 0.20)}, 2)
+    assert search.cp_candidates([unit], table, 16) == {unit.id: (1, 2)}
+    # Level 1: CP saves 500 for 0.11 (Tucker-2: 400 for 0.10) -> CP; level 2: 600 for 0.40 vs 500 for 0.20 -> Tucker-2.
+    cp = search.Sensitivity({unit.id: (0.0, 0.11, 0.40)}, 2)
+    (chosen,), new_table, errors = search.choose_forms([unit], table, sens, cp, 16)
+    assert chosen.forms == ("", "cp", "") and chosen.actions[1].startswith("CP rank")
+    assert new_table.lowrank_rho[0.5]["c"] == 0.5 and new_table.lowrank_rho[0.75]["c"] == 0.5
+    assert errors.error[unit.id] == (0.0, 0.11, 0.20)
+    assert table.lowrank_rho[0.5]["c"] == 0.6 and unit.forms == ()  # inputs untouched
 
 
 def test_greedy_meets_the_predicted_goal_and_does_nothing_when_met(

@@ -16,8 +16,8 @@ from nirc.targets.ethos_u.sim import (
     simulate,
 )
 from nirc.targets.ethos_u.sim import cmdstream as cs
-from nirc.targets.ethos_u.sim.engine import rescale
 from nirc.targets.ethos_u.sim import weights as weights_module
+from nirc.targets.ethos_u.sim.engine import rescale
 from nirc.targets.ethos_u.sim.weights import (
     WeightLayout,
     WeightStreamError,
