@@ -23,7 +23,8 @@ for them only SNR means something, and "top-1" is agreement between int8 and flo
 
 Configurations (all ethos-u65, full pipeline unless said): ``nirc`` = defaults (accuracy guard on,
 0.5 dB); ``no-guard`` = ``--no-accuracy-guard`` (what nirc did before the guard); ``no-hw`` =
-``--no-hw-passes``; ``mse-w`` = defaults + ``--weight-range mse``; ``bc`` = defaults +
+``--no-hw-passes``; ``mse-w`` = defaults + ``--weight-range mse``; ``ada-w`` = defaults +
+``--weight-range adaround``; ``bc`` = defaults +
 ``--bias-correction``. SNR is int8 (LiteRT) vs float (ORT) over the held-out samples, worst output.
 ``no-cle`` = defaults without ``equalize-cross-layer``. ``tflite-converter`` and ``onnx2tf``: the
 reference quantizers on the same ONNX and the same calibration samples, made by
@@ -55,6 +56,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "no-guard": {"accuracy": False},
     "no-hw": {"no_hw_passes": True},
     "mse-w": {"weights": "mse"},
+    "ada-w": {"weights": "adaround"},
     "bc": {"bias_correction": True},
     "no-cle": {"skip": ["equalize-cross-layer"]},
     "mse-a": {"method": "mse"},
@@ -555,6 +557,7 @@ def write(rows: Sequence[tuple[str, str, str, dict[str, Any]]], skipped: Sequenc
         "SNR = int8 (LiteRT, builtin kernels) vs float (ONNX Runtime) on held-out inputs, worst output. "
         "`nirc` = defaults (accuracy guard on, 0.5 dB); `no-guard` = `--no-accuracy-guard`; "
         "`no-hw` = `--no-hw-passes`; `mse-w` = defaults + `--weight-range mse`; "
+        "`ada-w` = defaults + `--weight-range adaround`; "
         "`bc` = defaults + `--bias-correction`; `mse-a` / `pct-a` = defaults + `--calib-method mse` / `percentile`. "
         "`agree` = int8 arg-max equals float arg-max; `top-1` only for the trained digits CNN (real labels). "
         "`NPU = int8`: held-out inputs on which Vela's compiled command stream, run in nirc's NPU functional "

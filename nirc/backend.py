@@ -74,6 +74,10 @@ def emit(
         ranges = share_tile_ranges(collect_ranges(proto, calib, method=method))
     token = WEIGHT_RANGE.set(weights)
     try:
+        if dtype == "int8" and weights == "adaround" and calib is not None:
+            from nirc.quant.adaround import adaround
+
+            proto, _ = adaround(proto, calib)  # weights on the chosen int8 levels; same ranges (max|w| kept)
         if dtype == "int8" and bias_correction and calib is not None:
             from nirc.quant.bias_correction import correct_biases
 

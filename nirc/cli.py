@@ -125,9 +125,10 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-count", type=int, default=16, help="use at most this many samples")
     p.add_argument(
         "--weight-range",
-        choices=("max", "mse"),
+        choices=("max", "mse", "adaround"),
         default="max",
-        help="per-channel int8 weight ranges: max|w| (default) or clipped where that lowers the weights' MSE",
+        help="per-channel int8 weight ranges: max|w| (default), clipped where that lowers the weights' MSE, "
+        "or max|w| with each weight rounded up or down to keep the layer's output on --calib data (AdaRound)",
     )
     p.add_argument(
         "--bias-correction",

@@ -38,8 +38,9 @@ class CalibrationOptions:
         mean, std: per-channel normalisation for image folders.
         method: ``minmax`` | ``percentile`` | ``mse``.
         count: at most this many samples are used.
-        weights: per-channel weight ranges: ``max`` (max|w|) or ``mse`` (clipped where that lowers
-            the weights' squared quantization error).
+        weights: per-channel weight ranges: ``max`` (max|w|), ``mse`` (clipped where that lowers
+            the weights' squared quantization error) or ``adaround`` (max|w|, each weight rounded up
+            or down to keep its layer's output on the calibration data: :mod:`nirc.quant.adaround`).
         bias_correction: fold the mean int8 weight-rounding error of each Conv/Gemm into its bias
             (:mod:`nirc.quant.bias_correction`); the float model is unchanged.
     """
@@ -49,7 +50,7 @@ class CalibrationOptions:
     std: Sequence[float] | None = None
     method: RangeMethodName = "minmax"
     count: int = 16
-    weights: Literal["max", "mse"] = "max"
+    weights: Literal["max", "mse", "adaround"] = "max"
     bias_correction: bool = False
 
 

@@ -128,10 +128,11 @@ def weight_scales(weight: np.ndarray, axis: int, bias: np.ndarray | None, input_
     return scales.astype(np.float32)
 
 
-WeightRange = Literal["max", "mse"]
+WeightRange = Literal["max", "mse", "adaround"]
 WEIGHT_RANGE: ContextVar[WeightRange] = ContextVar("nirc_weight_range", default="max")
 """How per-channel weight ranges are chosen while emitting: ``max`` (``max|w|``, no clipping) or ``mse``
-(per channel, the clipped range that minimises the squared rounding + clipping error of the weights).
+(per channel, the clipped range that minimises the squared rounding + clipping error of the weights);
+``adaround`` emits with ``max`` ranges weights :mod:`nirc.quant.adaround` already put on their levels.
 Set for one emission by :func:`nirc.backend.emit`; a context variable so the emitter's op builders
 need no new argument."""
 MSE_CLIP_GRID = np.linspace(1.0, 0.3, 71)
