@@ -253,6 +253,11 @@ def table(rows: list[dict[str, Any]], vgg224: dict[str, Any] | None = None) -> s
         "with distillation (`examples/finetune_compressed.py`, labels, epochs as listed). Latency, params, MACs and",
         "MiB (int8 weights) are of the compressed model; the original's are on the row with speedup 1.",
         "",
+        "Methods: channel pruning and Tucker-2 / SVD decomposition; CP decomposition is a second form of a kxk",
+        "decomposition level since 2026-12-07, taken where Vela measures it faster and it saves more per unit of",
+        "output error (`benchmarks/results/lowrank_forms.md`: at equal parameters CP is slower at 4x4 and at 28x28",
+        "and above, faster only at 14x14). The digits rows below were measured before CP existed.",
+        "",
         "| model | speedup asked | met | Vela ms | speedup | params | MACs | MiB | top-1 orig | no recon | recon"
         " | fine-tuned (epochs) | compress s |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from nirc.ir import IRModel
 from nirc.pass_base import Pass, PassContext
+from nirc.quant.calibration import CalibrationSet
 
 
 def parse(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
@@ -73,3 +74,25 @@ def conv_silu_then(tail: str, out_shape: str, size: int, seed: int) -> onnx.Mode
         b=(rng.standard_normal(32) * 0.1).astype(np.float32),
     )
     return IRModel.load(proto).to_proto()
+
+
+def trained_digits() -> tuple[onnx.ModelProto, CalibrationSet, list[dict[str, np.ndarray]]]:
+    """The trained digits CNN after the exact (no-hw) passes, its 16 calibration samples and 128 held-out digits."""
+    from pathlib import Path
+
+    from nirc.backend import input_shapes
+    from nirc.pass_manager import PassManager
+    from nirc.pipeline import select_passes
+    from nirc.plugin import load_registry
+    from nirc.quant import load_calibration
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    registry = load_registry()
+    target = registry.get_target("ethos-u65")
+    model = IRModel.load(examples / "digits_cnn.onnx")
+    PassManager(select_passes(registry, target, no_hw_passes=True)).run(model, PassContext(target=target))
+    proto = model.to_proto()
+    shapes = input_shapes(proto)
+    calib = load_calibration(examples / "digits_calib.npz", shapes, count=16)
+    val = list(load_calibration(examples / "digits_val.npz", shapes, count=128).samples)
+    return proto, calib, val

@@ -6,16 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
+from nirc_testing import trained_digits
 from onnx import numpy_helper
 
-from nirc.backend import emit, input_shapes
-from nirc.ir import IRModel
-from nirc.pass_base import PassContext
-from nirc.pass_manager import PassManager
-from nirc.pipeline import select_passes
-from nirc.plugin import load_registry
-from nirc.quant import load_calibration
+from nirc.backend import emit
 from nirc.quant.adaround import adaround, learn_rounding
 from nirc.tflite.quantize import weight_scales
 from nirc.validate import compare
@@ -54,19 +48,8 @@ def test_depthwise_channels_are_rounded_each_with_their_own_inputs() -> None:
     assert np.all(err(levels) <= err(nearest) + 1e-9) and err(levels).sum() < err(nearest).sum()
 
 
-def _digits() -> onnx.ModelProto:
-    registry = load_registry()
-    target = registry.get_target("ethos-u65")
-    model = IRModel.load(EXAMPLES / "digits_cnn.onnx")
-    PassManager(select_passes(registry, target, no_hw_passes=True)).run(model, PassContext(target=target))
-    return model.to_proto()
-
-
 def test_adaround_raises_the_trained_digits_cnns_held_out_snr() -> None:
-    proto = _digits()
-    shapes = input_shapes(proto)
-    calib = load_calibration(EXAMPLES / "digits_calib.npz", shapes, count=16)
-    val = list(load_calibration(EXAMPLES / "digits_val.npz", shapes, count=128).samples)
+    proto, calib, val = trained_digits()
     rounded, changed = adaround(proto, calib)
     assert changed >= 3
     before = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}

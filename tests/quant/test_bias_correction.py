@@ -7,14 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from nirc_testing import trained_digits
 from onnx import numpy_helper
 
-from nirc.backend import emit, input_shapes
-from nirc.ir import IRModel
-from nirc.pass_base import PassContext
-from nirc.pass_manager import PassManager
-from nirc.pipeline import select_passes
-from nirc.plugin import load_registry
+from nirc.backend import emit
 from nirc.quant import load_calibration
 from nirc.quant.bias_correction import correct_biases
 from nirc.validate import compare, run_tflite
@@ -23,19 +19,8 @@ from nirc.verify import run_onnx
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _digits() -> onnx.ModelProto:
-    registry = load_registry()
-    target = registry.get_target("ethos-u65")
-    model = IRModel.load(EXAMPLES / "digits_cnn.onnx")
-    PassManager(select_passes(registry, target, no_hw_passes=True)).run(model, PassContext(target=target))
-    return model.to_proto()
-
-
 def test_bias_correction_improves_the_trained_digits_cnn() -> None:
-    proto = _digits()
-    shapes = input_shapes(proto)
-    calib = load_calibration(EXAMPLES / "digits_calib.npz", shapes, count=16)
-    val = list(load_calibration(EXAMPLES / "digits_val.npz", shapes, count=128).samples)
+    proto, calib, val = trained_digits()
     corrected, changed = correct_biases(proto, calib)
     assert changed >= 4
     before = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
