@@ -116,7 +116,10 @@ def accuracy_guard(
         calib,
         max_snr_drop=max_snr_drop,
         method=options.method,
-        weights=options.weights,
+        # AdaRound fits the calibration samples the guard measures on: judged with it, a rewrite's
+        # in-sample gain hides its held-out loss (CLE on the digits VGG19: +0.95 dB in sample,
+        # -2.5 dB held out). Rewrites are judged with nearest rounding; AdaRound refines the winner.
+        weights="max" if options.weights == "adaround" else options.weights,
         bias_correction=options.bias_correction,
     )
 

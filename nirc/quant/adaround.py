@@ -13,8 +13,10 @@ round-to-nearest reproduce them. Each channel's largest weight keeps its nearest
 that scale. The float model is not changed: validation still compares with the original.
 
 Guarded per channel: a channel keeps the nearest rounding unless the learned one has less output
-error on the calibration data. Fully connected layers fed fewer input rows than weights per channel
-are left alone (the objective would fit the few calibration samples, not the data). Opt-in
+error on the calibration data. Layers with fewer than two input rows (patches) per weight of a
+channel are left alone: late layers of a small-input network see a few positions per sample, and a
+rounding fitted to so few rows fits the samples rather than the data. For the same reason the
+accuracy guard judges rewrites with nearest rounding (:func:`nirc.pipeline.accuracy_guard`), not with this. Opt-in
 (``--weight-range adaround``) and measured in ``benchmarks/results/accuracy.md`` before any default.
 """
 
@@ -33,6 +35,7 @@ ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound's values)
 ITERATIONS = 300
 REG_WEIGHT = 0.01
 MAX_ROWS = 8192  # input patches per layer, sampled evenly over the calibration samples
+ROWS_PER_WEIGHT = 2  # a layer needs this many input rows per weight of a channel, else it keeps nearest
 FLOP_BUDGET = 4e11  # per layer: larger layers keep nearest rounding (numpy on the CPU)
 HESSIAN_BYTES = 256 << 20  # layers whose inputs are gathered in one pass over the calibration data
 
@@ -194,8 +197,8 @@ def adaround(proto: onnx.ModelProto, calib: CalibrationSet) -> tuple[onnx.ModelP
                 continue  # a weight shared by two layers keeps nearest rounding
             weight = numpy_helper.to_array(inits[layer.weight]).astype(np.float64)
             flat = weight.reshape(shape[0], -1)
-            if layer.node.op_type == "Gemm" and rows[k] < flat.shape[1]:
-                continue
+            if rows[k] < ROWS_PER_WEIGHT * flat.shape[1]:
+                continue  # too few input rows: the rounding would fit these samples, not the data
             scales = weight_scales(weight, 0, None, 1.0).astype(np.float64)
             levels = learn_rounding(flat / scales[:, None], sums[k] / max(rows[k], 1), layer.depthwise)
             if np.array_equal(levels, np.round(flat / scales[:, None])):

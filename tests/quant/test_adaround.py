@@ -10,6 +10,8 @@ from nirc_testing import trained_digits
 from onnx import numpy_helper
 
 from nirc.backend import emit
+from nirc.options import CalibrationOptions
+from nirc.pipeline import accuracy_guard
 from nirc.quant.adaround import adaround, learn_rounding
 from nirc.tflite.quantize import weight_scales
 from nirc.validate import compare
@@ -68,3 +70,11 @@ def test_adaround_raises_the_trained_digits_cnns_held_out_snr() -> None:
     (snr_plain,) = compare(proto, plain, val)
     (snr_learned,) = compare(proto, learned, val)  # against the original float model
     assert snr_learned.snr_db > snr_plain.snr_db + 0.5
+
+
+def test_the_accuracy_guard_judges_rewrites_with_nearest_rounding() -> None:
+    """AdaRound fits the guard's own samples, so rewrites are judged without it (it refines the winner)."""
+    _, calib, _ = trained_digits()
+    for weights, judged in (("adaround", "max"), ("mse", "mse"), ("max", "max")):
+        guard = accuracy_guard(calib, CalibrationOptions(weights=weights), enabled=True, max_snr_drop=0.5)  # type: ignore[arg-type]
+        assert guard is not None and guard.weights == judged
