@@ -226,8 +226,9 @@ def sensitivity(
     table: dict[str, tuple[float, ...]] = {}
     count = 0
     for index, unit in enumerate(units):
-        if index % 10 == 0:
-            progress(f"sensitivity: unit {index + 1}/{len(units)}")
+        measured = [lv for lv in range(1, unit.levels) if only is None or lv in only.get(unit.id, ())]
+        # Every unit: at 224x224 one takes minutes (each level refits and runs the whole model).
+        progress(f"sensitivity: unit {index + 1}/{len(units)} ({unit.id}, {len(measured)} levels)")
         errors = [0.0]
         for level in range(1, unit.levels):
             if only is not None and level not in only.get(unit.id, ()):
