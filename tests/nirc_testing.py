@@ -96,3 +96,12 @@ def trained_digits() -> tuple[onnx.ModelProto, CalibrationSet, list[dict[str, np
     calib = load_calibration(examples / "digits_calib.npz", shapes, count=16)
     val = list(load_calibration(examples / "digits_val.npz", shapes, count=128).samples)
     return proto, calib, val
+
+
+def moved_initializers(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Initializers whose values differ between two versions of a model: name -> (before, after)."""
+    from onnx import numpy_helper
+
+    old = {i.name: numpy_helper.to_array(i) for i in before.graph.initializer}
+    new = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
+    return {n: (old[n], new[n]) for n in old if n in new and not np.array_equal(old[n], new[n])}

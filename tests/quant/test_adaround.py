@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from nirc_testing import trained_digits
-from onnx import numpy_helper
+from nirc_testing import moved_initializers, trained_digits
 
 from nirc.backend import emit
 from nirc.options import CalibrationOptions
@@ -54,16 +53,14 @@ def test_adaround_raises_the_trained_digits_cnns_held_out_snr() -> None:
     proto, calib, val = trained_digits()
     rounded, changed = adaround(proto, calib)
     assert changed >= 3
-    before = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    after = {i.name: numpy_helper.to_array(i) for i in rounded.graph.initializer}
-    moved = [n for n in before if not np.array_equal(before[n], after[n])]
-    assert len(moved) == changed and all(after[n].ndim in (2, 4) for n in moved)  # only weights move
-    for name in moved:
-        scales = weight_scales(before[name], 0, None, 1.0).astype(np.float64)
-        assert np.allclose(weight_scales(after[name], 0, None, 1.0), scales, rtol=1e-6)  # scale kept
-        levels = after[name].reshape(len(scales), -1) / scales[:, None]
+    moved = moved_initializers(proto, rounded)
+    assert len(moved) == changed and all(new.ndim in (2, 4) for _, new in moved.values())  # only weights move
+    for old, new in moved.values():
+        scales = weight_scales(old, 0, None, 1.0).astype(np.float64)
+        assert np.allclose(weight_scales(new, 0, None, 1.0), scales, rtol=1e-6)  # scale kept
+        levels = new.reshape(len(scales), -1) / scales[:, None]
         assert np.allclose(levels, np.round(levels), atol=1e-3)  # on the int8 grid
-        assert np.all(np.abs(levels - before[name].reshape(len(scales), -1) / scales[:, None]) < 1.0 + 1e-3)
+        assert np.all(np.abs(levels - old.reshape(len(scales), -1) / scales[:, None]) < 1.0 + 1e-3)
 
     plain = emit(proto, dtype="int8", calib=calib).tflite
     learned = emit(proto, dtype="int8", calib=calib, weights="adaround").tflite

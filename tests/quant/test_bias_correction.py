@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from nirc_testing import trained_digits
-from onnx import numpy_helper
+from nirc_testing import moved_initializers, trained_digits
 
 from nirc.backend import emit
 from nirc.quant import load_calibration
@@ -23,10 +22,8 @@ def test_bias_correction_improves_the_trained_digits_cnn() -> None:
     proto, calib, val = trained_digits()
     corrected, changed = correct_biases(proto, calib)
     assert changed >= 4
-    before = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    after = {i.name: numpy_helper.to_array(i) for i in corrected.graph.initializer}
-    moved = [n for n in before if not np.array_equal(before[n], after[n])]
-    assert moved and all(after[n].ndim == 1 for n in moved)  # only biases move
+    moved = moved_initializers(proto, corrected)
+    assert moved and all(new.ndim == 1 for _, new in moved.values())  # only biases move
 
     plain = emit(proto, dtype="int8", calib=calib).tflite
     fixed = emit(proto, dtype="int8", calib=calib, bias_correction=True).tflite

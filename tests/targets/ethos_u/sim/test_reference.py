@@ -88,13 +88,20 @@ def _same(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
+@pytest.fixture
+def always_ahead(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Every reference run counts as slow, on a machine with a second core: the worker always starts."""
+    monkeypatch.setattr(reference_module, "AHEAD_SECONDS", 0.0)
+    monkeypatch.setattr(reference_module.os, "cpu_count", lambda: 2)
+    return monkeypatch
+
+
 def test_runs_ahead_in_a_worker_process_gives_the_in_process_results(
-    lut: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    lut: tuple[Path, Path], always_ahead: pytest.MonkeyPatch
 ) -> None:
     """Every reference run slow enough for the worker: its results are the in-process ones, in order."""
     vela, int8 = lut
-    monkeypatch.setattr(reference_module, "AHEAD_SECONDS", 0.0)
-    monkeypatch.setattr(reference_module.os, "cpu_count", lambda: 2)
+    monkeypatch = always_ahead
     started: list[object] = []
     real = reference_module._AheadWorker
     monkeypatch.setattr(reference_module, "_AheadWorker", lambda *a: started.append(a) or real(*a))
@@ -109,12 +116,10 @@ def test_runs_ahead_in_a_worker_process_gives_the_in_process_results(
 
 
 def test_a_worker_that_dies_is_replaced_by_running_in_process(
-    lut: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    lut: tuple[Path, Path], always_ahead: pytest.MonkeyPatch
 ) -> None:
     vela, int8 = lut
-    monkeypatch.setattr(reference_module, "AHEAD_SECONDS", 0.0)
-    monkeypatch.setattr(reference_module.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(reference_module, "_AHEAD_SOURCE", "raise SystemExit(3)")
+    always_ahead.setattr(reference_module, "_AHEAD_SOURCE", "raise SystemExit(3)")
     reference, inputs = Reference(int8), feeds(vela, 3)
     ahead = list(runs_ahead(reference, inputs))
     assert len(ahead) == 3
