@@ -101,7 +101,7 @@ class CompressResult:
 
     Attributes:
         model: the compressed float ONNX model (reconstructed).
-        budget: the budget asked.
+        budget: the budget asked (with ``also``: a size budget asked beside a latency or speedup).
         met: whether the measured result meets it.
         original, unrecovered, compressed: measurements of the input model (after the exact canonical
             passes), of the chosen configuration without reconstruction, and of the final model.
@@ -120,9 +120,14 @@ class CompressResult:
     compressed: Measure
     layers: list[dict[str, Any]]
     config: dict[str, int]
+    also: Budget | None = None
     search: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, Any] = field(default_factory=dict)
     unrecovered_model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    def asked(self) -> str:
+        """The budget(s) asked, as the user wrote them."""
+        return self.budget.text() + (f" and {self.also.text()}" if self.also is not None else "")
 
     def reached(self) -> float:
         """The budget's quantity the result reached (ms, MiB or speedup)."""
@@ -134,7 +139,8 @@ class CompressResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "budget": {"asked": self.budget.text(), "kind": self.budget.kind, "value": self.budget.value},
+            "budget": {"asked": self.asked(), "kind": self.budget.kind, "value": self.budget.value,
+                       **({"size_mib": self.also.value} if self.also is not None else {})},
             "reached": round(self.reached(), 4),
             "met": self.met,
             "original": self.original.to_json(),
@@ -152,7 +158,9 @@ class CompressResult:
         o, c = self.original, self.compressed
         reached = f"{self.reached():.3f}" + {"latency-ms": " ms", "size-mib": " MiB", "speedup": "x"}[self.budget.kind]
         lines = [
-            f"Budget asked: {self.budget.text()}; reached: {reached} ({'met' if self.met else 'NOT met'}).",
+            f"Budget asked: {self.asked()}; reached: {reached}"
+            + (f" and {self.compressed.size_mib:.2f} MiB" if self.also is not None else "")
+            + f" ({'met' if self.met else 'NOT met'}).",
             "",
             f"Vela latency {o.latency_ms:.3f} -> {c.latency_ms:.3f} ms ({o.latency_ms / c.latency_ms:.2f}x); "
             f"params {o.params:,} -> {c.params:,}; MACs {o.macs:,} -> {c.macs:,}; "
@@ -255,7 +263,8 @@ def compress(
     Args:
         source: a path, ONNX bytes or a ModelProto (float).
         target: a target or its name.
-        latency_ms, size_mib, speedup: the budget (Vela latency, int8 weight MiB, or latency reduction).
+        latency_ms, size_mib, speedup: the budget (Vela latency, int8 weight MiB, or latency reduction);
+            a size may be asked together with a latency or a speedup, and then both must hold.
         calib: calibration data (``.npy``/``.npz``/image folder as for ``nirc optimize``); an ``.npz`` with
             a ``labels`` array also gives top-1 accuracy. Required: compressing on noise is meaningless.
         samples: calibration samples to use; ``holdout`` of them are never fitted on and measure the error.
@@ -272,12 +281,14 @@ def compress(
         BudgetNotMetError: with the closest result (``exc.result``).
         CalibrationError: no or unusable calibration data.
     """
-    budgets = [(k, v) for k, v in (("latency-ms", latency_ms), ("size-mib", size_mib), ("speedup", speedup)) if v]
-    if len(budgets) != 1:
-        raise NircError("compress needs exactly one budget: --latency-ms, --size-mib or --speedup")
-    kind, value = budgets[0]
+    timing = [(k, v) for k, v in (("latency-ms", latency_ms), ("speedup", speedup)) if v]
+    if len(timing) > 1 or not (timing or size_mib):
+        raise NircError(
+            "compress needs one budget (--latency-ms, --size-mib or --speedup), or a latency/speedup and a size"
+        )
     try:
-        budget = Budget(kind, float(value))  # type: ignore[arg-type]
+        budget = Budget(*timing[0]) if timing else Budget("size-mib", float(size_mib or 0))  # type: ignore[arg-type]
+        also = Budget("size-mib", float(size_mib)) if timing and size_mib else None
     except ValueError as exc:
         raise NircError(str(exc)) from None
     if calib is None:
@@ -309,10 +320,18 @@ def compress(
     goal = budget.goal(original.latency_ms) if budget.metric == "latency" else budget.goal(0.0)
     units = plan.find_units(model, align, methods, ratios)
     progress(f"{len(units)} compressible units; measuring costs with Vela")
-    measure = search.vela_cycles(tgt) if budget.metric == "latency" else search.weight_bytes
     memo = reuse if reuse is not None else {}
-    table = memo.get(f"table:{budget.metric}") or search.cost_table(proto, units, measure, align, progress)
-    memo[f"table:{budget.metric}"] = table
+
+    def table_for(metric: search.Metric) -> search.CostTable:
+        measure = search.vela_cycles(tgt) if metric == "latency" else search.weight_bytes
+        found: search.CostTable = memo.get(f"table:{metric}") or search.cost_table(
+            proto, units, measure, align, progress
+        )
+        memo[f"table:{metric}"] = found
+        return found
+
+    table = table_for(budget.metric)
+    size_table = table_for("size") if also is not None else None
     scale = original.cycles / original.latency_ms if budget.metric == "latency" else float(MIB)
     if "sensitivity" not in memo:
         progress("measuring sensitivities on calibration data")
@@ -329,16 +348,20 @@ def compress(
         )
     if candidates:
         units, table, sens = search.choose_forms(units, table, sens, memo["cp_sensitivity"], align)
+        size_table = search.with_cp_costs(units, size_table) if size_table is not None else None
 
     config: dict[str, int] = {}
     goal_units = goal * scale
     history: list[dict[str, float]] = []
     applied: plan.Applied | None = None
     reached = float("inf")
+    size_goal = also.value * MIB if also is not None else 0.0
     for round_ in range(rounds):
-        config = search.greedy(units, table, sens, goal_units, start=config)
+        second = (size_table, size_goal) if size_table is not None else None
+        config = search.greedy(units, table, sens, goal_units, start=config, also=second)
         predicted = search.predict(table, units, config)
         applied = plan.apply_config(proto, units, config, align=align, criterion=criterion, samples=fit[:32])
+        size_now = search.weight_bytes(applied.model)[0] / MIB
         if budget.metric == "latency":
             from nirc.cost import estimate
 
@@ -348,10 +371,17 @@ def compress(
         history.append(
             {"round": round_ + 1, "goal": goal_units / scale, "predicted": predicted / scale, "measured": reached}
         )
-        progress(f"round {round_ + 1}: predicted {predicted / scale:.3f}, measured {reached:.3f} (goal {goal:.3f})")
-        if reached <= goal or predicted > goal_units * 1.0001:
-            break  # met, or the units cannot reach the goal even on paper
-        goal_units = predicted * goal / reached
+        progress(f"round {round_ + 1}: predicted {predicted / scale:.3f}, measured {reached:.3f} (goal {goal:.3f})"
+                 + (f"; {size_now:.2f} MiB (goal {also.value:g})" if also is not None else ""))  # fmt: skip
+        latency_ok = reached <= goal
+        size_ok = also is None or size_now <= also.value * (1 + 1e-9)
+        size_predicted = search.predict(second[0], units, config) if second is not None else 0.0
+        if (latency_ok and size_ok) or predicted > goal_units * 1.0001 or size_predicted > size_goal * 1.0001:
+            break  # met, or the units cannot reach a goal even on paper
+        if not latency_ok:
+            goal_units = predicted * goal / reached
+        if not size_ok and also is not None:  # pruning's size is modelled per side, not exactly
+            size_goal = size_predicted * also.value / size_now
     assert applied is not None
 
     unrecovered_proto = applied.model.to_proto()
@@ -361,10 +391,12 @@ def compress(
     final = applied.model.to_proto()
     compressed = _measure(final, tgt, held, reference, labels)
     met = (compressed.latency_ms if budget.metric == "latency" else compressed.size_mib) <= goal * (1 + 1e-9)
+    met = met and (also is None or compressed.size_mib <= also.value * (1 + 1e-9))
     layers = _layer_rows(proto, final, applied, refits, tgt)
     result = CompressResult(
         model=final,
         budget=budget,
+        also=also,
         met=met,
         original=original,
         unrecovered=unrecovered,
@@ -385,7 +417,7 @@ def compress(
     )
     if not met:
         raise BudgetNotMetError(
-            f"budget {budget.text()} not met: closest reached {result.reached():.3f} "
+            f"budget {result.asked()} not met: closest reached {result.reached():.3f} "
             f"({compressed.latency_ms:.3f} ms, {compressed.size_mib:.2f} MiB)",
             result,
         )

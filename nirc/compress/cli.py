@@ -21,10 +21,13 @@ EXIT_TEXT = "10 compress budget not met (closest result reported, not written as
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="float ONNX model")
     parser.add_argument("--target", default=DEFAULT_TARGET, help=TARGET_HELP)
-    budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--latency-ms", type=float, help="Vela latency the compressed model must reach")
-    budget.add_argument("--size-mib", type=float, help="int8 weight size (MiB) the compressed model must reach")
-    budget.add_argument("--speedup", type=float, help="Vela latency reduction factor (e.g. 5 for 5x)")
+    timing = parser.add_mutually_exclusive_group()
+    timing.add_argument("--latency-ms", type=float, help="Vela latency the compressed model must reach")
+    timing.add_argument("--speedup", type=float, help="Vela latency reduction factor (e.g. 5 for 5x)")
+    parser.add_argument(
+        "--size-mib", type=float,
+        help="int8 weight size (MiB) the compressed model must reach; alone or with --latency-ms/--speedup (both hold)",
+    )  # fmt: skip
     parser.add_argument(
         "--calib", type=Path, required=True,
         help=".npy/.npz/image folder of calibration inputs (an .npz 'labels' array adds top-1 accuracy)",
@@ -47,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         if not quiet:
             sys.stderr.write(f"nirc compress: {message}\n")
 
+    if not (args.latency_ms or args.speedup or args.size_mib):
+        sys.stderr.write("nirc compress: one of the arguments --latency-ms --size-mib --speedup is required\n")
+        return 2
     stem = args.model.stem
     outdir = args.outdir or Path(f"{stem}_compressed")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

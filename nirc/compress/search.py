@@ -305,6 +305,17 @@ def choose_forms(
     return chosen, new_table, Sensitivity(errors, sens.evaluations + cp_sens.evaluations)
 
 
+def with_cp_costs(units: Sequence[Unit], table: CostTable) -> CostTable:
+    """``table`` with the cost ratio of every CP-form level taken from its CP probe (a second metric's table)."""
+    lowrank_rho = {r: dict(v) for r, v in table.lowrank_rho.items()}
+    for unit in units:
+        for level, form in enumerate(unit.forms):
+            ratio = unit.ratios[level]
+            if form == "cp" and unit.target in table.cp_rho.get(ratio, {}):
+                lowrank_rho.setdefault(ratio, {})[unit.target] = table.cp_rho[ratio][unit.target]
+    return CostTable(table.total, table.base, table.prune_rho, lowrank_rho, table.cp_rho, table.sides, table.probes)
+
+
 def greedy(
     units: Sequence[Unit],
     table: CostTable,
@@ -312,18 +323,22 @@ def greedy(
     goal: float,
     start: Config | None = None,
     allowed: Sequence[Method] = ("prune", "lowrank"),
+    also: tuple[CostTable, float] | None = None,
 ) -> dict[str, int]:
     """Raise levels, cheapest accuracy per saved cost first, until the predicted cost is at most ``goal``.
 
     A step may skip levels (a unit's next level can save nothing on the NPU while the one after does).
     Stops early when no step saves anything: the result is then the closest the units can get.
+    ``also``: a second budget (another metric's table and its goal) that must hold too; a step's saving
+    is then the sum over the unmet budgets of what it saves relative to what each still lacks.
     """
     config = {u.id: 0 for u in units}
     config.update(start or {})
     prune, lowrank = _ratios(units, config)
+    budgets = [(table, goal)] + ([also] if also is not None else [])
 
-    def local(unit: Unit) -> float:
-        return sum(table.node_cost(n, prune, lowrank.get(n, 0.0)) for n in unit.nodes)
+    def local(unit: Unit) -> list[float]:
+        return [sum(t.node_cost(n, prune, lowrank.get(n, 0.0)) for n in unit.nodes) for t, _ in budgets]
 
     def set_level(unit: Unit, level: int) -> None:
         if unit.method == "prune":
@@ -331,9 +346,14 @@ def greedy(
         else:
             lowrank[unit.target] = unit.ratios[level]
 
-    current = predict(table, units, config)
-    while current > goal:
-        best: tuple[float, Unit, int, float] | None = None
+    current = [predict(t, units, config) for t, _ in budgets]
+
+    def unmet() -> list[int]:
+        return [k for k, (_, g) in enumerate(budgets) if current[k] > g]
+
+    while unmet():
+        lacking = {k: current[k] - budgets[k][1] for k in unmet()}
+        best: tuple[float, Unit, int, list[float]] | None = None
         for unit in units:
             if unit.method not in allowed:
                 continue
@@ -341,12 +361,12 @@ def greedy(
             now = local(unit)
             for new in range(level + 1, unit.levels):
                 set_level(unit, new)
-                saved = now - local(unit)
+                saved = [a - b for a, b in zip(now, local(unit), strict=True)]
                 set_level(unit, level)
-                if saved <= 0.0:
+                gain = sum(saved[k] / lack for k, lack in lacking.items())
+                if gain <= 0.0:
                     continue
-                added = sens.error[unit.id][new] - sens.error[unit.id][level]
-                score = added / saved
+                score = (sens.error[unit.id][new] - sens.error[unit.id][level]) / gain
                 if best is None or score < best[0]:
                     best = (score, unit, new, saved)
         if best is None:
@@ -354,27 +374,27 @@ def greedy(
         _, chosen, new, saved = best
         config[chosen.id] = new
         set_level(chosen, new)
-        current -= saved
-    # The last steps may overshoot: give back levels, most accuracy regained first, while the goal holds.
-    improved = current <= goal
+        current = [c - s_ for c, s_ in zip(current, saved, strict=True)]
+    # The last steps may overshoot: give back levels, most accuracy regained first, while every goal holds.
+    improved = not unmet()
     while improved:
         improved = False
-        options: list[tuple[float, Unit, int, float]] = []
+        options: list[tuple[float, Unit, int, list[float]]] = []
         for unit in units:
             level = config[unit.id]
             if level == 0 or (start and level <= start.get(unit.id, 0)):
                 continue
             now = local(unit)
             set_level(unit, level - 1)
-            extra = local(unit) - now
+            extra = [b - a for a, b in zip(now, local(unit), strict=True)]
             set_level(unit, level)
-            if current + extra <= goal:
+            if all(current[k] + extra[k] <= g for k, (_, g) in enumerate(budgets)):
                 gain = sens.error[unit.id][level] - sens.error[unit.id][level - 1]
                 options.append((gain, unit, level - 1, extra))
         if options:
             _, unit, level, extra = max(options, key=lambda o: o[0])
             config[unit.id] = level
             set_level(unit, level)
-            current += extra
+            current = [c + e for c, e in zip(current, extra, strict=True)]
             improved = True
     return config

@@ -102,6 +102,29 @@ def test_size_budget() -> None:
     assert all(row["method"] == "prune" for row in result.layers)
 
 
+def test_greedy_with_a_second_budget_meets_both(
+    canonical: tuple[onnx.ModelProto, list[plan.Unit], search.CostTable],
+) -> None:
+    """A latency goal that costs little and a size goal that binds: the plan meets both on paper."""
+    proto, units, table = canonical
+    sizes = search.cost_table(proto, units, search.weight_bytes, 16, lambda _m: None)
+    sens = search.Sensitivity({u.id: tuple(float(i) for i in range(u.levels)) for u in units}, 0)
+    latency_only = search.greedy(units, table, sens, 0.95 * table.total)
+    assert search.predict(sizes, units, latency_only) > 0.3 * sizes.total  # the latency goal alone cuts fewer bytes
+    both = search.greedy(units, table, sens, 0.95 * table.total, also=(sizes, 0.3 * sizes.total))
+    assert search.predict(table, units, both) <= 0.95 * table.total
+    assert search.predict(sizes, units, both) <= 0.3 * sizes.total
+
+
+def test_latency_and_size_budgets_together() -> None:
+    result = compress(DIGITS, TARGET, speedup=1.2, size_mib=0.02, calib=DATA, samples=128, methods=("prune",))
+    assert result.met and result.compressed.size_mib <= 0.02
+    assert result.original.latency_ms / result.compressed.latency_ms >= 1.2
+    report = result.to_json()
+    assert report["budget"]["asked"] == "1.2x speedup and 0.02 MiB" and report["budget"]["size_mib"] == 0.02
+    assert result.markdown().startswith("Budget asked: 1.2x speedup and 0.02 MiB; reached:")
+
+
 def test_unreachable_budget_raises_with_the_closest_result() -> None:
     with pytest.raises(BudgetNotMetError) as info:
         compress(DIGITS, TARGET, speedup=100.0, calib=DATA, samples=128, methods=("prune",))
