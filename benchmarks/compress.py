@@ -151,7 +151,6 @@ def run_one(
 
 VGG224 = "vgg19_224_10"
 VGG224_GOAL = (57.0, 18.0)  # the seed's 224x224 VGG19 (10 classes): <= 57 ms and <= 18 MiB
-VGG224_SAMPLES = 32
 
 
 def run_vgg224(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -168,9 +167,9 @@ def run_vgg224(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if not model.exists():
         subprocess.run([sys.executable, str(ROOT / "examples" / "build_models.py"), "-o", str(work), VGG224],
                        check=True)  # fmt: skip
-    calib = work / f"{VGG224}_calib{VGG224_SAMPLES}.npy"
+    calib = work / f"{VGG224}_calib{args.vgg224_samples}.npy"
     if not calib.exists():
-        data = natural_images(VGG224_SAMPLES, 224, 224, seed=224)
+        data = natural_images(args.vgg224_samples, 224, 224, seed=224)
         mean = np.array(IMAGENET_MEAN, np.float32)[:, None, None]
         std = np.array(IMAGENET_STD, np.float32)[:, None, None]
         np.save(calib, ((data - mean) / std).astype(np.float32))
@@ -184,8 +183,8 @@ def run_vgg224(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     start = time.time()
     try:
         result: CompressResult = compress(
-            model, args.target, latency_ms=latency, size_mib=size, calib=calib, samples=VGG224_SAMPLES, reuse=reuse,
-            methods=tuple(args.methods), ratios=tuple(args.ratios),
+            model, args.target, latency_ms=latency, size_mib=size, calib=calib, samples=args.vgg224_samples,
+            reuse=reuse, methods=tuple(args.methods), ratios=tuple(args.ratios),
             progress=lambda m: print(f"  {VGG224}: {m}", flush=True),
         )  # fmt: skip
     except BudgetNotMetError as exc:
@@ -196,6 +195,7 @@ def run_vgg224(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     onnx.save(result.model, str(work / f"{VGG224}_compressed.onnx"))
     return {
         "model": VGG224,
+        "samples": args.vgg224_samples,
         "goal": {"latency_ms": VGG224_GOAL[0], "size_mib": VGG224_GOAL[1]},
         "met": result.met and result.compressed.size_mib <= size,
         "tries": tries,
@@ -216,7 +216,8 @@ def vgg224_lines(row: dict[str, Any] | None) -> list[str]:
         "",
         f"`python benchmarks/compress.py --vgg224`: `examples/build_models.py {VGG224}` (VGG19-BN features, head",
         "Linear(25088, 512)-ReLU-Linear(512, 10); random init, **not trained**, so no top-1),",
-        f"{VGG224_SAMPLES} natural-image-statistics calibration images at 224x224 (`benchmarks/zoo.py`'s generator),",
+        f"{row.get('samples', 32)} natural-image-statistics calibration images at 224x224 (`benchmarks/zoo.py`'s "
+        "generator),",
         "a quarter held out; both budgets asked at once (`--latency-ms 57 --size-mib 18`), or, in a row measured",
         "before compress took two budgets, 57 ms and then 10% less latency per try while over 18 MiB (tries listed).",
         "",
@@ -348,6 +349,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compress.md")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table from cached rows")
     parser.add_argument("--vgg224", action="store_true", help="only the 224x224 VGG19 size target")
+    parser.add_argument("--vgg224-samples", type=int, default=32, help="calibration images for --vgg224")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "rows.json"

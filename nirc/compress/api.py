@@ -268,7 +268,7 @@ def compress(
         calib: calibration data (``.npy``/``.npz``/image folder as for ``nirc optimize``); an ``.npz`` with
             a ``labels`` array also gives top-1 accuracy. Required: compressing on noise is meaningless.
         samples: calibration samples to use; ``holdout`` of them are never fitted on and measure the error.
-        methods: ``prune`` and/or ``lowrank``.
+        methods: ``prune`` and/or ``lowrank`` (with ``cp``: CP as a second form of its kxk decompositions).
         ratios: the levels each unit is measured and searched at (share of channels or parameters removed).
         criterion: channel importance for pruning.
         align: channel/rank granule (default: the target's brick).
@@ -295,6 +295,8 @@ def compress(
         raise CalibrationError("compress needs calibration data (--calib): it measures sensitivity and refits on it")
     if not methods or any(m not in METHODS for m in methods):
         raise NircError(f"compress methods must be among {', '.join(METHODS)}, got {list(methods)}")
+    if "cp" in methods and "lowrank" not in methods:
+        raise NircError("compress method cp is a form of lowrank's decompositions: give lowrank too")
     tgt = load_registry().get_target(target) if isinstance(target, str) else target
     align = align or tgt.brick_channels
 
@@ -325,7 +327,7 @@ def compress(
     def table_for(metric: search.Metric) -> search.CostTable:
         measure = search.vela_cycles(tgt) if metric == "latency" else search.weight_bytes
         found: search.CostTable = memo.get(f"table:{metric}") or search.cost_table(
-            proto, units, measure, align, progress
+            proto, units, measure, align, progress, cp="cp" in methods
         )
         memo[f"table:{metric}"] = found
         return found

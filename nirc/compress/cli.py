@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=".npy/.npz/image folder of calibration inputs (an .npz 'labels' array adds top-1 accuracy)",
     )  # fmt: skip
     parser.add_argument("--calib-count", type=int, default=256, help="samples to use (a quarter held out)")
-    parser.add_argument("--methods", default="prune,lowrank", help="comma-separated: prune, lowrank (default: both)")
+    parser.add_argument(
+        "--methods", default="prune,lowrank,cp",
+        help="comma-separated: prune, lowrank, cp (CP form of lowrank's kxk decompositions; default: all three)",
+    )  # fmt: skip
     parser.add_argument(
         "--criterion", choices=("activation", "l2", "geometric-median"), default="activation",
         help="channel importance for pruning (default: activation, data-driven)",

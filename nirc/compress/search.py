@@ -112,9 +112,15 @@ class CostTable:
 
 
 def cost_table(
-    proto: onnx.ModelProto, units: Sequence[Unit], measure: NodeCosts, align: int, progress: Callable[[str], None]
+    proto: onnx.ModelProto,
+    units: Sequence[Unit],
+    measure: NodeCosts,
+    align: int,
+    progress: Callable[[str], None],
+    cp: bool = True,
 ) -> CostTable:
-    """Measure the uncompressed model and, per method and ratio, the model with all its units at that ratio."""
+    """Measure the uncompressed model and, per method and ratio, the model with all its units at that ratio
+    (with ``cp``, also every kxk decomposition in CP form)."""
     total, base = measure(IRModel.from_proto(proto))
     table = CostTable(total=total, base=base)
     for unit in units:
@@ -139,7 +145,8 @@ def cost_table(
             table.probes += 1
             rho = {n: costs.get(n, 0.0) / c for n, c in base.items() if c > 0}
             (table.prune_rho if method == "prune" else table.lowrank_rho)[ratio] = rho
-    _cp_probes(proto, units, measure, align, progress, table)
+    if cp:
+        _cp_probes(proto, units, measure, align, progress, table)
     return table
 
 
