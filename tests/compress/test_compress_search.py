@@ -15,6 +15,7 @@ import pytest
 from nirc.compress import plan, search
 from nirc.compress.api import EXIT_BUDGET_NOT_MET, BudgetNotMetError, CompressResult, _canonical, compress
 from nirc.cost import estimate
+from nirc.errors import NircError
 from nirc.ir import IRModel
 from nirc.plugin import load_registry
 
@@ -123,6 +124,13 @@ def test_latency_and_size_budgets_together() -> None:
     report = result.to_json()
     assert report["budget"]["asked"] == "1.2x speedup and 0.02 MiB" and report["budget"]["size_mib"] == 0.02
     assert result.markdown().startswith("Budget asked: 1.2x speedup and 0.02 MiB; reached:")
+
+
+def test_cp_needs_lowrank_and_budgets_combine_only_as_latency_and_size() -> None:
+    with pytest.raises(NircError, match="give lowrank too"):
+        compress(DIGITS, TARGET, speedup=2.0, calib=DATA, methods=("prune", "cp"))
+    with pytest.raises(NircError, match="one budget"):
+        compress(DIGITS, TARGET, speedup=2.0, latency_ms=1.0, calib=DATA)
 
 
 def test_unreachable_budget_raises_with_the_closest_result() -> None:
