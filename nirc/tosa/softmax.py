@@ -57,7 +57,7 @@ class _Lift(Protocol):
 #: The row maximum's exp code, 15 bits in two int8 TABLEs (high and low byte).
 _EXP_ONE = (1 << 15) - 1
 #: Longest row of the expectation form: ``127 * 127 * n * 256`` (the high byte's weighted sum) fits int32.
-_EXPECTATION_MAX_ROW = int(__import__("os").environ.get("NIRC_EXP_ROW", "512"))
+_EXPECTATION_MAX_ROW = 512
 
 
 def _row_const(lift: _Lift, base: str, value: int, rank: int) -> str:
