@@ -292,7 +292,6 @@ class Reference:
         return self._runner.run(inputs)
 
 
-
 AHEAD_SECONDS = 0.5
 """A reference run at least this slow sends the remaining inputs to a second process: TFLite Micro
 holds the GIL, and on ResNet18-224 it took 60% of validation (1.3 s an input) beside the functional

@@ -90,26 +90,23 @@ class _DecoderProcess:
 
     def decode(self, stream: bytes) -> np.ndarray:
         with self._lock:
-            return self._decode(stream)
-
-    def _decode(self, stream: bytes) -> np.ndarray:
-        proc = self._start()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            proc.stdin.write(struct.pack("<I", len(stream)) + stream)
-            proc.stdin.flush()
-            head = proc.stdout.read(4)
-            if len(head) == 4:
-                (count,) = struct.unpack("<I", head)
-                data = proc.stdout.read(2 * count)
-                if len(data) == 2 * count:
-                    return np.frombuffer(data, dtype="<i2").astype(np.int32)
-        except (BrokenPipeError, OSError):
-            pass
-        proc.wait(timeout=10)
-        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-        self._proc = None
-        raise WeightStreamError(f"weight stream does not decode ({err or 'decoder exited'})")
+            proc = self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(struct.pack("<I", len(stream)) + stream)
+                proc.stdin.flush()
+                head = proc.stdout.read(4)
+                if len(head) == 4:
+                    (count,) = struct.unpack("<I", head)
+                    data = proc.stdout.read(2 * count)
+                    if len(data) == 2 * count:
+                        return np.frombuffer(data, dtype="<i2").astype(np.int32)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.wait(timeout=10)
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            self._proc = None
+            raise WeightStreamError(f"weight stream does not decode ({err or 'decoder exited'})")
 
 
 _DECODER = _DecoderProcess()
