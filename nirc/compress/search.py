@@ -139,15 +139,28 @@ def cost_table(
                     config[u.id] = max(i for i, r in enumerate(u.ratios) if r <= ratio)
             if not any(config.values()):
                 continue
-            progress(f"cost probe: every {method} unit at ratio {ratio}")
-            applied = apply_config(proto, units, config, align=align)
-            _, costs = measure(applied.model)
-            table.probes += 1
-            rho = {n: costs.get(n, 0.0) / c for n, c in base.items() if c > 0}
+            rho = _probe(proto, units, config, measure, align, table, f"every {method} unit at ratio {ratio}", progress)
             (table.prune_rho if method == "prune" else table.lowrank_rho)[ratio] = rho
     if cp:
         _cp_probes(proto, units, measure, align, progress, table)
     return table
+
+
+def _probe(
+    proto: onnx.ModelProto,
+    units: Sequence[Unit],
+    config: Config,
+    measure: NodeCosts,
+    align: int,
+    table: CostTable,
+    what: str,
+    progress: Callable[[str], None],
+) -> dict[str, float]:
+    """One cost probe: ``config`` applied and measured; each node's cost as a ratio of its uncompressed cost."""
+    progress(f"cost probe: {what}")
+    _, costs = measure(apply_config(proto, units, config, align=align).model)
+    table.probes += 1
+    return {n: costs.get(n, 0.0) / c for n, c in table.base.items() if c > 0}
 
 
 def _cp_probes(
@@ -159,19 +172,16 @@ def _cp_probes(
     table: CostTable,
 ) -> None:
     """Per ratio, every kxk decomposition in CP form at it: the CP cost of each such layer."""
-    capable = {u.id: with_forms(u, cp_levels(u, align), align) for u in units if cp_levels(u, align)}
-    for ratio in sorted({u.ratios[i] for u in capable.values() for i in cp_levels(u, align)}):
-        config = {
-            k: u.ratios.index(ratio) for k, u in capable.items() if ratio in u.ratios and u.is_cp(u.ratios.index(ratio))
-        }
+    levels = {u.id: cp_levels(u, align) for u in units}
+    capable = {u.id: with_forms(u, levels[u.id], align) for u in units if levels[u.id]}
+    for ratio in sorted({u.ratios[i] for u in capable.values() for i in levels[u.id]}):
+        config = {k: u.ratios.index(ratio) for k, u in capable.items() if ratio in (u.ratios[i] for i in levels[k])}
         if not config:
             continue
-        progress(f"cost probe: every kxk decomposition in CP form at ratio {ratio}")
-        applied = apply_config(proto, list(capable.values()), config, align=align)
-        _, costs = measure(applied.model)
-        table.probes += 1
+        what = f"every kxk decomposition in CP form at ratio {ratio}"
+        rho = _probe(proto, list(capable.values()), config, measure, align, table, what, progress)
         targets = {capable[k].target for k in config}
-        table.cp_rho[ratio] = {n: costs.get(n, 0.0) / c for n, c in table.base.items() if c > 0 and n in targets}
+        table.cp_rho[ratio] = {n: v for n, v in rho.items() if n in targets}
 
 
 def _ratios(units: Sequence[Unit], config: Config) -> tuple[dict[str, float], dict[str, float]]:
