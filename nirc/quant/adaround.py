@@ -22,14 +22,12 @@ accuracy guard judges rewrites with nearest rounding (:func:`nirc.pipeline.accur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from nirc.quant.calibration import CalibrationSet
+from nirc.quant.layers import WeightedLayer, weighted_layers
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound's values)
 ITERATIONS = 300
@@ -40,33 +38,18 @@ FLOP_BUDGET = 4e11  # per layer: larger layers keep nearest rounding (numpy on t
 HESSIAN_BYTES = 256 << 20  # layers whose inputs are gathered in one pass over the calibration data
 
 
-@dataclass(frozen=True)
-class _Layer:
-    node: onnx.NodeProto
-    weight: str
-    depthwise: bool
-
-
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _layers(proto: onnx.ModelProto) -> list[_Layer]:
-    """Convs (dense or depthwise) and Gemms (transB=1) with constant weights, in graph order."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    found = []
-    for node in proto.graph.node:
-        if len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        attrs = _attrs(node)
-        dims = list(inits[node.input[1]].dims)
-        if node.op_type == "Conv" and len(dims) == 4 and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
-            group = int(attrs.get("group", 1))  # type: ignore[call-overload]
-            if group == 1 or (dims[1] == 1 and group == dims[0]):
-                found.append(_Layer(node, node.input[1], group > 1))
-        elif node.op_type == "Gemm" and attrs.get("transB", 0) == 1 and attrs.get("transA", 0) == 0:
-            found.append(_Layer(node, node.input[1], False))
-    return found
+def _layers(proto: onnx.ModelProto) -> list[WeightedLayer]:
+    """The per-channel-quantized layers (:mod:`nirc.quant.layers`) whose input patches can be formed here:
+    every Gemm, and Convs with explicit padding."""
+    return [
+        layer
+        for layer in weighted_layers(proto)
+        if layer.node.op_type != "Conv" or _attrs(layer.node).get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+    ]
 
 
 def _patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], rows: int, seed: int) -> np.ndarray:
@@ -91,7 +74,9 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], rows:
                          ys[:, None, :, None], xs[:, None, None, :]], dtype=np.float64)  # fmt: skip
 
 
-def _hessian(layer: _Layer, x: np.ndarray, shape: tuple[int, ...], rows: int, seed: int) -> tuple[np.ndarray, int]:
+def _hessian(
+    layer: WeightedLayer, x: np.ndarray, shape: tuple[int, ...], rows: int, seed: int
+) -> tuple[np.ndarray, int]:
     """Sum of ``x x^T`` over sampled rows, (K, K) or (C, k, k) per channel for a depthwise conv; the row count."""
     if layer.node.op_type == "Gemm":
         flat = x.reshape(x.shape[0], -1).astype(np.float64)
@@ -174,13 +159,14 @@ def adaround(proto: onnx.ModelProto, calib: CalibrationSet) -> tuple[onnx.ModelP
     new_inits = {i.name: i for i in out.graph.initializer}
     changed = 0
     done: set[str] = set()
-    chunk: list[tuple[_Layer, tuple[int, ...]]] = []
-    pending = list(layers)
+    pending = [(layer, shape, _hessian_bytes(shape, layer.depthwise)) for layer, shape in layers]
     while pending:
-        chunk, size = [], 0
-        while pending and (not chunk or size + _hessian_bytes(pending[0][1], pending[0][0].depthwise) <= HESSIAN_BYTES):
-            chunk.append(pending.pop(0))
-            size += _hessian_bytes(chunk[-1][1], chunk[-1][0].depthwise)
+        chunk: list[tuple[WeightedLayer, tuple[int, ...]]] = []
+        size = 0
+        while pending and (not chunk or size + pending[0][2] <= HESSIAN_BYTES):
+            layer, shape, nbytes = pending.pop(0)
+            chunk.append((layer, shape))
+            size += nbytes
         sums: dict[int, np.ndarray] = {}
         rows: dict[int, int] = {}
         per_sample = max(1, MAX_ROWS // len(samples))
@@ -194,7 +180,7 @@ def adaround(proto: onnx.ModelProto, calib: CalibrationSet) -> tuple[onnx.ModelP
                 rows[k] = rows.get(k, 0) + count
         for k, (layer, shape) in enumerate(chunk):
             if layer.weight in done:
-                continue  # a weight shared by two layers keeps nearest rounding
+                continue  # a weight shared by two layers keeps the rounding learned for the first
             weight = numpy_helper.to_array(inits[layer.weight]).astype(np.float64)
             flat = weight.reshape(shape[0], -1)
             if rows[k] < ROWS_PER_WEIGHT * flat.shape[1]:
@@ -215,4 +201,4 @@ def _hessian_bytes(shape: tuple[int, ...], depthwise: bool) -> int:
     return 8 * (shape[0] * k * k if depthwise else k * k)
 
 
-__all__: Sequence[str] = ("adaround", "learn_rounding")
+__all__ = ["adaround", "learn_rounding"]

@@ -22,30 +22,12 @@ import onnx
 from onnx import numpy_helper
 
 from nirc.quant.calibration import CalibrationSet
-
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(a.i)
-    return default
+from nirc.quant.layers import attr_int, weighted_layers
 
 
 def _layers(proto: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]]:
     """(node, weight initializer, bias initializer) of Convs (dense or depthwise) and Gemms (transB=1) with a bias."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    found = []
-    for node in proto.graph.node:
-        if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
-            continue
-        if node.op_type == "Conv":
-            weight = inits[node.input[1]]
-            group = _attr(node, "group", 1)
-            if len(weight.dims) == 4 and (group == 1 or (weight.dims[1] == 1 and group == weight.dims[0])):
-                found.append((node, node.input[1], node.input[2]))
-        elif node.op_type == "Gemm" and _attr(node, "transB", 0) == 1 and _attr(node, "transA", 0) == 0:
-            found.append((node, node.input[1], node.input[2]))
-    return found
+    return [(layer.node, layer.weight, layer.bias) for layer in weighted_layers(proto) if layer.bias is not None]
 
 
 def _quantized(weight: np.ndarray) -> np.ndarray:
@@ -94,7 +76,7 @@ def correct_biases(proto: onnx.ModelProto, calib: CalibrationSet) -> tuple[onnx.
         delta = _quantized(weight) - weight
         if node.op_type == "Gemm":
             shift = delta @ mean
-        elif weight.shape[1] == 1 and weight.shape[0] == mean.shape[0] and _attr(node, "group", 1) > 1:
+        elif weight.shape[1] == 1 and weight.shape[0] == mean.shape[0] and attr_int(node, "group", 1) > 1:
             shift = delta.sum(axis=(1, 2, 3)) * mean  # depthwise: channel c reads only input channel c
         else:
             shift = np.einsum("oikl,i->o", delta, mean)
