@@ -197,7 +197,7 @@ def run_vgg224(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "model": VGG224,
         "samples": args.vgg224_samples,
         "goal": {"latency_ms": VGG224_GOAL[0], "size_mib": VGG224_GOAL[1]},
-        "met": result.met and result.compressed.size_mib <= size,
+        "met": result.met,  # both budgets
         "tries": tries,
         "compress_s": round(time.time() - start, 1),
         "report": result.to_json(),
